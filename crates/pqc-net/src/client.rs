@@ -1,0 +1,224 @@
+//! Async client: connect, request/response matched by request id, pushes.
+//!
+//! One reader task dispatches responses to waiting requests and pushes to a
+//! channel; one writer task serialises outgoing frames.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pqc_wire::{CHALLENGE_LEN, ClientFrame, PROTOCOL_VERSION, Push, Request, RequestId, Response, ServerFrame};
+use rustls::NamedGroup;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NetError;
+use crate::framed::{read_frame, write_frame};
+use crate::tls::{CertFingerprint, ServerTrust, client_parts};
+
+/// Largest frame body the client accepts from a server, whatever it announces.
+const CLIENT_MAX_FRAME: usize = 64 << 20;
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
+
+/// What the client learned while connecting.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    /// SHA-256 of the server's certificate (pin it after first use).
+    pub fingerprint: CertFingerprint,
+    /// Negotiated TLS key-exchange group (expect X25519MLKEM768).
+    pub group: NamedGroup,
+    /// The login challenge from the server's Hello.
+    pub challenge: [u8; CHALLENGE_LEN],
+    /// The server's maximum frame body size.
+    pub max_frame: usize,
+}
+
+/// A connection to a pqc-chat server.
+#[derive(Debug)]
+pub struct Connection {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU32,
+    info: ConnectInfo,
+    pushes: Option<mpsc::UnboundedReceiver<Push>>,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects to `addr`, presenting `server_name` (SNI; checked only in
+    /// CA mode), and waits for the server's Hello. Returns the connection,
+    /// the server certificate's fingerprint and the negotiated group.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: ServerTrust,
+    ) -> Result<(Self, CertFingerprint, NamedGroup), NetError> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind)?;
+        let parts = client_parts(&trust)?;
+        let connecting = endpoint.connect_with(parts.config, addr, server_name)?;
+        let conn = match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                if let (ServerTrust::Pinned(expected), Some(v)) = (&trust, &parts.pin)
+                    && let Some(got) = *v.mismatch.lock().unwrap_or_else(PoisonError::into_inner)
+                {
+                    return Err(NetError::FingerprintMismatch { expected: *expected, got });
+                }
+                return Err(e.into());
+            }
+        };
+        let group = parts.probe.get().ok_or_else(|| NetError::Protocol("no key-exchange group recorded".into()))?;
+        let fingerprint = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().map(|c| CertFingerprint::of_der(c)))
+            .ok_or_else(|| NetError::Protocol("server presented no certificate".into()))?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let hello = read_frame(&mut recv, CLIENT_MAX_FRAME).await?.ok_or(NetError::Closed)?;
+        let (challenge, max_frame) = match ServerFrame::decode(&hello)? {
+            ServerFrame::Hello { version, challenge, max_frame } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(pqc_wire::WireError::UnknownVersion(version).into());
+                }
+                (challenge, max_frame as usize)
+            }
+            other => return Err(NetError::Protocol(format!("expected Hello, got {other:?}"))),
+        };
+        let info = ConnectInfo { fingerprint, group, challenge, max_frame };
+
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(body) = out_rx.recv().await {
+                if write_frame(&mut send, &body).await.is_err() {
+                    break;
+                }
+            }
+            let _ = send.finish();
+        });
+        let reader_pending = pending.clone();
+        let reader_conn = conn.clone();
+        tokio::spawn(async move {
+            let max = max_frame.clamp(pqc_wire::DEFAULT_MAX_FRAME, CLIENT_MAX_FRAME);
+            loop {
+                let body = match read_frame(&mut recv, max).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) | Err(_) => break,
+                };
+                match ServerFrame::decode(&body) {
+                    Ok(ServerFrame::Response { id, response }) => {
+                        let tx = reader_pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id.0);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(response);
+                        }
+                    }
+                    Ok(ServerFrame::Push(p)) => {
+                        let _ = push_tx.send(p);
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!("malformed or unexpected frame from server; closing");
+                        reader_conn.close(1u32.into(), b"protocol error");
+                        break;
+                    }
+                }
+            }
+            // Fail every waiting request.
+            reader_pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        });
+        let c = Self {
+            conn,
+            endpoint,
+            out,
+            pending,
+            next_id: AtomicU32::new(1),
+            info,
+            pushes: Some(push_rx),
+            timeout: Duration::from_secs(30),
+        };
+        Ok((c, fingerprint, group))
+    }
+
+    /// Connection details (fingerprint, group, challenge, limits).
+    pub fn info(&self) -> &ConnectInfo {
+        &self.info
+    }
+
+    /// The server's login challenge for this connection.
+    pub fn challenge(&self) -> [u8; CHALLENGE_LEN] {
+        self.info.challenge
+    }
+
+    /// Sets the per-request timeout (default 30 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Takes the receiver of server pushes (once; `None` afterwards).
+    pub fn take_pushes(&mut self) -> Option<mpsc::UnboundedReceiver<Push>> {
+        self.pushes.take()
+    }
+
+    /// Sends `request` and waits for its response. A `Response::Error` is
+    /// returned as `Ok`: it is the server's answer, not a transport failure.
+    pub async fn request(&self, request: Request) -> Result<Response, NetError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = ClientFrame { id: RequestId(id), request }.encode_body();
+        if body.len() > self.info.max_frame {
+            return Err(pqc_wire::WireError::TooLarge { len: body.len(), max: self.info.max_frame }.into());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        if self.out.send(body).await.is_err() {
+            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            return Err(NetError::Closed);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(self.closed_reason()),
+            Err(_) => {
+                self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                Err(NetError::Timeout)
+            }
+        }
+    }
+
+    /// Sends raw bytes on the control stream (tests of malformed input).
+    #[doc(hidden)]
+    pub async fn send_raw_frame_body(&self, body: Vec<u8>) -> Result<(), NetError> {
+        self.out.send(body).await.map_err(|_| NetError::Closed)
+    }
+
+    fn closed_reason(&self) -> NetError {
+        match self.conn.close_reason() {
+            Some(e) => NetError::Connection(e),
+            None => NetError::Closed,
+        }
+    }
+
+    /// Whether the connection is closed (and why).
+    pub fn close_reason(&self) -> Option<quinn::ConnectionError> {
+        self.conn.close_reason()
+    }
+
+    /// The underlying quinn connection.
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Closes the connection and waits briefly for the close to be sent.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

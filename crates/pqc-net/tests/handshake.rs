@@ -1,0 +1,94 @@
+//! Real QUIC on 127.0.0.1: negotiated group, pinning, request/response.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+
+use pqc_net::*;
+use pqc_wire::{ClientFrame, Request, Response, ServerFrame};
+
+/// A minimal server: Hello, then answers Ping with Pong. Returns the address
+/// and a channel reporting each connection's negotiated group.
+async fn mini_server(tls: ServerTls) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<NamedGroup>>) {
+    let ep = tls.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let (cfg, probe) = tls.connection_config().unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = inc.accept_with(cfg).unwrap().await else { return };
+                tx.send(probe.get()).unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                let hello = ServerFrame::Hello { version: 1, challenge: [1; 32], max_frame: 1 << 20 };
+                write_frame(&mut send, &hello.encode_body()).await.unwrap();
+                while let Ok(Some(body)) = read_frame(&mut recv, 1 << 20).await {
+                    let f = ClientFrame::decode(&body).unwrap();
+                    let r = ServerFrame::Response { id: f.id, response: Response::Pong };
+                    write_frame(&mut send, &r.encode_body()).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn tls() -> ServerTls {
+    let ss = generate_self_signed(&["localhost".into()]).unwrap();
+    let tls = ServerTls::from_pem(&ss.cert_pem, &ss.key_pem).unwrap();
+    assert_eq!(tls.fingerprint(), ss.fingerprint);
+    tls
+}
+
+#[tokio::test]
+async fn negotiates_x25519mlkem768_and_pins() {
+    let tls = tls();
+    let fp = tls.fingerprint();
+    let (addr, mut groups) = mini_server(tls).await;
+
+    // First use: accepted, fingerprint reported.
+    let (c, got_fp, group) = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap();
+    assert_eq!(got_fp, fp);
+    assert_eq!(group, NamedGroup::X25519MLKEM768);
+    assert_eq!(groups.recv().await.unwrap(), Some(NamedGroup::X25519MLKEM768));
+    assert_eq!(c.challenge(), [1; 32]);
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    c.close().await;
+
+    // Pinned to the right fingerprint.
+    let (c, _, _) = Connection::connect(addr, "anything", ServerTrust::Pinned(fp)).await.unwrap();
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    c.close().await;
+
+    // Pinned to another fingerprint: a clear error.
+    let wrong = CertFingerprint([0xAB; 32]);
+    let err = Connection::connect(addr, "localhost", ServerTrust::Pinned(wrong)).await.unwrap_err();
+    assert!(matches!(err, NetError::FingerprintMismatch { got, .. } if got == fp), "{err}");
+}
+
+#[tokio::test]
+async fn ca_mode_checks_the_chain() {
+    let ss = generate_self_signed(&["localhost".into()]).unwrap();
+    let tls = ServerTls::from_pem(&ss.cert_pem, &ss.key_pem).unwrap();
+    let (addr, _g) = mini_server(tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ss.cert_pem).unwrap();
+    let trust = ServerTrust::from_ca_file(&ca).unwrap();
+    let (c, _, _) = Connection::connect(addr, "localhost", trust.clone()).await.unwrap();
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    c.close().await;
+    // Wrong name is rejected in CA mode.
+    assert!(Connection::connect(addr, "other.example", trust).await.is_err());
+}
+
+#[test]
+fn fingerprint_text_forms() {
+    let fp = CertFingerprint([0x0A; 32]);
+    let s = fp.to_string();
+    assert!(s.starts_with("0A:0A:"));
+    assert_eq!(s.parse::<CertFingerprint>().unwrap(), fp);
+    assert_eq!(fp.to_hex().parse::<CertFingerprint>().unwrap(), fp);
+    assert!("zz".parse::<CertFingerprint>().is_err());
+}
