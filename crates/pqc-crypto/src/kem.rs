@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::CryptoError;
 use crate::ml_kem::{
-    LIBCRUX, MlKemCiphertext, MlKemLevel, MlKemProvider, MlKemPublicKey, MlKemSecretKey, SharedSecret,
+    DEFAULT, MlKemCiphertext, MlKemLevel, MlKemProvider, MlKemPublicKey, MlKemSecretKey, SharedSecret,
 };
 use crate::rng::CryptoRng;
 use crate::x25519::{X25519KeyPair, X25519PublicKey, X25519Secret};
@@ -146,7 +146,7 @@ impl HybridPublicKey {
 
     /// Encapsulates a fresh shared secret to this key (default ML-KEM provider).
     pub fn encapsulate<R: CryptoRng>(&self, rng: &mut R) -> Result<(HybridCiphertext, SharedSecret), CryptoError> {
-        self.encapsulate_with(&LIBCRUX, rng)
+        self.encapsulate_with(DEFAULT, rng)
     }
 
     /// Encapsulates with a chosen ML-KEM provider.
@@ -209,7 +209,7 @@ pub struct HybridSecretKey {
 impl HybridSecretKey {
     /// Generates a key pair (default ML-KEM provider).
     pub fn generate<R: CryptoRng>(suite: HybridKemSuite, rng: &mut R) -> Result<Self, CryptoError> {
-        Self::generate_with(suite, &LIBCRUX, rng)
+        Self::generate_with(suite, DEFAULT, rng)
     }
 
     /// Generates a key pair with a chosen ML-KEM provider.
@@ -230,7 +230,7 @@ impl HybridSecretKey {
 
     /// Decapsulates (default ML-KEM provider).
     pub fn decapsulate(&self, ct: &HybridCiphertext) -> Result<SharedSecret, CryptoError> {
-        self.decapsulate_with(&LIBCRUX, ct)
+        self.decapsulate_with(DEFAULT, ct)
     }
 
     /// Decapsulates with a chosen ML-KEM provider.

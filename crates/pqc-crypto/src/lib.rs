@@ -9,23 +9,23 @@
 //! wipe themselves and have no `Debug`, versioned byte encodings whose lengths
 //! are checked, one error enum, and the hybrid constructions:
 //!
-//! - [`kem`]: X25519 + ML-KEM-768/1024 with a combiner binding both shared
+//! - [`kem`] — X25519 + ML-KEM-768/1024 with a combiner binding both shared
 //!   secrets, both ciphertexts and both public keys;
-//! - [`sign`]: Ed25519 + ML-DSA-65, valid only when both verify.
+//! - [`sign`] — Ed25519 + ML-DSA-65, valid only when both verify.
 //!
 //! Randomness is always passed in (`&mut impl CryptoRng`); [`rng::SystemRng`]
 //! is the production source.
 //!
 //! # Layout
 //!
-//! - [`error`]: [`CryptoError`].
-//! - [`rng`]: the RNG traits and [`rng::SystemRng`].
-//! - [`x25519`]: X25519 key pairs and agreement.
-//! - [`ml_kem`]: ML-KEM keys and the [`ml_kem::MlKemProvider`] trait (libcrux, aws-lc).
-//! - [`kem`]: the hybrid KEM.
-//! - [`sign`]: Ed25519, ML-DSA-65 and the hybrid signature.
-//! - [`aead`]: AES-256-GCM and ChaCha20-Poly1305.
-//! - [`kdf`]: HKDF, HMAC, SHA-2, SHA3-256, constant-time comparison.
+//! - [`error`] — [`CryptoError`].
+//! - [`rng`] — the RNG traits and [`rng::SystemRng`].
+//! - [`x25519`] — X25519 key pairs and agreement.
+//! - [`ml_kem`] — ML-KEM keys and the [`ml_kem::MlKemProvider`] trait (libcrux, aws-lc).
+//! - [`kem`] — the hybrid KEM.
+//! - [`sign`] — Ed25519, ML-DSA-65 and the hybrid signature.
+//! - [`aead`] — AES-256-GCM and ChaCha20-Poly1305.
+//! - [`kdf`] — HKDF, HMAC, SHA-2, SHA3-256, constant-time comparison.
 
 pub mod aead;
 pub mod error;

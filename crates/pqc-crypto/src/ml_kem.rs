@@ -1,11 +1,19 @@
 //! ML-KEM (FIPS 203) behind a provider trait.
 //!
-//! Two providers implement [`MlKemProvider`]: [`LIBCRUX`] (libcrux-ml-kem, formally
-//! verified, takes its randomness as an argument: the default, because the
-//! protocol cores are deterministic given their RNG) and [`AWS_LC`] (aws-lc-rs,
-//! which draws randomness from its own DRBG). Both use the FIPS 203 encodings, so
-//! keys and ciphertexts move freely between them; the test suite checks each
-//! against the other.
+//! Two providers implement [`MlKemProvider`]: [`AWS_LC`] (aws-lc-rs, the
+//! default: the fastest measured on our hardware, see docs/BENCHMARKS.md) and
+//! [`LIBCRUX`] (libcrux-ml-kem, formally verified). Both use the FIPS 203
+//! encodings, so keys and ciphertexts move freely between them; the test suite
+//! checks each against the other on every combination.
+//!
+//! Randomness: libcrux takes its randomness from the `rng` argument; aws-lc's
+//! ML-KEM API draws from aws-lc's own DRBG (seeded by the OS) and cannot be
+//! given a seed, so with the default provider ML-KEM key generation and
+//! encapsulation are not reproducible from a seeded test RNG. Known-answer
+//! tests use [`MlKemSecretKey::from_seed`] and
+//! [`MlKemPublicKey::encapsulate_deterministic`] (libcrux), and
+//! [`MlKemProvider`] lets a test pick [`LIBCRUX`] when it needs byte-for-byte
+//! reproducibility.
 
 use aws_lc_rs::kem;
 use libcrux_ml_kem::{mlkem768, mlkem1024};
@@ -13,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::CryptoError;
 use crate::error::{check_len, to_array};
-use crate::rng::{CryptoRng, random_array};
+use crate::rng::{CryptoRng, RngRef, random_array};
 
 /// A 32-byte shared secret, wiped on drop.
 pub type SharedSecret = Zeroizing<[u8; 32]>;
@@ -106,8 +114,7 @@ impl MlKemPublicKey {
         &self,
         rng: &mut R,
     ) -> Result<(MlKemCiphertext, SharedSecret), CryptoError> {
-        let m: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(rng));
-        LIBCRUX.encapsulate_deterministic(self, &m)
+        DEFAULT.encapsulate(self, &mut RngRef(rng))
     }
 
     /// Encapsulates with the message `m` given explicitly (FIPS 203
@@ -175,8 +182,7 @@ impl MlKemSecretKey {
         level: MlKemLevel,
         rng: &mut R,
     ) -> Result<(Self, MlKemPublicKey), CryptoError> {
-        let seed: Zeroizing<[u8; 64]> = Zeroizing::new(random_array(rng));
-        Self::from_seed(level, seed.as_ref())
+        DEFAULT.generate(level, &mut RngRef(rng))
     }
 
     /// Restores a stored decapsulation key, checking its length and the hash
@@ -212,7 +218,7 @@ impl MlKemSecretKey {
     /// always yields a secret (implicit rejection): a wrong one yields a
     /// pseudorandom value that fails later authentication.
     pub fn decapsulate(&self, ct: &MlKemCiphertext) -> Result<SharedSecret, CryptoError> {
-        LIBCRUX.decapsulate(self, ct)
+        DEFAULT.decapsulate(self, ct)
     }
 }
 
@@ -236,11 +242,14 @@ pub trait MlKemProvider: Send + Sync {
     fn decapsulate(&self, sk: &MlKemSecretKey, ct: &MlKemCiphertext) -> Result<SharedSecret, CryptoError>;
 }
 
+/// The provider used where none is named: aws-lc (fastest here).
+pub static DEFAULT: &dyn MlKemProvider = &AWS_LC;
+
 /// libcrux-ml-kem: formally verified, randomness from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct LibcruxMlKem;
 
-/// The default provider.
+/// The libcrux provider.
 pub static LIBCRUX: LibcruxMlKem = LibcruxMlKem;
 
 impl LibcruxMlKem {
@@ -277,7 +286,8 @@ impl MlKemProvider for LibcruxMlKem {
         level: MlKemLevel,
         rng: &mut dyn CryptoRng,
     ) -> Result<(MlKemSecretKey, MlKemPublicKey), CryptoError> {
-        MlKemSecretKey::generate(level, rng)
+        let seed: Zeroizing<[u8; 64]> = Zeroizing::new(random_array(rng));
+        MlKemSecretKey::from_seed(level, seed.as_ref())
     }
 
     fn encapsulate(

@@ -44,3 +44,26 @@ pub fn random_array<const N: usize, R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; 
     rng.fill_bytes(&mut out);
     out
 }
+
+/// Lends any (possibly unsized) CSPRNG as a sized one, so generic callers can
+/// pass it on as `&mut dyn CryptoRng`.
+pub(crate) struct RngRef<'a, R: ?Sized>(pub(crate) &'a mut R);
+
+impl<R: CryptoRng + ?Sized> TryRng for RngRef<'_, R> {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok(self.0.next_u32())
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.0.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.0.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+impl<R: CryptoRng + ?Sized> TryCryptoRng for RngRef<'_, R> {}

@@ -1,8 +1,10 @@
 //! X25519 Diffie-Hellman (RFC 7748) from aws-lc, with secrets the caller can
 //! store (the ratchets keep them in their pickled state).
 
+use std::sync::Arc;
+
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::CryptoError;
 use crate::error::to_array;
@@ -34,33 +36,40 @@ impl core::fmt::Debug for X25519PublicKey {
     }
 }
 
-/// An X25519 secret key. No `Debug`, wiped on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct X25519Secret([u8; X25519_LEN]);
+/// An X25519 secret key. No `Debug`; the byte copy is zeroized on drop and
+/// aws-lc wipes its own copy when the key is freed.
+///
+/// The aws-lc key object is built once (which costs one base-point
+/// multiplication inside aws-lc) and reused for every agreement.
+#[derive(Clone)]
+pub struct X25519Secret {
+    bytes: Zeroizing<[u8; X25519_LEN]>,
+    key: Arc<PrivateKey>,
+}
 
 impl X25519Secret {
     /// Draws a fresh secret from `rng`.
-    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self(random_array(rng))
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Result<Self, CryptoError> {
+        let bytes: Zeroizing<[u8; X25519_LEN]> = Zeroizing::new(random_array(rng));
+        Self::from_bytes(bytes.as_ref())
     }
 
     /// Restores a secret from its 32 bytes (as stored by [`Self::to_bytes`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
-        Ok(Self(to_array("X25519 secret key", bytes)?))
+        let bytes: Zeroizing<[u8; X25519_LEN]> = Zeroizing::new(to_array("X25519 secret key", bytes)?);
+        let key = PrivateKey::from_private_key(&X25519, bytes.as_ref())
+            .map_err(|_| CryptoError::InvalidPrivateKey("X25519"))?;
+        Ok(Self { bytes, key: Arc::new(key) })
     }
 
     /// The 32 secret bytes, for encrypted storage only.
     pub fn to_bytes(&self) -> Zeroizing<[u8; X25519_LEN]> {
-        Zeroizing::new(self.0)
-    }
-
-    fn key(&self) -> Result<PrivateKey, CryptoError> {
-        PrivateKey::from_private_key(&X25519, &self.0).map_err(|_| CryptoError::InvalidPrivateKey("X25519"))
+        self.bytes.clone()
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> Result<X25519PublicKey, CryptoError> {
-        let pk = self.key()?.compute_public_key().map_err(|_| CryptoError::Internal("X25519 public key"))?;
+        let pk = self.key.compute_public_key().map_err(|_| CryptoError::Internal("X25519 public key"))?;
         X25519PublicKey::from_bytes(pk.as_ref())
     }
 
@@ -68,9 +77,8 @@ impl X25519Secret {
     /// result is all zeros (a low-order peer key), so no session is ever keyed
     /// by a value the peer chose.
     pub fn diffie_hellman(&self, peer: &X25519PublicKey) -> Result<Zeroizing<[u8; X25519_LEN]>, CryptoError> {
-        let key = self.key()?;
         let peer = UnparsedPublicKey::new(&X25519, peer.0);
-        agreement::agree(&key, peer, CryptoError::WeakKeyAgreement, |ss| {
+        agreement::agree(&self.key, peer, CryptoError::WeakKeyAgreement, |ss| {
             let mut out = Zeroizing::new([0u8; X25519_LEN]);
             if ss.len() != X25519_LEN {
                 return Err(CryptoError::Internal("X25519 output length"));
@@ -96,7 +104,7 @@ pub struct X25519KeyPair {
 impl X25519KeyPair {
     /// A fresh key pair from `rng`.
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Result<Self, CryptoError> {
-        Self::from_secret(X25519Secret::generate(rng))
+        Self::from_secret(X25519Secret::generate(rng)?)
     }
 
     /// The key pair of a stored secret.

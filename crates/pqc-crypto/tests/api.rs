@@ -29,11 +29,11 @@ fn hybrid_kem_round_trip_and_encodings() {
 }
 
 #[test]
-fn hybrid_kem_is_deterministic_given_the_rng() {
+fn hybrid_kem_with_libcrux_is_deterministic_given_the_rng() {
     let run = || {
         let mut rng = ChaCha20Rng::from_seed([9; 32]);
-        let sk = HybridSecretKey::generate(HybridKemSuite::X25519MlKem1024, &mut rng).unwrap();
-        let (ct, ss) = sk.public_key().encapsulate(&mut rng).unwrap();
+        let sk = HybridSecretKey::generate_with(HybridKemSuite::X25519MlKem1024, &LIBCRUX, &mut rng).unwrap();
+        let (ct, ss) = sk.public_key().encapsulate_with(&LIBCRUX, &mut rng).unwrap();
         (sk.public_key().to_bytes(), ct.to_bytes(), *ss)
     };
     assert_eq!(run(), run());
