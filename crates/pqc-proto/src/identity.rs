@@ -92,7 +92,7 @@ impl IdentityKeyPair {
         &self.dh_certificate
     }
 
-    pub(crate) fn sign<R: CryptoRng + ?Sized>(&self, msg: &[u8], ctx: &[u8], rng: &mut R) -> Result<Vec<u8>> {
+    pub fn sign<R: CryptoRng + ?Sized>(&self, msg: &[u8], ctx: &[u8], rng: &mut R) -> Result<Vec<u8>> {
         Ok(self.signing.sign(msg, ctx, rng)?.to_bytes())
     }
 
