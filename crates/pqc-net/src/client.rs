@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ pub struct Connection {
     endpoint: quinn::Endpoint,
     out: mpsc::Sender<Vec<u8>>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     next_id: AtomicU32,
     info: ConnectInfo,
     pushes: Option<mpsc::UnboundedReceiver<Push>>,
@@ -107,6 +108,8 @@ impl Connection {
             }
             let _ = send.finish();
         });
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         let reader_pending = pending.clone();
         let reader_conn = conn.clone();
         tokio::spawn(async move {
@@ -133,7 +136,8 @@ impl Connection {
                     }
                 }
             }
-            // Fail every waiting request.
+            // Fail every waiting request (and any request made from now on).
+            reader_closed.store(true, Ordering::SeqCst);
             reader_pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
         });
         let c = Self {
@@ -141,6 +145,7 @@ impl Connection {
             endpoint,
             out,
             pending,
+            closed,
             next_id: AtomicU32::new(1),
             info,
             pushes: Some(push_rx),
@@ -179,6 +184,10 @@ impl Connection {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            return Err(self.closed_reason());
+        }
         if self.out.send(body).await.is_err() {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(NetError::Closed);

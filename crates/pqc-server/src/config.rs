@@ -1,0 +1,115 @@
+//! `config/server.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// Server configuration. Every field has a default; flags override.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Host/IP the QUIC endpoint binds (`--listen` overrides host and port).
+    pub signaling_host: String,
+    /// UDP port of the QUIC endpoint.
+    pub signaling_port: u16,
+    /// Certificate PEM; relative paths are under `data_dir`. Created on first start if absent.
+    pub certfile: PathBuf,
+    /// Private key PEM; relative paths are under `data_dir`.
+    pub keyfile: PathBuf,
+    /// Default room size cap (used by rooms).
+    pub default_max_participants: u32,
+    /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` overrides).
+    pub log_level: String,
+    /// Where the database and certificate live.
+    pub data_dir: PathBuf,
+    /// TCP address of the status/metrics HTTP endpoint (`--status` overrides).
+    pub status_addr: String,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame body accepted (bytes); bigger frames close the connection.
+    pub max_frame: usize,
+    /// Envelopes queued per recipient.
+    pub max_mailbox: u32,
+    /// Largest attachment (bytes).
+    pub max_attachment: u64,
+    /// Sustained requests per second per connection (burst: twice that).
+    pub requests_per_second: u32,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Push `LowPrekeys` to the owner when fewer one-time prekeys remain.
+    pub low_prekeys_threshold: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            signaling_host: "0.0.0.0".into(),
+            signaling_port: 8443,
+            certfile: "cert.pem".into(),
+            keyfile: "key.pem".into(),
+            default_max_participants: 16,
+            log_level: "info".into(),
+            data_dir: "./pqc-data".into(),
+            status_addr: "127.0.0.1:8444".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: 1 << 20,
+            max_mailbox: 10_000,
+            max_attachment: 100 << 20,
+            requests_per_second: 100,
+            max_connections: 1000,
+            low_prekeys_threshold: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text (the fuzzed entry point).
+    pub fn parse(text: &str) -> Result<Self, ServerError> {
+        toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// `certfile` resolved against `data_dir`.
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir.join(&self.certfile)
+    }
+
+    /// `keyfile` resolved against `data_dir`.
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join(&self.keyfile)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_config_parses_to_defaults() {
+        let text = include_str!("../../../config/server.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+        assert!(Config::parse("bogus = 1").is_err());
+        assert!(Config::parse("[limits]\nmax_frame = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! One task per connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pqc_crypto::rng::{Rng, SystemRng};
+use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
+use pqc_net::{ServerTls, read_frame, write_frame};
+use pqc_store::StoreError;
+use pqc_store::server::{AttachmentMeta, ServerStore};
+use pqc_wire::{
+    AttachmentId, CHALLENGE_LEN, ClientFrame, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push, REGISTER_CONTEXT,
+    Request, Response, ServerFrame, Username, WireError, login_transcript, register_transcript,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::inc;
+use crate::server::Shared;
+
+/// QUIC application close codes.
+const CLOSE_OK: u32 = 0;
+const CLOSE_PROTOCOL: u32 = 1;
+const CLOSE_TOO_LARGE: u32 = 2;
+
+/// Token bucket: `rate` tokens per second, capacity `2 * rate`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self { tokens: rate * 2.0, rate, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session {
+    conn_id: u64,
+    user: Option<Username>,
+    challenge: [u8; CHALLENGE_LEN],
+    push_tx: mpsc::UnboundedSender<Push>,
+}
+
+pub(crate) async fn handle(
+    conn_id: u64,
+    incoming: quinn::Incoming,
+    tls: ServerTls,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let m = shared.metrics.clone();
+    let Ok((cfg, probe)) = tls.connection_config() else { return };
+    let conn = match incoming.accept_with(cfg) {
+        Ok(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                inc(&m.handshakes_failed);
+                tracing::debug!(conn_id, "handshake failed: {e}");
+                return;
+            }
+        },
+        Err(e) => {
+            inc(&m.handshakes_failed);
+            tracing::debug!(conn_id, "handshake failed: {e}");
+            return;
+        }
+    };
+    inc(&m.handshakes_ok);
+    inc(&m.connections_total);
+    m.connections_current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let group = probe.get().map(|g| format!("{g:?}")).unwrap_or_else(|| "unknown".into());
+    m.record_group(group.clone());
+    drop(probe);
+    tracing::info!(conn_id, remote = %conn.remote_address(), group, "connection established");
+
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    let mut session = Session { conn_id, user: None, challenge: [0; CHALLENGE_LEN], push_tx };
+    SystemRng.fill_bytes(&mut session.challenge);
+    run(&conn, &shared, &mut session, &mut push_rx, &mut shutdown).await;
+    if let Some(u) = &session.user {
+        shared.set_offline(u, conn_id);
+    }
+    m.connections_current.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(conn_id, "connection closed");
+}
+
+async fn run(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    s: &mut Session,
+    push_rx: &mut mpsc::UnboundedReceiver<Push>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let m = &shared.metrics;
+    let max_frame = shared.limits.max_frame;
+    let Ok((mut send, mut recv)) = conn.open_bi().await else { return };
+    let hello = ServerFrame::Hello {
+        version: PROTOCOL_VERSION,
+        challenge: s.challenge,
+        max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
+    };
+    if write_frame(&mut send, &hello.encode_body()).await.is_err() {
+        return;
+    }
+    // Reading is not cancel-safe, so a separate task reads and forwards frames.
+    let (frame_tx, mut frames) = mpsc::channel::<Result<ClientFrame, pqc_net::NetError>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = match read_frame(&mut recv, max_frame).await {
+                Ok(Some(body)) => ClientFrame::decode(&body).map_err(pqc_net::NetError::from),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            let stop = r.is_err();
+            if frame_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut bucket = Bucket::new(shared.limits.requests_per_second);
+    loop {
+        tokio::select! {
+            f = frames.recv() => match f {
+                Some(Ok(frame)) => {
+                    let response = if bucket.take() {
+                        dispatch(shared, s, frame.request).await
+                    } else {
+                        inc(&m.refused_rate_limited);
+                        Response::error(ErrorCode::RateLimited, "too many requests; slow down")
+                    };
+                    let out = ServerFrame::Response { id: frame.id, response };
+                    if write_frame(&mut send, &out.encode_body()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    let (code, reason): (u32, &[u8]) = match e {
+                        pqc_net::NetError::Wire(WireError::TooLarge { .. }) => {
+                            inc(&m.refused_too_large);
+                            (CLOSE_TOO_LARGE, b"frame too large")
+                        }
+                        pqc_net::NetError::Wire(_) => {
+                            inc(&m.malformed_frames);
+                            (CLOSE_PROTOCOL, b"malformed frame")
+                        }
+                        _ => break,
+                    };
+                    tracing::info!(conn_id = s.conn_id, "closing connection: {e}");
+                    conn.close(code.into(), reason);
+                    break;
+                }
+                None => break,
+            },
+            Some(p) = push_rx.recv() => {
+                if write_frame(&mut send, &ServerFrame::Push(p).encode_body()).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.close(CLOSE_OK.into(), b"server shutting down");
+                break;
+            }
+        }
+    }
+    reader.abort();
+    let _ = send.finish();
+}
+
+fn store_err(e: StoreError) -> Response {
+    match e {
+        StoreError::UsernameTaken => {
+            Response::error(ErrorCode::UsernameTaken, "username already taken; choose another")
+        }
+        StoreError::UnknownUser => Response::error(ErrorCode::UnknownUser, "no such user"),
+        StoreError::MailboxFull => Response::error(ErrorCode::MailboxFull, "recipient's mailbox is full"),
+        StoreError::NotFound => Response::error(ErrorCode::NotFound, "not found"),
+        StoreError::Invalid(m) => Response::error(ErrorCode::Invalid, m),
+        other => {
+            tracing::error!("storage error: {other}");
+            Response::error(ErrorCode::Internal, "storage error; retry later")
+        }
+    }
+}
+
+fn verify(identity_key: &[u8], signature: &[u8], msg: &[u8], ctx: &[u8]) -> Result<(), Response> {
+    let vk = HybridVerifyingKey::from_bytes(identity_key)
+        .map_err(|_| Response::error(ErrorCode::Invalid, "identity key is not a valid hybrid verifying key"))?;
+    let sig = HybridSignature::from_bytes(signature)
+        .map_err(|_| Response::error(ErrorCode::BadSignature, "signature is malformed"))?;
+    vk.verify(msg, ctx, &sig).map_err(|_| Response::error(ErrorCode::BadSignature, "signature does not verify"))
+}
+
+fn random_attachment_id() -> AttachmentId {
+    // 63 bits: fits SQLite's signed INTEGER; unguessable.
+    AttachmentId(SystemRng.next_u64() >> 1)
+}
+
+async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Response {
+    tracing::debug!(conn_id = s.conn_id, request = ?req, "request");
+    let user = match (&req, &s.user) {
+        (Request::Ping, _) => return Response::Pong,
+        (Request::Register { .. } | Request::Login { .. }, Some(_)) => {
+            return Response::error(ErrorCode::AlreadyLoggedIn, "this connection is already logged in");
+        }
+        (Request::Register { username, identity_key, signature }, None) => {
+            let t = register_transcript(&s.challenge, username, identity_key);
+            if let Err(r) = verify(identity_key, signature, &t, REGISTER_CONTEXT) {
+                return r;
+            }
+            let (u, k) = (username.clone(), identity_key.clone());
+            if let Err(e) = shared.db(move |st| st.create_account(&u, &k)).await {
+                return store_err(e);
+            }
+            tracing::info!(conn_id = s.conn_id, "account registered");
+            login(shared, s, username.clone());
+            return Response::Ok;
+        }
+        (Request::Login { username, signature }, None) => {
+            let u = username.clone();
+            let key = match shared.db(move |st| st.identity_key(&u)).await {
+                Ok(Some(k)) => k,
+                Ok(None) => return Response::error(ErrorCode::UnknownUser, "no such user; register first"),
+                Err(e) => return store_err(e),
+            };
+            let t = login_transcript(&s.challenge, username);
+            if let Err(r) = verify(&key, signature, &t, LOGIN_CONTEXT) {
+                return r;
+            }
+            login(shared, s, username.clone());
+            return Response::Ok;
+        }
+        (_, None) => return Response::error(ErrorCode::NotLoggedIn, "register or log in first"),
+        (_, Some(u)) => u.clone(),
+    };
+    let limits = &shared.limits;
+    match req {
+        Request::UploadPrekeys { signed_prekeys, one_time, one_time_kem } => {
+            let u = user.clone();
+            match shared.db(move |st| st.upload_prekeys(&u, &signed_prekeys, &one_time, &one_time_kem)).await {
+                Ok(_) => Response::Ok,
+                Err(e) => store_err(e),
+            }
+        }
+        Request::FetchPrekeys { username } => {
+            let u = username.clone();
+            match shared.db(move |st| st.take_prekey_bundle(&u)).await {
+                Ok(Some((bundle, counts))) => {
+                    let t = limits.low_prekeys_threshold;
+                    if counts.one_time < t || counts.one_time_kem < t {
+                        shared.push(
+                            &username,
+                            &Push::LowPrekeys { remaining: counts.one_time, remaining_kem: counts.one_time_kem },
+                        );
+                    }
+                    Response::PrekeyBundle(bundle)
+                }
+                Ok(None) => Response::error(ErrorCode::NotFound, "this user has not uploaded prekeys"),
+                Err(e) => store_err(e),
+            }
+        }
+        Request::GetIdentity { username } => match shared.db(move |st| st.identity_key(&username)).await {
+            Ok(Some(identity_key)) => Response::Identity { identity_key },
+            Ok(None) => Response::error(ErrorCode::UnknownUser, "no such user"),
+            Err(e) => store_err(e),
+        },
+        Request::Send { to, max_views, payload } => {
+            if max_views == Some(0) {
+                return Response::error(ErrorCode::Invalid, "max_views must be at least 1");
+            }
+            let (t, f, max) = (to.clone(), user.clone(), limits.max_mailbox);
+            // The Ack is sent only after the envelope is committed (synchronous=FULL).
+            match shared.db(move |st| st.enqueue(&t, &f, max_views, &payload, max)).await {
+                Ok(id) => {
+                    inc(&shared.metrics.messages_queued);
+                    shared.push(&to, &Push::NewEnvelope { id, from: user });
+                    Response::Ack { id }
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::Fetch => {
+            let max = limits.max_frame.saturating_sub(4096).max(1024);
+            match shared.db(move |st| st.fetch(&user, max)).await {
+                Ok((envelopes, more)) => {
+                    shared
+                        .metrics
+                        .messages_delivered
+                        .fetch_add(envelopes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Response::Envelopes { envelopes, more }
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::AckEnvelopes { ids } => match shared.db(move |st| st.ack(&user, &ids)).await {
+            Ok(count) => Response::Deleted { count },
+            Err(e) => store_err(e),
+        },
+        Request::AttachmentBegin { to, total_len } => {
+            if total_len > limits.max_attachment {
+                inc(&shared.metrics.refused_too_large);
+                return Response::error(
+                    ErrorCode::TooLarge,
+                    format!("attachment of {total_len} bytes exceeds the limit of {} bytes", limits.max_attachment),
+                );
+            }
+            let t = to.clone();
+            match shared.db(move |st| st.identity_key(&t)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Response::error(ErrorCode::UnknownUser, "no such recipient"),
+                Err(e) => return store_err(e),
+            }
+            let meta =
+                AttachmentMeta { id: random_attachment_id(), from: user, to, total_len, received: 0, complete: false };
+            let id = meta.id;
+            match shared.db(move |st| st.attachment_begin(&meta)).await {
+                Ok(()) => Response::AttachmentCreated { id },
+                Err(e) => store_err(e),
+            }
+        }
+        Request::AttachmentChunk { id, offset, data } => {
+            if let Err(r) = attachment_for(shared, id, &user, Role::Sender).await {
+                return r;
+            }
+            match shared.db(move |st| st.attachment_append(id, offset, &data)).await {
+                Ok(_) => status_of(shared, id).await,
+                Err(e) => store_err(e),
+            }
+        }
+        Request::AttachmentStatus { id } => match attachment_for(shared, id, &user, Role::Either).await {
+            Ok(_) => status_of(shared, id).await,
+            Err(r) => r,
+        },
+        Request::AttachmentFinish { id } => {
+            if let Err(r) = attachment_for(shared, id, &user, Role::Sender).await {
+                return r;
+            }
+            match shared.db(move |st| st.attachment_finish(id)).await {
+                Ok(()) => status_of(shared, id).await,
+                Err(e) => store_err(e),
+            }
+        }
+        Request::AttachmentGet { id, offset, max_len } => {
+            let meta = match attachment_for(shared, id, &user, Role::Recipient).await {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
+            if !meta.complete {
+                return Response::error(ErrorCode::Invalid, "attachment upload is not finished yet");
+            }
+            let cap = u32::try_from(limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
+            let n = max_len.min(cap);
+            match shared.db(move |st| st.attachment_read(id, offset, n)).await {
+                Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
+                Err(e) => store_err(e),
+            }
+        }
+        Request::AttachmentAck { id } => {
+            if let Err(r) = attachment_for(shared, id, &user, Role::Recipient).await {
+                return r;
+            }
+            match shared.db(move |st| st.attachment_delete(id)).await {
+                Ok(d) => Response::Deleted { count: u32::from(d) },
+                Err(e) => store_err(e),
+            }
+        }
+        _ => Response::error(ErrorCode::Invalid, "unsupported request"),
+    }
+}
+
+fn login(shared: &Shared, s: &mut Session, user: Username) {
+    shared.set_online(&user, s.conn_id, s.push_tx.clone());
+    s.user = Some(user);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Sender,
+    Recipient,
+    Either,
+}
+
+async fn attachment_for(
+    shared: &Shared,
+    id: AttachmentId,
+    user: &Username,
+    role: Role,
+) -> Result<AttachmentMeta, Response> {
+    let meta = match shared.db(move |st| st.attachment(id)).await {
+        Ok(Some(m)) => m,
+        // Same answer for "absent" and "someone else's" would leak less, but a
+        // clear Forbidden helps users; ids are random 63-bit values anyway.
+        Ok(None) => return Err(Response::error(ErrorCode::NotFound, "no such attachment")),
+        Err(e) => return Err(store_err(e)),
+    };
+    let ok = match role {
+        Role::Sender => &meta.from == user,
+        Role::Recipient => &meta.to == user,
+        Role::Either => &meta.from == user || &meta.to == user,
+    };
+    if ok {
+        Ok(meta)
+    } else {
+        Err(Response::error(
+            ErrorCode::Forbidden,
+            match role {
+                Role::Sender => "only the sender may upload this attachment",
+                _ => "only the named recipient may download this attachment",
+            },
+        ))
+    }
+}
+
+async fn status_of(shared: &Shared, id: AttachmentId) -> Response {
+    match shared.db(move |st| st.attachment(id)).await {
+        Ok(Some(m)) => {
+            Response::AttachmentStatus { id, received: m.received, total_len: m.total_len, complete: m.complete }
+        }
+        Ok(None) => Response::error(ErrorCode::NotFound, "no such attachment"),
+        Err(e) => store_err(e),
+    }
+}

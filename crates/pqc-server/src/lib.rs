@@ -1,0 +1,41 @@
+//! The pqc-chat relay server: an untrusted store-and-forward of opaque
+//! ciphertext over QUIC.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration ([`Config`], [`config::Limits`]).
+//! - [`server`]: [`Server::start`] / [`ServerHandle`]: endpoint, accept loop,
+//!   connection cap, graceful shutdown.
+//! - `conn`: one task per connection: Hello, rate limit, request dispatch,
+//!   live pushes.
+//! - [`metrics`]: counters exported by [`status`].
+//! - [`status`]: minimal HTTP/1.1 `GET /status` (JSON) and `GET /metrics`
+//!   (Prometheus text) on localhost.
+
+pub mod config;
+mod conn;
+pub mod metrics;
+pub mod server;
+pub mod status;
+
+pub use config::{Config, Limits};
+pub use server::{Server, ServerHandle};
+
+use thiserror::Error;
+
+/// Server errors (startup and configuration).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// File or socket I/O.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Transport setup.
+    #[error(transparent)]
+    Net(#[from] pqc_net::NetError),
+    /// Database.
+    #[error(transparent)]
+    Store(#[from] pqc_store::StoreError),
+}

@@ -1,0 +1,96 @@
+//! `pqc-server` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pqc_server::{Config, Server};
+
+/// pqc-chat relay server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file (default: config/server.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (database, certificate). Default: ./pqc-data
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// QUIC listen address (UDP). Default: 0.0.0.0:8443
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Status/metrics HTTP address (TCP). Default: 127.0.0.1:8444
+    #[arg(long)]
+    status: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pqc-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => {
+            let p = PathBuf::from("config/server.toml");
+            if p.exists() { Config::load(&p)? } else { Config::default() }
+        }
+    };
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let listen = match args.listen {
+        Some(a) => a,
+        None => format!("{}:{}", cfg.signaling_host, cfg.signaling_port).parse()?,
+    };
+    let status = match args.status {
+        Some(a) => a,
+        None => cfg.status_addr.parse()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let handle = Server::start(cfg, listen, Some(status)).await?;
+        println!("pqc-server listening on {} (UDP/QUIC)", handle.addr);
+        if let Some(s) = handle.status_addr {
+            println!("status: http://{s}/status  metrics: http://{s}/metrics");
+        }
+        println!("certificate SHA-256 fingerprint: {}", handle.fingerprint);
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        handle.shutdown().await;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

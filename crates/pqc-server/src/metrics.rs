@@ -1,0 +1,95 @@
+//! Server counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters (monotonic unless noted).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open connections (gauge).
+    pub connections_current: AtomicU64,
+    /// Accepted connections.
+    pub connections_total: AtomicU64,
+    /// Envelopes stored.
+    pub messages_queued: AtomicU64,
+    /// Envelopes returned by Fetch.
+    pub messages_delivered: AtomicU64,
+    /// Completed TLS handshakes.
+    pub handshakes_ok: AtomicU64,
+    /// Failed TLS handshakes.
+    pub handshakes_failed: AtomicU64,
+    /// Requests refused by the rate limit.
+    pub refused_rate_limited: AtomicU64,
+    /// Frames or uploads refused as too large.
+    pub refused_too_large: AtomicU64,
+    /// Connections refused at the connection cap.
+    pub refused_connection_cap: AtomicU64,
+    /// Connections closed for a malformed frame.
+    pub malformed_frames: AtomicU64,
+    /// Handshakes per negotiated key-exchange group.
+    pub tls_groups: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Increments a counter.
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Records a negotiated group.
+    pub fn record_group(&self, name: String) {
+        let mut g = self.tls_groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g.entry(name).or_insert(0) += 1;
+    }
+
+    fn scalars(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("pqc_connections_current", "gauge", l(&self.connections_current)),
+            ("pqc_connections_total", "counter", l(&self.connections_total)),
+            ("pqc_messages_queued_total", "counter", l(&self.messages_queued)),
+            ("pqc_messages_delivered_total", "counter", l(&self.messages_delivered)),
+            ("pqc_handshakes_ok_total", "counter", l(&self.handshakes_ok)),
+            ("pqc_handshakes_failed_total", "counter", l(&self.handshakes_failed)),
+            ("pqc_refused_rate_limited_total", "counter", l(&self.refused_rate_limited)),
+            ("pqc_refused_too_large_total", "counter", l(&self.refused_too_large)),
+            ("pqc_refused_connection_cap_total", "counter", l(&self.refused_connection_cap)),
+            ("pqc_malformed_frames_total", "counter", l(&self.malformed_frames)),
+        ]
+    }
+
+    /// Prometheus text exposition.
+    pub fn prometheus(&self, queued_now: u64) -> String {
+        let mut out = String::new();
+        for (name, kind, v) in self.scalars() {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {v}");
+        }
+        let _ = writeln!(out, "# TYPE pqc_mailbox_envelopes gauge\npqc_mailbox_envelopes {queued_now}");
+        let _ = writeln!(out, "# TYPE pqc_tls_group_total counter");
+        for (g, n) in self.tls_groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let _ = writeln!(out, "pqc_tls_group_total{{group=\"{g}\"}} {n}");
+        }
+        out
+    }
+
+    /// JSON status.
+    pub fn json(&self, queued_now: u64) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (name, _, v) in self.scalars() {
+            m.insert(name.trim_start_matches("pqc_").trim_end_matches("_total").to_string(), v.into());
+        }
+        m.insert("mailbox_envelopes".into(), queued_now.into());
+        let groups: serde_json::Map<String, serde_json::Value> = self
+            .tls_groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
+        m.insert("tls_groups".into(), groups.into());
+        m.insert("status".into(), "ok".into());
+        serde_json::Value::Object(m)
+    }
+}

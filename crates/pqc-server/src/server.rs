@@ -1,0 +1,211 @@
+//! Endpoint, accept loop, shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pqc_net::{CertFingerprint, ServerTls};
+use pqc_store::StoreError;
+use pqc_store::server::SqliteServerStore;
+use pqc_wire::{Push, Username};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Limits};
+use crate::metrics::{Metrics, inc};
+use crate::{ServerError, conn, status};
+
+type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<Push>)>>;
+
+/// State shared by all connection tasks.
+pub(crate) struct Shared {
+    store: Arc<Mutex<SqliteServerStore>>,
+    online: Mutex<Online>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+}
+
+impl Shared {
+    /// Runs a store operation on the blocking pool.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut s)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("database task failed: {e}")))?
+    }
+
+    pub(crate) async fn queued_now(&self) -> u64 {
+        use pqc_store::server::ServerStore;
+        self.db(|s| s.queued_total()).await.unwrap_or(0)
+    }
+
+    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: mpsc::UnboundedSender<Push>) {
+        self.online.lock().unwrap_or_else(PoisonError::into_inner).entry(user.clone()).or_default().push((conn_id, tx));
+    }
+
+    pub(crate) fn set_offline(&self, user: &Username, conn_id: u64) {
+        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = online.get_mut(user) {
+            v.retain(|(id, _)| *id != conn_id);
+            if v.is_empty() {
+                online.remove(user);
+            }
+        }
+    }
+
+    /// Pushes to every connection of `user`.
+    pub(crate) fn push(&self, user: &Username, p: &Push) {
+        if let Some(v) = self.online.lock().unwrap_or_else(PoisonError::into_inner).get(user) {
+            for (_, tx) in v {
+                let _ = tx.send(p.clone());
+            }
+        }
+    }
+}
+
+/// The server.
+#[derive(Debug)]
+pub struct Server;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// QUIC (UDP) address bound.
+    pub addr: SocketAddr,
+    /// Status HTTP address bound, if enabled.
+    pub status_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprint of the certificate (clients pin it).
+    pub fingerprint: CertFingerprint,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Graceful shutdown: stop accepting, close connections, wait for their
+    /// tasks, close the endpoint and the database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the certificate, or creates a self-signed one on first start.
+pub fn ensure_certificate(cfg: &Config) -> Result<ServerTls, ServerError> {
+    let (cert, key) = (cfg.cert_path(), cfg.key_path());
+    if !cert.exists() && !key.exists() {
+        let mut names = vec!["localhost".to_string()];
+        if cfg.signaling_host != "0.0.0.0" && cfg.signaling_host != "::" {
+            names.push(cfg.signaling_host.clone());
+        }
+        let ss = pqc_net::generate_self_signed(&names)?;
+        if let Some(dir) = key.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_private(&key, ss.key_pem.as_bytes())?;
+        std::fs::write(&cert, ss.cert_pem.as_bytes())?;
+        tracing::info!(cert = %cert.display(), "generated a self-signed certificate");
+    }
+    Ok(ServerTls::from_pem_files(&cert, &key)?)
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+impl Server {
+    /// Creates the data directory, certificate and database if needed, binds
+    /// `listen` (UDP) and `status` (TCP, optional) and starts serving.
+    pub async fn start(
+        cfg: Config,
+        listen: SocketAddr,
+        status_addr: Option<SocketAddr>,
+    ) -> Result<ServerHandle, ServerError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let tls = ensure_certificate(&cfg)?;
+        let db_path = cfg.data_dir.join("server.db");
+        let store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
+            .await
+            .map_err(|e| ServerError::Config(format!("database open task failed: {e}")))??;
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared {
+            store: Arc::new(Mutex::new(store)),
+            online: Mutex::new(HashMap::new()),
+            metrics: metrics.clone(),
+            limits: cfg.limits.clone(),
+        });
+        let endpoint = tls.endpoint(listen)?;
+        let addr = endpoint.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let status_bound = match status_addr {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a).await?;
+                let bound = l.local_addr()?;
+                tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let fingerprint = tls.fingerprint();
+        let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
+        Ok(ServerHandle { addr, status_addr: status_bound, fingerprint, metrics, shutdown, task })
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tls: ServerTls,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cap = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut tasks = JoinSet::new();
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            inc_opt = endpoint.accept() => {
+                let Some(incoming) = inc_opt else { break };
+                let Ok(permit) = cap.clone().try_acquire_owned() else {
+                    inc(&shared.metrics.refused_connection_cap);
+                    tracing::warn!("connection cap reached; refusing a connection");
+                    incoming.refuse();
+                    continue;
+                };
+                next_id += 1;
+                let (shared, tls, shutdown) = (shared.clone(), tls.clone(), shutdown.clone());
+                let id = next_id;
+                tasks.spawn(async move {
+                    conn::handle(id, incoming, tls, shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!("shutting down: closing {} connection(s)", tasks.len());
+    endpoint.set_server_config(None);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    endpoint.close(0u32.into(), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    // `shared` (and with it the database) is dropped here.
+}

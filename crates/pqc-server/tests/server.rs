@@ -1,0 +1,375 @@
+//! Real QUIC on 127.0.0.1 and real SQLite files in a temp dir.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pqc_crypto::rng::SystemRng;
+use pqc_crypto::sign::HybridSigningKey;
+use pqc_net::{Connection, NamedGroup, ServerTrust};
+use pqc_server::{Config, Server, ServerHandle};
+use pqc_wire::*;
+
+async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    tweak(&mut cfg);
+    Server::start(cfg, "127.0.0.1:0".parse().unwrap(), Some("127.0.0.1:0".parse().unwrap())).await.unwrap()
+}
+
+async fn connect(h: &ServerHandle) -> Connection {
+    let (c, fp, group) = Connection::connect(h.addr, "localhost", ServerTrust::Pinned(h.fingerprint)).await.unwrap();
+    assert_eq!(fp, h.fingerprint);
+    assert_eq!(group, NamedGroup::X25519MLKEM768);
+    c
+}
+
+struct User {
+    name: Username,
+    key: HybridSigningKey,
+}
+
+impl User {
+    fn new(name: &str) -> Self {
+        Self { name: Username::new(name).unwrap(), key: HybridSigningKey::generate(&mut SystemRng).unwrap() }
+    }
+
+    fn register_req(&self, c: &Connection) -> Request {
+        let ik = self.key.verifying_key().to_bytes();
+        let t = register_transcript(&c.challenge(), &self.name, &ik);
+        let sig = self.key.sign(&t, REGISTER_CONTEXT, &mut SystemRng).unwrap().to_bytes();
+        Request::Register { username: self.name.clone(), identity_key: ik, signature: sig }
+    }
+
+    fn login_req(&self, c: &Connection) -> Request {
+        let t = login_transcript(&c.challenge(), &self.name);
+        let sig = self.key.sign(&t, LOGIN_CONTEXT, &mut SystemRng).unwrap().to_bytes();
+        Request::Login { username: self.name.clone(), signature: sig }
+    }
+
+    async fn register(&self, h: &ServerHandle) -> Connection {
+        let c = connect(h).await;
+        assert_eq!(c.request(self.register_req(&c)).await.unwrap(), Response::Ok);
+        c
+    }
+
+    async fn login(&self, h: &ServerHandle) -> Connection {
+        let c = connect(h).await;
+        assert_eq!(c.request(self.login_req(&c)).await.unwrap(), Response::Ok);
+        c
+    }
+}
+
+fn code(r: Response) -> ErrorCode {
+    match r {
+        Response::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn u(s: &str) -> Username {
+    Username::new(s).unwrap()
+}
+
+#[tokio::test]
+async fn register_login_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let alice = User::new("alice");
+    let c = alice.register(&h).await;
+    // Already logged in on this connection.
+    assert_eq!(code(c.request(alice.login_req(&c)).await.unwrap()), ErrorCode::AlreadyLoggedIn);
+    // Duplicate username.
+    let impostor = User { name: u("alice"), key: HybridSigningKey::generate(&mut SystemRng).unwrap() };
+    let c2 = connect(&h).await;
+    let r = c2.request(impostor.register_req(&c2)).await.unwrap();
+    assert!(matches!(&r, Response::Error { code: ErrorCode::UsernameTaken, message } if message.contains("taken")));
+    // Bad login signature (wrong key), then not logged in.
+    assert_eq!(code(c2.request(impostor.login_req(&c2)).await.unwrap()), ErrorCode::BadSignature);
+    assert_eq!(code(c2.request(Request::Fetch).await.unwrap()), ErrorCode::NotLoggedIn);
+    // A signature over another connection's challenge is rejected.
+    let c3 = connect(&h).await;
+    assert_eq!(code(c3.request(alice.login_req(&c2)).await.unwrap()), ErrorCode::BadSignature);
+    // Unknown user.
+    let bob = User::new("bob");
+    assert_eq!(code(c3.request(bob.login_req(&c3)).await.unwrap()), ErrorCode::UnknownUser);
+    // Correct login.
+    assert_eq!(c3.request(alice.login_req(&c3)).await.unwrap(), Response::Ok);
+    let r = c3.request(Request::GetIdentity { username: u("alice") }).await.unwrap();
+    assert_eq!(r, Response::Identity { identity_key: alice.key.verifying_key().to_bytes() });
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn prekeys_consumed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.low_prekeys_threshold = 3).await;
+    let bob = User::new("bob");
+    let mut cb = bob.register(&h).await;
+    let mut bob_push = cb.take_pushes().unwrap();
+    let n = 20u32;
+    let one_time: Vec<_> = (0..n).map(|i| (PreKeyId(i), vec![i as u8; 32])).collect();
+    let one_time_kem: Vec<_> = (0..n).map(|i| (PreKeyId(1000 + i), vec![i as u8; 64])).collect();
+    let r = cb
+        .request(Request::UploadPrekeys { signed_prekeys: b"signed".to_vec(), one_time, one_time_kem })
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Ok);
+    let alice = User::new("alice");
+    let ca = Arc::new(alice.register(&h).await);
+    let carol = User::new("carol");
+    let cc = Arc::new(carol.register(&h).await);
+    // Concurrent fetches from two connections, n + 4 in total.
+    let mut tasks = Vec::new();
+    for i in 0..(n + 4) {
+        let c = if i % 2 == 0 { ca.clone() } else { cc.clone() };
+        tasks.push(tokio::spawn(async move { c.request(Request::FetchPrekeys { username: u("bob") }).await.unwrap() }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut seen_kem = std::collections::HashSet::new();
+    let mut empty = 0;
+    for t in tasks {
+        let Response::PrekeyBundle(b) = t.await.unwrap() else { panic!("expected a bundle") };
+        assert_eq!(b.signed_prekeys, b"signed");
+        assert_eq!(b.identity_key, bob.key.verifying_key().to_bytes());
+        match (b.one_time, b.one_time_kem) {
+            (Some((id, _)), Some((kid, _))) => {
+                assert!(seen.insert(id), "one-time key {id} handed out twice");
+                assert!(seen_kem.insert(kid), "KEM key {kid} handed out twice");
+            }
+            (None, None) => empty += 1,
+            other => panic!("unbalanced {other:?}"),
+        }
+    }
+    assert_eq!(seen.len(), n as usize);
+    assert_eq!(empty, 4);
+    // Bob was told his prekeys run low.
+    let p = tokio::time::timeout(Duration::from_secs(5), bob_push.recv()).await.unwrap().unwrap();
+    assert!(matches!(p, Push::LowPrekeys { .. }));
+    // Unknown user / no prekeys.
+    assert_eq!(
+        code(ca.request(Request::FetchPrekeys { username: u("nobody") }).await.unwrap()),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(code(ca.request(Request::FetchPrekeys { username: u("carol") }).await.unwrap()), ErrorCode::NotFound);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_fetch_ack_push_views_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    let ca = alice.register(&h).await;
+    let mut cb = bob.register(&h).await;
+    let mut pushes = cb.take_pushes().unwrap();
+
+    let Response::Ack { id: id1 } =
+        ca.request(Request::Send { to: u("bob"), max_views: None, payload: b"hello".to_vec() }).await.unwrap()
+    else {
+        panic!()
+    };
+    // Live push to the connected recipient.
+    let p = tokio::time::timeout(Duration::from_secs(5), pushes.recv()).await.unwrap().unwrap();
+    assert_eq!(p, Push::NewEnvelope { id: id1, from: u("alice") });
+
+    let Response::Ack { id: id2 } =
+        ca.request(Request::Send { to: u("bob"), max_views: Some(2), payload: b"twice".to_vec() }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        code(ca.request(Request::Send { to: u("nobody"), max_views: None, payload: vec![1] }).await.unwrap()),
+        ErrorCode::UnknownUser
+    );
+
+    let Response::Envelopes { envelopes, more } = cb.request(Request::Fetch).await.unwrap() else { panic!() };
+    assert!(!more);
+    assert_eq!(envelopes.len(), 2);
+    assert_eq!(envelopes[0].payload, b"hello");
+    assert_eq!(envelopes[0].from, u("alice"));
+    assert_eq!(envelopes[1].views_left, Some(1));
+    // Second fetch: last allowed view of the limited envelope.
+    let Response::Envelopes { envelopes, .. } = cb.request(Request::Fetch).await.unwrap() else { panic!() };
+    assert_eq!(envelopes[1].id, id2);
+    assert_eq!(envelopes[1].views_left, Some(0));
+    // Third fetch: the limited envelope is gone, the other remains until acked.
+    let Response::Envelopes { envelopes, .. } = cb.request(Request::Fetch).await.unwrap() else { panic!() };
+    assert_eq!(envelopes.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id1]);
+
+    // Queue one more, then restart the server on the same data dir.
+    let Response::Ack { id: id3 } =
+        ca.request(Request::Send { to: u("bob"), max_views: None, payload: b"durable".to_vec() }).await.unwrap()
+    else {
+        panic!()
+    };
+    drop((ca, cb));
+    h.shutdown().await;
+    let h = start(dir.path(), |_| {}).await;
+    let cb = bob.login(&h).await;
+    let Response::Envelopes { envelopes, .. } = cb.request(Request::Fetch).await.unwrap() else { panic!() };
+    assert_eq!(envelopes.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id1, id3]);
+    assert_eq!(
+        cb.request(Request::AckEnvelopes { ids: vec![id1, id3] }).await.unwrap(),
+        Response::Deleted { count: 2 }
+    );
+    let Response::Envelopes { envelopes, .. } = cb.request(Request::Fetch).await.unwrap() else { panic!() };
+    assert!(envelopes.is_empty());
+
+    // Status endpoint.
+    let body = http_get(h.status_addr.unwrap(), "/metrics").await;
+    assert!(body.contains("pqc_tls_group_total{group=\"X25519MLKEM768\"}"), "{body}");
+    let body = http_get(h.status_addr.unwrap(), "/status").await;
+    assert!(body.contains("\"connections_current\""), "{body}");
+    h.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
+}
+
+#[tokio::test]
+async fn attachments_resume_download_ack_and_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.max_attachment = 1 << 20).await;
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    let ca = alice.register(&h).await;
+    let cb = bob.register(&h).await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    assert_eq!(
+        code(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap()),
+        ErrorCode::TooLarge
+    );
+    let Response::AttachmentCreated { id } =
+        ca.request(Request::AttachmentBegin { to: u("bob"), total_len: data.len() as u64 }).await.unwrap()
+    else {
+        panic!()
+    };
+    // Upload the first 3 chunks, then "lose" the connection.
+    for off in (0..30_000).step_by(10_000) {
+        let r = ca
+            .request(Request::AttachmentChunk { id, offset: off as u64, data: data[off..off + 10_000].to_vec() })
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::AttachmentStatus { received, .. } if received == off as u64 + 10_000));
+    }
+    // Only the sender may upload.
+    assert_eq!(
+        code(cb.request(Request::AttachmentChunk { id, offset: 30_000, data: vec![0; 10] }).await.unwrap()),
+        ErrorCode::Forbidden
+    );
+    ca.close().await;
+    // Resume after reconnect.
+    let ca = alice.login(&h).await;
+    let Response::AttachmentStatus { received, total_len, complete, .. } =
+        ca.request(Request::AttachmentStatus { id }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((received, total_len, complete), (30_000, data.len() as u64, false));
+    // Wrong offset is refused with a hint.
+    assert_eq!(
+        code(ca.request(Request::AttachmentChunk { id, offset: 0, data: vec![1] }).await.unwrap()),
+        ErrorCode::Invalid
+    );
+    let mut off = received as usize;
+    while off < data.len() {
+        let end = (off + 32_768).min(data.len());
+        ca.request(Request::AttachmentChunk { id, offset: off as u64, data: data[off..end].to_vec() }).await.unwrap();
+        off = end;
+    }
+    let r = ca.request(Request::AttachmentFinish { id }).await.unwrap();
+    assert!(matches!(r, Response::AttachmentStatus { complete: true, .. }));
+    // The sender may not download.
+    assert_eq!(
+        code(ca.request(Request::AttachmentGet { id, offset: 0, max_len: 1000 }).await.unwrap()),
+        ErrorCode::Forbidden
+    );
+    // A third user may not either.
+    let carol = User::new("carol");
+    let cc = carol.register(&h).await;
+    assert_eq!(
+        code(cc.request(Request::AttachmentGet { id, offset: 0, max_len: 1000 }).await.unwrap()),
+        ErrorCode::Forbidden
+    );
+    // The recipient downloads in pieces.
+    let mut got = Vec::new();
+    loop {
+        let Response::AttachmentData { data: d, .. } =
+            cb.request(Request::AttachmentGet { id, offset: got.len() as u64, max_len: 40_000 }).await.unwrap()
+        else {
+            panic!()
+        };
+        if d.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got, data);
+    assert_eq!(cb.request(Request::AttachmentAck { id }).await.unwrap(), Response::Deleted { count: 1 });
+    assert_eq!(code(cb.request(Request::AttachmentStatus { id }).await.unwrap()), ErrorCode::NotFound);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.max_frame = 64 * 1024).await;
+    let good = connect(&h).await;
+    assert_eq!(good.request(Request::Ping).await.unwrap(), Response::Pong);
+
+    // Garbage bytes (unknown version).
+    let bad = connect(&h).await;
+    bad.send_raw_frame_body(vec![0xFF, 0x00, 1, 2, 3]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), bad.quinn().closed()).await.unwrap();
+    assert!(bad.request(Request::Ping).await.is_err());
+
+    // Oversized frame: bypass the client-side check by writing a raw body.
+    let big = connect(&h).await;
+    let body = ClientFrame {
+        id: RequestId(1),
+        request: Request::Send { to: u("x"), max_views: None, payload: vec![0; 100 * 1024] },
+    }
+    .encode_body();
+    big.send_raw_frame_body(body).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), big.quinn().closed()).await.unwrap();
+    // And the client refuses to send it itself.
+    let c = connect(&h).await;
+    assert!(c.request(Request::Send { to: u("x"), max_views: None, payload: vec![0; 100 * 1024] }).await.is_err());
+
+    // The first client is unaffected.
+    assert_eq!(good.request(Request::Ping).await.unwrap(), Response::Pong);
+    use std::sync::atomic::Ordering;
+    assert_eq!(h.metrics.malformed_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(h.metrics.refused_too_large.load(Ordering::Relaxed), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_and_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| {
+        c.limits.requests_per_second = 5;
+        c.limits.max_connections = 1;
+    })
+    .await;
+    let c = connect(&h).await;
+    let mut limited = 0;
+    for _ in 0..30 {
+        if let Response::Error { code: ErrorCode::RateLimited, .. } = c.request(Request::Ping).await.unwrap() {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0);
+    // Second connection is refused at the cap.
+    let r = Connection::connect(h.addr, "localhost", ServerTrust::Pinned(h.fingerprint)).await;
+    assert!(r.is_err());
+    h.shutdown().await;
+}

@@ -1,0 +1,533 @@
+//! Server-side storage.
+
+use std::path::Path;
+
+use pqc_wire::{AttachmentId, Envelope, EnvelopeId, PreKeyId, PrekeyBundle, Username};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::StoreError;
+
+/// Remaining one-time prekeys of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrekeyCounts {
+    /// One-time classical prekeys left.
+    pub one_time: u32,
+    /// One-time KEM prekeys left.
+    pub one_time_kem: u32,
+}
+
+/// Metadata of an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentMeta {
+    /// Id.
+    pub id: AttachmentId,
+    /// Uploader.
+    pub from: Username,
+    /// The only user allowed to download.
+    pub to: Username,
+    /// Announced size.
+    pub total_len: u64,
+    /// Bytes stored so far.
+    pub received: u64,
+    /// Upload finished.
+    pub complete: bool,
+}
+
+/// Storage used by the relay server. Every method is one transaction.
+pub trait ServerStore: Send {
+    /// Creates an account.
+    fn create_account(&mut self, user: &Username, identity_key: &[u8]) -> Result<(), StoreError>;
+    /// An account's identity key.
+    fn identity_key(&mut self, user: &Username) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the signed prekey blob and adds (or replaces by id) one-time prekeys.
+    fn upload_prekeys(
+        &mut self,
+        user: &Username,
+        signed_prekeys: &[u8],
+        one_time: &[(PreKeyId, Vec<u8>)],
+        one_time_kem: &[(PreKeyId, Vec<u8>)],
+    ) -> Result<PrekeyCounts, StoreError>;
+    /// Returns the bundle and atomically consumes one one-time prekey of each
+    /// kind. `None` if the user uploaded no prekeys; `UnknownUser` if no account.
+    fn take_prekey_bundle(&mut self, user: &Username) -> Result<Option<(PrekeyBundle, PrekeyCounts)>, StoreError>;
+    /// Queues an envelope; returns its id once committed.
+    fn enqueue(
+        &mut self,
+        to: &Username,
+        from: &Username,
+        max_views: Option<u32>,
+        payload: &[u8],
+        max_mailbox: u32,
+    ) -> Result<EnvelopeId, StoreError>;
+    /// Returns queued envelopes (oldest first) up to about `max_bytes` of
+    /// payload (at least one), and whether more remain. Counts a view for
+    /// limited-view envelopes and deletes those whose last view this was.
+    fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError>;
+    /// Deletes the user's envelopes with these ids; returns how many.
+    fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError>;
+    /// Envelopes queued for all users.
+    fn queued_total(&mut self) -> Result<u64, StoreError>;
+    /// Creates an attachment record.
+    fn attachment_begin(&mut self, meta: &AttachmentMeta) -> Result<(), StoreError>;
+    /// An attachment's metadata.
+    fn attachment(&mut self, id: AttachmentId) -> Result<Option<AttachmentMeta>, StoreError>;
+    /// Appends a chunk at `offset` (must equal the bytes received); returns the new total.
+    fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError>;
+    /// Marks the upload complete (all bytes present).
+    fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError>;
+    /// Reads up to `max_len` bytes at `offset`.
+    fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError>;
+    /// Deletes an attachment and its bytes.
+    fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError>;
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_1: &str = "
+CREATE TABLE accounts (
+    username TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+);
+CREATE TABLE prekeys (
+    username TEXT PRIMARY KEY REFERENCES accounts(username) ON DELETE CASCADE,
+    signed_prekeys BLOB NOT NULL
+);
+CREATE TABLE one_time_prekeys (
+    username TEXT NOT NULL REFERENCES accounts(username) ON DELETE CASCADE,
+    kind INTEGER NOT NULL,           -- 0 = classical, 1 = KEM
+    key_id INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (username, kind, key_id)
+);
+CREATE TABLE envelopes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL REFERENCES accounts(username) ON DELETE CASCADE,
+    sender TEXT NOT NULL,
+    max_views INTEGER,
+    views_left INTEGER,
+    payload BLOB NOT NULL
+);
+CREATE INDEX envelopes_by_recipient ON envelopes(recipient, id);
+CREATE TABLE attachments (
+    id INTEGER PRIMARY KEY,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    total_len INTEGER NOT NULL,
+    received INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+);
+CREATE TABLE attachment_chunks (
+    attachment_id INTEGER NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
+    offset INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (attachment_id, offset)
+);
+";
+
+/// SQLite implementation of [`ServerStore`].
+#[derive(Debug)]
+pub struct SqliteServerStore {
+    conn: Connection,
+}
+
+fn user(s: String) -> Result<Username, StoreError> {
+    Username::new(&s).map_err(|e| StoreError::Invalid(format!("stored username: {e}")))
+}
+
+fn i64_of(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid("value out of range".into()))
+}
+
+impl SqliteServerStore {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: every commit (an envelope before its Ack) is fsynced.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let v: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if v > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: v, supported: SCHEMA_VERSION });
+        }
+        if v < 1 {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(MIGRATION_1)?;
+            tx.pragma_update(None, "user_version", 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn counts(conn: &Connection, user: &Username) -> Result<PrekeyCounts, StoreError> {
+        let c = |kind: i64| -> Result<u32, StoreError> {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM one_time_prekeys WHERE username = ?1 AND kind = ?2",
+                params![user.as_str(), kind],
+                |r| r.get(0),
+            )?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        Ok(PrekeyCounts { one_time: c(0)?, one_time_kem: c(1)? })
+    }
+
+    fn account_exists(conn: &Connection, user: &Username) -> Result<bool, StoreError> {
+        Ok(conn
+            .query_row("SELECT 1 FROM accounts WHERE username = ?1", params![user.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+impl ServerStore for SqliteServerStore {
+    fn create_account(&mut self, user: &Username, identity_key: &[u8]) -> Result<(), StoreError> {
+        let r = self.conn.execute(
+            "INSERT INTO accounts (username, identity_key) VALUES (?1, ?2)",
+            params![user.as_str(), identity_key],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(StoreError::UsernameTaken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn identity_key(&mut self, user: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn upload_prekeys(
+        &mut self,
+        user: &Username,
+        signed_prekeys: &[u8],
+        one_time: &[(PreKeyId, Vec<u8>)],
+        one_time_kem: &[(PreKeyId, Vec<u8>)],
+    ) -> Result<PrekeyCounts, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !Self::account_exists(&tx, user)? {
+            return Err(StoreError::UnknownUser);
+        }
+        tx.execute(
+            "INSERT INTO prekeys (username, signed_prekeys) VALUES (?1, ?2)
+             ON CONFLICT(username) DO UPDATE SET signed_prekeys = excluded.signed_prekeys",
+            params![user.as_str(), signed_prekeys],
+        )?;
+        {
+            let mut st = tx.prepare(
+                "INSERT OR REPLACE INTO one_time_prekeys (username, kind, key_id, key) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (kind, list) in [(0i64, one_time), (1i64, one_time_kem)] {
+                for (id, key) in list {
+                    st.execute(params![user.as_str(), kind, id.0, key])?;
+                }
+            }
+        }
+        let counts = Self::counts(&tx, user)?;
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    fn take_prekey_bundle(&mut self, user: &Username) -> Result<Option<(PrekeyBundle, PrekeyCounts)>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let identity_key: Option<Vec<u8>> = tx
+            .query_row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(identity_key) = identity_key else { return Err(StoreError::UnknownUser) };
+        let signed: Option<Vec<u8>> = tx
+            .query_row("SELECT signed_prekeys FROM prekeys WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(signed_prekeys) = signed else { return Ok(None) };
+        let take = |kind: i64| -> Result<Option<(PreKeyId, Vec<u8>)>, StoreError> {
+            let row: Option<(u32, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT key_id, key FROM one_time_prekeys WHERE username = ?1 AND kind = ?2
+                     ORDER BY key_id LIMIT 1",
+                    params![user.as_str(), kind],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((id, _)) = &row {
+                tx.execute(
+                    "DELETE FROM one_time_prekeys WHERE username = ?1 AND kind = ?2 AND key_id = ?3",
+                    params![user.as_str(), kind, id],
+                )?;
+            }
+            Ok(row.map(|(id, k)| (PreKeyId(id), k)))
+        };
+        let one_time = take(0)?;
+        let one_time_kem = take(1)?;
+        let counts = Self::counts(&tx, user)?;
+        tx.commit()?;
+        Ok(Some((PrekeyBundle { identity_key, signed_prekeys, one_time, one_time_kem }, counts)))
+    }
+
+    fn enqueue(
+        &mut self,
+        to: &Username,
+        from: &Username,
+        max_views: Option<u32>,
+        payload: &[u8],
+        max_mailbox: u32,
+    ) -> Result<EnvelopeId, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !Self::account_exists(&tx, to)? {
+            return Err(StoreError::UnknownUser);
+        }
+        let n: i64 =
+            tx.query_row("SELECT COUNT(*) FROM envelopes WHERE recipient = ?1", params![to.as_str()], |r| r.get(0))?;
+        if n >= i64::from(max_mailbox) {
+            return Err(StoreError::MailboxFull);
+        }
+        tx.execute(
+            "INSERT INTO envelopes (recipient, sender, max_views, views_left, payload) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![to.as_str(), from.as_str(), max_views, payload],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EnvelopeId(u64::try_from(id).unwrap_or(0)))
+    }
+
+    fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::new();
+        let mut more = false;
+        {
+            let mut st = tx.prepare(
+                "SELECT id, sender, max_views, views_left, payload FROM envelopes WHERE recipient = ?1 ORDER BY id",
+            )?;
+            let mut rows = st.query(params![user.as_str()])?;
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let payload: Vec<u8> = r.get(4)?;
+                if !out.is_empty() && used + payload.len() + 64 > max_bytes {
+                    more = true;
+                    break;
+                }
+                used += payload.len() + 64;
+                let id: i64 = r.get(0)?;
+                out.push(Envelope {
+                    id: EnvelopeId(u64::try_from(id).unwrap_or(0)),
+                    from: user_of(r.get(1)?)?,
+                    max_views: r.get(2)?,
+                    views_left: r.get::<_, Option<u32>>(3)?.map(|v| v.saturating_sub(1)),
+                    payload,
+                });
+            }
+        }
+        for e in &out {
+            match e.views_left {
+                Some(0) => {
+                    tx.execute("DELETE FROM envelopes WHERE id = ?1", params![i64_of(e.id.0)?])?;
+                }
+                Some(v) => {
+                    tx.execute("UPDATE envelopes SET views_left = ?2 WHERE id = ?1", params![i64_of(e.id.0)?, v])?;
+                }
+                None => {}
+            }
+        }
+        tx.commit()?;
+        Ok((out, more))
+    }
+
+    fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0u32;
+        {
+            let mut st = tx.prepare("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
+            for id in ids {
+                n += u32::try_from(st.execute(params![i64_of(id.0)?, user.as_str()])?).unwrap_or(0);
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn queued_total(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO attachments (id, sender, recipient, total_len, received, complete) VALUES (?1, ?2, ?3, ?4, 0, 0)",
+            params![i64_of(m.id.0)?, m.from.as_str(), m.to.as_str(), i64_of(m.total_len)?],
+        )?;
+        Ok(())
+    }
+
+    fn attachment(&mut self, id: AttachmentId) -> Result<Option<AttachmentMeta>, StoreError> {
+        let row: Option<(String, String, i64, i64, bool)> = self
+            .conn
+            .query_row(
+                "SELECT sender, recipient, total_len, received, complete FROM attachments WHERE id = ?1",
+                params![i64_of(id.0)?],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(from, to, total, received, complete)| {
+            Ok(AttachmentMeta {
+                id,
+                from: user_of(from)?,
+                to: user_of(to)?,
+                total_len: u64::try_from(total).unwrap_or(0),
+                received: u64::try_from(received).unwrap_or(0),
+                complete,
+            })
+        })
+        .transpose()
+    }
+
+    fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(i64, i64, bool)> = tx
+            .query_row(
+                "SELECT total_len, received, complete FROM attachments WHERE id = ?1",
+                params![i64_of(id.0)?],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((total, received, complete)) = row else { return Err(StoreError::NotFound) };
+        if complete {
+            return Err(StoreError::Invalid("attachment already finished".into()));
+        }
+        if i64_of(offset)? != received {
+            return Err(StoreError::Invalid(format!(
+                "chunk offset {offset} but {received} bytes received; resume there"
+            )));
+        }
+        let new = received + i64::try_from(data.len()).unwrap_or(i64::MAX);
+        if new > total {
+            return Err(StoreError::Invalid("chunk goes past the announced total length".into()));
+        }
+        if !data.is_empty() {
+            tx.execute(
+                "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
+                params![i64_of(id.0)?, received, data],
+            )?;
+            tx.execute("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, new])?;
+        }
+        tx.commit()?;
+        Ok(u64::try_from(new).unwrap_or(0))
+    }
+
+    fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE attachments SET complete = 1 WHERE id = ?1 AND received = total_len",
+            params![i64_of(id.0)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid("attachment not fully uploaded".into()));
+        }
+        Ok(())
+    }
+
+    fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError> {
+        let start = offset;
+        let end = offset.saturating_add(u64::from(max_len));
+        let mut st = self.conn.prepare(
+            "SELECT offset, data FROM attachment_chunks WHERE attachment_id = ?1
+             AND offset < ?3 AND offset + length(data) > ?2 ORDER BY offset",
+        )?;
+        let mut rows = st.query(params![i64_of(id.0)?, i64_of(start)?, i64_of(end)?])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let off = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0);
+            let data: Vec<u8> = r.get(1)?;
+            let from = usize::try_from(start.saturating_sub(off)).unwrap_or(usize::MAX).min(data.len());
+            let to = usize::try_from(end.saturating_sub(off)).unwrap_or(usize::MAX).min(data.len());
+            if let Some(s) = data.get(from..to) {
+                out.extend_from_slice(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
+        let n = tx.execute("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+}
+
+fn user_of(s: String) -> Result<Username, StoreError> {
+    user(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Username {
+        Username::new(s).unwrap()
+    }
+
+    #[test]
+    fn envelopes_views_and_ack() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        assert!(matches!(s.create_account(&u("bob"), b"k"), Err(StoreError::UsernameTaken)));
+        let a = s.enqueue(&u("bob"), &u("alice"), None, b"one", 10).unwrap();
+        let b = s.enqueue(&u("bob"), &u("alice"), Some(2), b"two", 10).unwrap();
+        assert!(matches!(s.enqueue(&u("nobody"), &u("alice"), None, b"x", 10), Err(StoreError::UnknownUser)));
+        let (e, more) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(!more);
+        assert_eq!(e[1].views_left, Some(1));
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e[1].views_left, Some(0));
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(s.ack(&u("bob"), &[a, b]).unwrap(), 1);
+        assert_eq!(s.queued_total().unwrap(), 0);
+        for _ in 0..2 {
+            s.enqueue(&u("bob"), &u("alice"), None, b"x", 2).unwrap();
+        }
+        assert!(matches!(s.enqueue(&u("bob"), &u("alice"), None, b"x", 2), Err(StoreError::MailboxFull)));
+    }
+
+    #[test]
+    fn attachments_in_chunks() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        let id = AttachmentId(42);
+        let m = AttachmentMeta { id, from: u("a"), to: u("b"), total_len: 10, received: 0, complete: false };
+        s.attachment_begin(&m).unwrap();
+        assert_eq!(s.attachment_append(id, 0, b"0123").unwrap(), 4);
+        assert!(s.attachment_append(id, 0, b"0123").is_err());
+        assert!(s.attachment_finish(id).is_err());
+        assert_eq!(s.attachment_append(id, 4, b"456789").unwrap(), 10);
+        s.attachment_finish(id).unwrap();
+        assert_eq!(s.attachment_read(id, 2, 5).unwrap(), b"23456");
+        assert_eq!(s.attachment_read(id, 0, 100).unwrap(), b"0123456789");
+        assert!(s.attachment_delete(id).unwrap());
+        assert!(s.attachment(id).unwrap().is_none());
+    }
+}
