@@ -1,0 +1,723 @@
+//! The client engine: connects, authenticates, keeps prekeys stocked,
+//! encrypts and sends, receives and decrypts. The CLI and the TUI are thin
+//! layers over [`Client`].
+//!
+//! Delivery guarantees:
+//! - `send_*` return only after the server acknowledged the envelope (which
+//!   it does only once the envelope is on its disk); the ratchet state is
+//!   saved before the envelope leaves.
+//! - `receive` commits the decrypted message, the advanced session and the
+//!   envelope id (as "seen") in one profile transaction before acknowledging
+//!   it to the server; a redelivered envelope is recognised and not shown
+//!   twice.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pqc_crypto::kdf::{Sha256Hasher, sha256};
+use pqc_crypto::rng::{SystemRng, random_array};
+use pqc_net::{Connection, ServerTrust};
+use pqc_proto::prekey::PreKeyStore;
+use pqc_proto::{
+    IdentityKey, IdentityKeyPair, PreKeyBundle, PreKeyId, Session, SignedPreKeySecrets, WireMessage,
+    generate_one_time_kem_prekeys, generate_one_time_prekeys, generate_signed_prekeys,
+};
+use pqc_wire::{AttachmentId, EnvelopeId, Push, Request, Response, Username};
+use tokio::sync::mpsc::UnboundedReceiver;
+use zeroize::Zeroizing;
+
+use crate::content::{Body, Content, FileRef, sanitize_file_name};
+use crate::error::{ClientError, Result};
+use crate::files::{CHUNK, FileCipher, chunk_count, cipher_len};
+use crate::profile::{MAX_SESSIONS_PER_PEER, Profile, ns};
+
+/// One-time prekeys uploaded per batch.
+pub const PREKEY_BATCH: u32 = 50;
+/// Below this many unused one-time prekeys (as the server reports), a new batch is uploaded.
+pub const PREKEY_LOW: u32 = 20;
+/// Default server port.
+pub const DEFAULT_PORT: u16 = 8443;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `HOST:PORT` (port defaults to 8443).
+    pub server: String,
+    /// A CA file to verify the server with instead of pinning.
+    pub ca: Option<PathBuf>,
+}
+
+/// What happened while receiving, for the caller to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A text message.
+    Text {
+        /// Sender.
+        from: String,
+        /// Text.
+        text: String,
+        /// `(this view, max views)` for a limited-view message.
+        views: Option<(u32, u32)>,
+    },
+    /// A file, saved.
+    File {
+        /// Sender.
+        from: String,
+        /// Where it was saved.
+        path: PathBuf,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// Something the user should know (a dropped undecryptable message, a key change).
+    Warning(String),
+}
+
+/// Splits `HOST[:PORT]` and resolves it.
+pub async fn resolve(server: &str) -> Result<(String, SocketAddr)> {
+    let with_port = if server.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !server.ends_with(']')
+    {
+        server.to_string()
+    } else {
+        format!("{server}:{DEFAULT_PORT}")
+    };
+    let host = with_port
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or_default();
+    let addr = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| ClientError::io(format!("cannot resolve server address {server:?}"), e))?
+        .next()
+        .ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))?;
+    Ok((host, addr))
+}
+
+/// Connects with trust on first use: the first connection to an address
+/// pins the certificate's fingerprint (reported through `notice`), later
+/// connections accept only that certificate.
+pub async fn connect(profile: &Profile, opts: &ConnectOptions, notice: &mut dyn FnMut(String)) -> Result<Connection> {
+    let (host, addr) = resolve(&opts.server).await?;
+    let pin_key = opts.server.clone();
+    let trust = match (&opts.ca, profile.server_pin(&pin_key)?) {
+        (Some(ca), _) => ServerTrust::from_ca_file(ca)?,
+        (None, Some(fp)) => ServerTrust::Pinned(fp.parse()?),
+        (None, None) => ServerTrust::FirstUse,
+    };
+    let first_use = matches!(trust, ServerTrust::FirstUse);
+    let (conn, fingerprint, group) = Connection::connect(addr, &host, trust).await?;
+    if first_use {
+        profile.set_server_pin(&pin_key, &fingerprint.to_hex())?;
+        notice(format!(
+            "Trusting the certificate of {} on first use (SHA-256 {fingerprint}); later connections accept only this certificate.",
+            opts.server
+        ));
+    }
+    tracing::debug!(?group, "connected");
+    Ok(conn)
+}
+
+/// A logged-in client.
+pub struct Client {
+    profile: Profile,
+    conn: Connection,
+    me: Username,
+    identity: IdentityKeyPair,
+    pushes: Option<UnboundedReceiver<Push>>,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Client({})", self.me)
+    }
+}
+
+fn server_error(resp: Response) -> ClientError {
+    match resp {
+        Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+async fn call(conn: &Connection, req: Request) -> Result<Response> {
+    match conn.request(req).await? {
+        r @ Response::Error { .. } => Err(server_error(r)),
+        r => Ok(r),
+    }
+}
+
+impl Client {
+    /// Creates an identity, registers `name` on the server and uploads prekeys.
+    pub async fn register(
+        profile: Profile,
+        opts: &ConnectOptions,
+        name: &str,
+        notice: &mut dyn FnMut(String),
+    ) -> Result<Self> {
+        if let Some(existing) = profile.username()? {
+            return Err(ClientError::AlreadyRegistered(existing));
+        }
+        let me = Username::new(name)?;
+        let identity = match profile.get_sealed(ns::IDENTITY, "self")? {
+            Some(b) => IdentityKeyPair::from_bytes(&b)?,
+            None => {
+                let id = IdentityKeyPair::generate(&mut SystemRng)?;
+                profile.set_identity(&id)?;
+                id
+            }
+        };
+        let conn = connect(&profile, opts, notice).await?;
+        let ik = identity.identity_key().to_bytes();
+        let transcript = pqc_wire::auth::register_transcript(&conn.challenge(), &me, &ik);
+        let signature = identity.sign(&transcript, pqc_wire::auth::REGISTER_CONTEXT, &mut SystemRng)?;
+        call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await?;
+        profile.set_meta("username", me.as_str())?;
+        profile.set_meta("server", &opts.server)?;
+        let mut client = Self { profile, conn, me, identity, pushes: None };
+        client.pushes = client.conn.take_pushes();
+        client.ensure_prekeys(None).await?;
+        Ok(client)
+    }
+
+    /// Logs in with the profile's identity and tops up prekeys if needed.
+    pub async fn login(profile: Profile, opts: &ConnectOptions, notice: &mut dyn FnMut(String)) -> Result<Self> {
+        let name = profile.username()?.ok_or(ClientError::NotRegistered)?;
+        let me = Username::new(&name)?;
+        let identity = profile.identity()?;
+        let conn = connect(&profile, opts, notice).await?;
+        let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), &me);
+        let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
+        call(&conn, Request::Login { username: me.clone(), signature }).await?;
+        let mut client = Self { profile, conn, me, identity, pushes: None };
+        client.pushes = client.conn.take_pushes();
+        if client.profile.meta("signed_prekeys_blob")?.is_none() {
+            client.ensure_prekeys(None).await?;
+        }
+        Ok(client)
+    }
+
+    /// This user's name.
+    pub fn username(&self) -> &str {
+        self.me.as_str()
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The connection (negotiated group, fingerprint).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Takes the stream of server pushes (once).
+    pub fn take_pushes(&mut self) -> Option<UnboundedReceiver<Push>> {
+        self.pushes.take()
+    }
+
+    /// Uploads the signed prekeys (first time) and a batch of one-time
+    /// prekeys. `remaining` is the server's count when it said we run low.
+    pub async fn ensure_prekeys(&mut self, remaining: Option<(u32, u32)>) -> Result<()> {
+        let mut rng = SystemRng;
+        let signed_blob = match self.profile.meta("signed_prekeys_blob")? {
+            Some(hexblob) => hex::decode(hexblob).map_err(|_| ClientError::Malformed("stored prekey blob"))?,
+            None => {
+                let first = self.profile.allocate_prekey_ids(2)?;
+                let (secrets, blob) = generate_signed_prekeys(
+                    &self.identity,
+                    PreKeyId(first),
+                    PreKeyId(first.wrapping_add(1)),
+                    &mut rng,
+                )?;
+                self.profile.put_sealed(ns::SIGNED_PREKEY, &first.to_string(), &secrets.to_bytes())?;
+                self.profile.set_meta("signed_prekeys_blob", &hex::encode(&blob))?;
+                blob
+            }
+        };
+        let (need_x, need_kem) = match remaining {
+            Some((x, k)) => (x < PREKEY_LOW, k < PREKEY_LOW),
+            None => (true, true),
+        };
+        let mut one_time = Vec::new();
+        let mut one_time_kem = Vec::new();
+        if need_x {
+            let first = self.profile.allocate_prekey_ids(PREKEY_BATCH)?;
+            let (secrets, blobs) = generate_one_time_prekeys(&self.identity, PreKeyId(first), PREKEY_BATCH, &mut rng)?;
+            for (id, s) in secrets {
+                self.profile.put_sealed(ns::ONE_TIME, &id.0.to_string(), s.to_bytes().as_ref())?;
+            }
+            one_time = blobs.into_iter().map(|(id, b)| (pqc_wire::PreKeyId(id.0), b)).collect();
+        }
+        if need_kem {
+            let first = self.profile.allocate_prekey_ids(PREKEY_BATCH)?;
+            let (secrets, blobs) =
+                generate_one_time_kem_prekeys(&self.identity, PreKeyId(first), PREKEY_BATCH, &mut rng)?;
+            for (id, s) in secrets {
+                self.profile.put_sealed(ns::ONE_TIME_KEM, &id.0.to_string(), s.as_bytes())?;
+            }
+            one_time_kem = blobs.into_iter().map(|(id, b)| (pqc_wire::PreKeyId(id.0), b)).collect();
+        }
+        call(&self.conn, Request::UploadPrekeys { signed_prekeys: signed_blob, one_time, one_time_kem }).await?;
+        Ok(())
+    }
+
+    /// The identity key of `peer`: the pinned one, else fetched from the server and pinned.
+    pub async fn peer_identity(&mut self, peer: &str) -> Result<Vec<u8>> {
+        if let Some(k) = self.profile.contact_key(peer)? {
+            return Ok(k);
+        }
+        let username = Username::new(peer)?;
+        match call(&self.conn, Request::GetIdentity { username }).await? {
+            Response::Identity { identity_key } => {
+                IdentityKey::from_bytes(&identity_key)?;
+                self.profile.check_contact(peer, &identity_key)?;
+                Ok(identity_key)
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Replaces the pinned identity key of `peer` with the one the server has now.
+    pub async fn trust_new_key(&mut self, peer: &str) -> Result<()> {
+        let username = Username::new(peer)?;
+        match call(&self.conn, Request::GetIdentity { username }).await? {
+            Response::Identity { identity_key } => {
+                IdentityKey::from_bytes(&identity_key)?;
+                self.profile.set_contact_key(peer, &identity_key)?;
+                self.profile.save_sessions(peer, &[])?;
+                Ok(())
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The safety number shared with `peer`.
+    pub async fn safety_number(&mut self, peer: &str) -> Result<String> {
+        let theirs = self.peer_identity(peer).await?;
+        Ok(safety_number(self.me.as_str(), &self.identity.identity_key().to_bytes(), peer, &theirs))
+    }
+
+    async fn encrypt_for(&mut self, to: &Username, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let peer = to.as_str();
+        let mut sessions = self.profile.sessions(peer)?;
+        if sessions.is_empty() {
+            let bundle = match call(&self.conn, Request::FetchPrekeys { username: to.clone() }).await? {
+                Response::PrekeyBundle(b) => b,
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            };
+            let bundle = PreKeyBundle::from_parts(
+                &bundle.identity_key,
+                &bundle.signed_prekeys,
+                bundle.one_time.as_ref().map(|(_, b)| b.as_slice()),
+                bundle.one_time_kem.as_ref().map(|(_, b)| b.as_slice()),
+            )?;
+            self.profile.check_contact(peer, &bundle.identity_key().to_bytes())?;
+            sessions.push(Session::initiate(&self.identity, &bundle, &mut SystemRng)?);
+        }
+        let Some(active) = sessions.first_mut() else { return Err(ClientError::Malformed("session list")) };
+        let payload = active.encrypt(plaintext, &mut SystemRng)?;
+        self.profile.save_sessions(peer, &sessions)?;
+        Ok(payload)
+    }
+
+    async fn send_envelope(&mut self, to: &Username, content: &Content) -> Result<EnvelopeId> {
+        let payload = self.encrypt_for(to, &content.encode()).await?;
+        match call(&self.conn, Request::Send { to: to.clone(), max_views: content.max_views, payload }).await? {
+            Response::Ack { id } => Ok(id),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a text message; returns once the server has it on disk.
+    pub async fn send_text(&mut self, to: &str, text: &str, max_views: Option<u32>) -> Result<EnvelopeId> {
+        let to_name = Username::new(to)?;
+        if to_name == self.me {
+            return Err(ClientError::Usage("sending to yourself is not supported".into()));
+        }
+        if max_views == Some(0) {
+            return Err(ClientError::Usage("--max-views must be at least 1".into()));
+        }
+        let content = Content { max_views, body: Body::Text(text.to_string()) };
+        let id = self.send_envelope(&to_name, &content).await?;
+        self.record_history(to, true, &format!("{}: {text}", self.me))?;
+        Ok(id)
+    }
+
+    /// Encrypts and uploads a file, then sends its key in an end-to-end
+    /// message. `progress(done, total)` is called after each chunk.
+    pub async fn send_file(&mut self, to: &str, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<EnvelopeId> {
+        use tokio::io::AsyncReadExt;
+        let to_name = Username::new(to)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
+        let plain_len = file.metadata().await.map_err(|e| ClientError::io("cannot stat the file", e))?.len();
+        let key: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(&mut SystemRng));
+        let cipher = FileCipher::new(&key, plain_len, CHUNK)?;
+        let total = cipher_len(plain_len, CHUNK);
+        let id = match call(&self.conn, Request::AttachmentBegin { to: to_name.clone(), total_len: total }).await? {
+            Response::AttachmentCreated { id } => id,
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        let mut hasher = Sha256Hasher::new();
+        let mut offset = 0u64;
+        let mut buf = Vec::with_capacity(CHUNK as usize + 16);
+        for index in 0..chunk_count(plain_len, CHUNK) {
+            buf.clear();
+            let want = (plain_len - index * u64::from(CHUNK)).min(u64::from(CHUNK)) as usize;
+            buf.resize(want, 0);
+            file.read_exact(&mut buf).await.map_err(|e| ClientError::io("cannot read the file", e))?;
+            hasher.update(&buf);
+            cipher.seal(index, &mut buf)?;
+            let len = buf.len() as u64;
+            call(&self.conn, Request::AttachmentChunk { id, offset, data: std::mem::take(&mut buf) }).await?;
+            offset += len;
+            progress(offset, total);
+        }
+        call(&self.conn, Request::AttachmentFinish { id }).await?;
+        let content = Content {
+            max_views: None,
+            body: Body::File(FileRef {
+                attachment: id.0,
+                cipher_len: total,
+                plain_len,
+                chunk: CHUNK,
+                key,
+                sha256: hasher.finish(),
+                name: name.clone(),
+            }),
+        };
+        let env = self.send_envelope(&to_name, &content).await?;
+        self.record_history(to, true, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
+        Ok(env)
+    }
+
+    fn record_history(&self, conv: &str, _outgoing: bool, line: &str) -> Result<()> {
+        let ts = now_ms();
+        let sealed = self.profile.seal("history", conv, line.as_bytes())?;
+        self.profile.db().add_history(conv, ts, &sealed)?;
+        Ok(())
+    }
+
+    /// The last `limit` history lines with `peer`, oldest first.
+    pub fn history(&self, peer: &str, limit: usize) -> Result<Vec<String>> {
+        let rows = self.profile.db().history(peer, limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let pt = self
+                .profile
+                .open_sealed("history", peer, &r.body)
+                .map_err(|_| ClientError::Malformed("history line"))?;
+            out.push(String::from_utf8_lossy(&pt).to_string());
+        }
+        Ok(out)
+    }
+
+    /// Drains the mailbox, calling `on_event` for each message; saves files
+    /// into `out_dir`. With `wait`, keeps listening for new messages until
+    /// none arrived for that long.
+    pub async fn receive(
+        &mut self,
+        out_dir: &Path,
+        wait: Option<Duration>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<usize> {
+        let mut count = 0;
+        let mut pushes = self.pushes.take();
+        let result = async {
+            loop {
+                let (envelopes, more) = match call(&self.conn, Request::Fetch).await? {
+                    Response::Envelopes { envelopes, more } => (envelopes, more),
+                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                };
+                let mut acks = Vec::new();
+                for env in envelopes {
+                    let id = env.id;
+                    match self.handle_envelope(env, out_dir).await {
+                        Ok(Some(ev)) => {
+                            count += 1;
+                            on_event(ev);
+                            acks.push(id);
+                        }
+                        Ok(None) => acks.push(id),
+                        Err(e @ (ClientError::Store(_) | ClientError::Net(_) | ClientError::Io { .. })) => {
+                            // Local or transport trouble: keep the envelope on the server and retry later.
+                            if !acks.is_empty() {
+                                let _ = call(&self.conn, Request::AckEnvelopes { ids: acks }).await;
+                            }
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            on_event(Event::Warning(format!("dropped a message that could not be opened: {e}")));
+                            acks.push(id);
+                        }
+                    }
+                }
+                if !acks.is_empty() {
+                    call(&self.conn, Request::AckEnvelopes { ids: acks }).await?;
+                }
+                if more {
+                    continue;
+                }
+                let Some(wait) = wait else { return Ok(()) };
+                let Some(rx) = pushes.as_mut() else { return Ok(()) };
+                let deadline = Instant::now() + wait;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, rx.recv()).await {
+                        Ok(Some(Push::NewEnvelope { .. })) => break,
+                        Ok(Some(Push::LowPrekeys { remaining, remaining_kem })) => {
+                            self.ensure_prekeys(Some((remaining, remaining_kem))).await?;
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => return Ok(()),
+                    }
+                }
+            }
+        }
+        .await;
+        self.pushes = pushes;
+        result.map(|()| count)
+    }
+
+    /// Handles one envelope; `Ok(None)` for one already delivered before.
+    async fn handle_envelope(&mut self, env: pqc_wire::Envelope, out_dir: &Path) -> Result<Option<Event>> {
+        if self.profile.db().is_seen(env.id.0)? {
+            return Ok(None);
+        }
+        let from = env.from.as_str().to_string();
+        let (plaintext, sessions) = self.decrypt_from(&from, &env.payload)?;
+        let content = Content::decode(&plaintext)?;
+        // Commit the advanced sessions, the history line and the "seen" mark together.
+        let now = now_ms();
+        let event = match &content.body {
+            Body::Text(text) => {
+                let line = format!("{from}: {text}");
+                self.profile.atomically(|p| {
+                    p.save_sessions(&from, &sessions)?;
+                    match content.max_views {
+                        // A limited-view message is kept sealed apart from the
+                        // history, with its views left, and deleted when they run out.
+                        Some(n) if n > 1 => {
+                            let mut rec = (n - 1).to_be_bytes().to_vec();
+                            rec.extend_from_slice(&n.to_be_bytes());
+                            rec.extend_from_slice(line.as_bytes());
+                            p.put_sealed(ns::LIMITED, &format!("{from}/{:020}", env.id.0), &rec)?;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let sealed = p.seal("history", &from, line.as_bytes())?;
+                            p.db().add_history(&from, now, &sealed)?;
+                        }
+                    }
+                    Ok(p.db().mark_seen(env.id.0, now)?)
+                })?;
+                Event::Text { from, text: text.clone(), views: content.max_views.map(|n| (1, n)) }
+            }
+            Body::File(f) => {
+                // The file is fetched first; only once it is saved are the
+                // session, history and "seen" mark committed together.
+                let path = self.download(&from, f, out_dir).await?;
+                let line = format!("{from} sent file {} ({} bytes)", path.display(), f.plain_len);
+                self.profile.atomically(|p| {
+                    p.save_sessions(&from, &sessions)?;
+                    let sealed = p.seal("history", &from, line.as_bytes())?;
+                    p.db().add_history(&from, now, &sealed)?;
+                    Ok(p.db().mark_seen(env.id.0, now)?)
+                })?;
+                self.ack_attachment(AttachmentId(f.attachment)).await?;
+                Event::File { from, path, size: f.plain_len }
+            }
+        };
+        Ok(Some(event))
+    }
+
+    /// Decrypts a payload from `from`, trying the active session first, then
+    /// older ones, then (for a prekey message) a new responder session.
+    /// Returns the plaintext and the updated session list, active first.
+    fn decrypt_from(&mut self, from: &str, payload: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<Session>)> {
+        let mut sessions = self.profile.sessions(from)?;
+        let mut last_err = None;
+        for i in 0..sessions.len() {
+            match sessions[i].decrypt(payload) {
+                Ok(pt) => {
+                    let s = sessions.remove(i);
+                    sessions.insert(0, s);
+                    return Ok((Zeroizing::new(pt), sessions));
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if let WireMessage::PreKey(msg) = WireMessage::decode(payload)? {
+            self.profile.check_contact(from, &msg.initiator_identity().to_bytes())?;
+            let mut store = ProfilePreKeys { profile: &self.profile };
+            let (session, pt) = Session::accept(&self.identity, &mut store, &msg)?;
+            sessions.insert(0, session);
+            sessions.truncate(MAX_SESSIONS_PER_PEER);
+            return Ok((Zeroizing::new(pt), sessions));
+        }
+        Err(last_err.map(ClientError::from).unwrap_or(ClientError::Usage(format!(
+            "a message from {from} belongs to no session; ask them to send again"
+        ))))
+    }
+
+    async fn download(&mut self, from: &str, f: &FileRef, out_dir: &Path) -> Result<PathBuf> {
+        use tokio::io::AsyncWriteExt;
+        tokio::fs::create_dir_all(out_dir)
+            .await
+            .map_err(|e| ClientError::io(format!("cannot create {}", out_dir.display()), e))?;
+        let id = AttachmentId(f.attachment);
+        let cipher = FileCipher::new(&f.key, f.plain_len, f.chunk)?;
+        if cipher_len(f.plain_len, f.chunk) != f.cipher_len {
+            return Err(ClientError::Malformed("file announcement (length)"));
+        }
+        let tmp = out_dir.join(format!(".pqc-download-{}.part", f.attachment));
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| ClientError::io(format!("cannot create {}", tmp.display()), e))?;
+        let mut hasher = Sha256Hasher::new();
+        let step = cipher.sealed_chunk_len();
+        let mut offset = 0u64;
+        let mut index = 0u64;
+        while offset < f.cipher_len {
+            let want = (f.cipher_len - offset).min(step);
+            let mut got = Vec::with_capacity(want as usize);
+            while (got.len() as u64) < want {
+                let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
+                let at = offset + got.len() as u64;
+                match call(&self.conn, Request::AttachmentGet { id, offset: at, max_len }).await? {
+                    Response::AttachmentData { data, .. } if !data.is_empty() => got.extend_from_slice(&data),
+                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                }
+            }
+            let plain = cipher.open(index, &got).map_err(|_| ClientError::FileCorrupt(from.to_string()))?;
+            hasher.update(&plain);
+            out.write_all(&plain).await.map_err(|e| ClientError::io("cannot write the file", e))?;
+            offset += want;
+            index += 1;
+        }
+        out.sync_all().await.map_err(|e| ClientError::io("cannot write the file", e))?;
+        drop(out);
+        if hasher.finish() != f.sha256 {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(ClientError::FileCorrupt(from.to_string()));
+        }
+        let path = unique_path(out_dir, &sanitize_file_name(&f.name));
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| ClientError::io("cannot save the file", e))?;
+        Ok(path)
+    }
+
+    async fn ack_attachment(&mut self, id: AttachmentId) -> Result<()> {
+        call(&self.conn, Request::AttachmentAck { id }).await.map(|_| ())
+    }
+
+    /// Shows the limited-view messages from `peer` once more, counting a view
+    /// each; a message whose last view this was is deleted from the profile.
+    pub fn view_limited(&self, peer: &str) -> Result<Vec<(String, u32, u32)>> {
+        let mut out = Vec::new();
+        for (key, rec) in self.profile.list_sealed(ns::LIMITED)? {
+            if !key.starts_with(&format!("{peer}/")) || rec.len() < 8 {
+                continue;
+            }
+            let left = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]);
+            let max = u32::from_be_bytes([rec[4], rec[5], rec[6], rec[7]]);
+            let line = String::from_utf8_lossy(&rec[8..]).to_string();
+            let this_view = max.saturating_sub(left).saturating_add(1);
+            if left <= 1 {
+                self.profile.db().delete(ns::LIMITED, &key)?;
+            } else {
+                let mut next = (left - 1).to_be_bytes().to_vec();
+                next.extend_from_slice(&rec[4..]);
+                self.profile.put_sealed(ns::LIMITED, &key, &next)?;
+            }
+            out.push((line, this_view, max));
+        }
+        Ok(out)
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s.to_string(), format!(".{e}")),
+        _ => (name.to_string(), String::new()),
+    };
+    (1..).map(|i| dir.join(format!("{stem} ({i}){ext}"))).find(|p| !p.exists()).unwrap_or(first)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The safety number of two users: 12 groups of 5 digits, the same on both
+/// sides. Each half is derived from one user's name and identity key
+/// (iterated SHA-512), and the halves are ordered so both see the same string.
+pub fn safety_number(me: &str, my_key: &[u8], peer: &str, peer_key: &[u8]) -> String {
+    fn half(name: &str, key: &[u8]) -> String {
+        let mut d = pqc_crypto::kdf::sha512(&[b"pqc-chat/safety-number/v1", key, name.as_bytes()]);
+        for _ in 0..1024 {
+            d = pqc_crypto::kdf::sha512(&[&d, key]);
+        }
+        (0..6)
+            .map(|i| {
+                let c = &d[i * 5..i * 5 + 5];
+                let v = c.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                format!("{:05}", v % 100_000)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let (a, b) = (half(me, my_key), half(peer, peer_key));
+    if a <= b { format!("{a} {b}") } else { format!("{b} {a}") }
+}
+
+/// The fingerprint of an identity key (for display).
+pub fn key_fingerprint(key: &[u8]) -> String {
+    hex::encode(&sha256(&[key])[..16])
+}
+
+struct ProfilePreKeys<'a> {
+    profile: &'a Profile,
+}
+
+impl PreKeyStore for ProfilePreKeys<'_> {
+    fn signed_prekeys(&self, spk_id: PreKeyId) -> Option<SignedPreKeySecrets> {
+        let b = self.profile.get_sealed(ns::SIGNED_PREKEY, &spk_id.0.to_string()).ok()??;
+        SignedPreKeySecrets::from_bytes(&b).ok()
+    }
+
+    fn one_time_prekey(&self, id: PreKeyId) -> Option<pqc_crypto::x25519::X25519Secret> {
+        let b = self.profile.get_sealed(ns::ONE_TIME, &id.0.to_string()).ok()??;
+        pqc_crypto::x25519::X25519Secret::from_bytes(&b).ok()
+    }
+
+    fn one_time_kem_prekey(&self, id: PreKeyId) -> Option<pqc_crypto::ml_kem::MlKemSecretKey> {
+        let b = self.profile.get_sealed(ns::ONE_TIME_KEM, &id.0.to_string()).ok()??;
+        pqc_crypto::ml_kem::MlKemSecretKey::from_bytes(pqc_proto::prekey::PREKEY_KEM_LEVEL, &b).ok()
+    }
+
+    fn remove_one_time_prekey(&mut self, id: PreKeyId) {
+        if let Err(e) = self.profile.db().delete(ns::ONE_TIME, &id.0.to_string()) {
+            tracing::warn!("could not delete a used one-time prekey: {e}");
+        }
+    }
+
+    fn remove_one_time_kem_prekey(&mut self, id: PreKeyId) {
+        if let Err(e) = self.profile.db().delete(ns::ONE_TIME_KEM, &id.0.to_string()) {
+            tracing::warn!("could not delete a used one-time prekey: {e}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The client's error type. Every variant's message tells the user what
+//! happened and, where there is one, what to do.
+
+use std::path::PathBuf;
+
+/// Errors of the client engine and CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The profile folder has no account yet.
+    #[error("this profile has no account yet: run `pqc-client register NAME` first")]
+    NotRegistered,
+    /// `register` on a profile that already has one.
+    #[error("this profile is already registered as {0:?}; use another --profile for a second account")]
+    AlreadyRegistered(String),
+    /// Wrong passphrase for the profile.
+    #[error("wrong passphrase for the profile at {0} (set PQC_PASSPHRASE or type it at the prompt)")]
+    WrongPassphrase(PathBuf),
+    /// No passphrase available.
+    #[error("the profile needs a passphrase: set PQC_PASSPHRASE or run in a terminal to be prompted")]
+    NoPassphrase,
+    /// A contact's identity key differs from the one pinned earlier.
+    #[error(
+        "the identity key of {0} has changed since you last talked: this can mean a new device or an attack by the server. Nothing was sent or accepted. Compare safety numbers with `pqc-client verify {0}` out of band; if they match, run `pqc-client trust {0}` to accept the new key"
+    )]
+    IdentityChanged(String),
+    /// The server's answer to a request was an error.
+    #[error("server refused: {0}")]
+    Server(String),
+    /// The server answered something unexpected.
+    #[error("unexpected answer from the server: {0}")]
+    Unexpected(String),
+    /// Transport failure.
+    #[error("{0}")]
+    Net(#[from] pqc_net::NetError),
+    /// Frame or name encoding failure.
+    #[error("{0}")]
+    Wire(#[from] pqc_wire::WireError),
+    /// Protocol (session) failure.
+    #[error("{0}")]
+    Proto(#[from] pqc_proto::ProtoError),
+    /// Cryptographic failure.
+    #[error("{0}")]
+    Crypto(#[from] pqc_crypto::CryptoError),
+    /// Profile database failure.
+    #[error("{0}")]
+    Store(#[from] pqc_store::client::ClientStoreError),
+    /// A decoded message or record was malformed.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// Local file trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bad argument or setting.
+    #[error("{0}")]
+    Usage(String),
+    /// A received file did not match its announced digest.
+    #[error("the file from {0} failed its integrity check and was discarded")]
+    FileCorrupt(String),
+}
+
+impl ClientError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,28 @@
+//! # pqc-client
+//!
+//! The pqc-chat client engine and the `pqc-client` command-line tool. The
+//! engine ([`engine::Client`]) connects over post-quantum QUIC/TLS, logs in
+//! by signing the server's challenge with the hybrid identity key, keeps
+//! one-time prekeys stocked, and sends and receives end-to-end encrypted
+//! text and files with `pqc-proto` sessions. The CLI and the terminal UI
+//! are thin layers over it.
+//!
+//! # Layout
+//!
+//! - [`error`] — [`error::ClientError`].
+//! - [`profile`] — the sealed, passphrase-protected profile (keys, sessions,
+//!   contacts, pinned servers, history).
+//! - [`content`] — the plaintext format inside messages; file-name sanitising.
+//! - [`files`] — chunked file encryption for attachments.
+//! - [`engine`] — [`engine::Client`]: register, login, send, receive, verify.
+//! - [`config`] — `config/client.toml`.
+
+pub mod config;
+pub mod content;
+pub mod engine;
+pub mod error;
+pub mod files;
+pub mod profile;
+
+pub use engine::{Client, ConnectOptions, Event};
+pub use error::{ClientError, Result};
