@@ -1,7 +1,8 @@
 //! The plaintext inside each end-to-end encrypted message.
 //!
 //! ```text
-//! content   = version (u8 = 1) || type (u8) || max_views (u32 BE, 0 = unlimited) || body
+//! content   = version (u8 = 1) || type (u8) || message id (16 random bytes)
+//!             || max_views (u32 BE, 0 = unlimited) || body
 //! text      (type 0x01): body = UTF-8 text (rest of the message)
 //! file      (type 0x02): body = attachment id (u64) || ciphertext length (u64)
 //!                               || plaintext length (u64) || chunk size (u32)
@@ -10,7 +11,9 @@
 //! ```
 //!
 //! The sender puts `max_views` inside the encrypted content as well as on the
-//! envelope, so a server cannot strip the limit.
+//! envelope, so a server cannot strip the limit. The message id lets the
+//! recipient drop a message that arrives twice because the sender retried a
+//! send whose acknowledgement was lost.
 
 use zeroize::Zeroizing;
 
@@ -57,6 +60,8 @@ pub enum Body {
 /// Content plus its view limit.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Content {
+    /// Random id chosen by the sender, the same on every retry.
+    pub id: [u8; 16],
     /// Maximum views (None = unlimited).
     pub max_views: Option<u32>,
     /// What was sent.
@@ -72,6 +77,7 @@ impl Content {
             Body::File(_) => TYPE_FILE,
         };
         out.extend_from_slice(&[VERSION, ty]);
+        out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.max_views.unwrap_or(0).to_be_bytes());
         match &self.body {
             Body::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -101,6 +107,7 @@ impl Content {
             )));
         }
         let ty = r.u8()?;
+        let id = r.array::<16>()?;
         let max_views = match r.u32()? {
             0 => None,
             n => Some(n),
@@ -126,7 +133,7 @@ impl Content {
             }
             _ => return Err(ClientError::Malformed("message content (unknown type)")),
         };
-        Ok(Self { max_views, body })
+        Ok(Self { id, max_views, body })
     }
 }
 
@@ -191,9 +198,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let t = Content { max_views: Some(3), body: Body::Text("héllo".into()) };
+        let t = Content { id: [5; 16], max_views: Some(3), body: Body::Text("héllo".into()) };
         assert_eq!(Content::decode(&t.encode()).unwrap(), t);
         let f = Content {
+            id: [6; 16],
             max_views: None,
             body: Body::File(FileRef {
                 attachment: 7,
@@ -212,6 +220,7 @@ mod tests {
         extra.push(0);
         assert!(Content::decode(&extra).is_err());
         assert!(Content::decode(&[2, 1, 0, 0, 0, 0]).is_err());
+        assert!(Content::decode(&[1, 1, 0, 0, 0, 0]).is_err());
         assert!(Content::decode(&[]).is_err());
     }
 

@@ -23,7 +23,7 @@ use pqc_proto::{
     IdentityKey, IdentityKeyPair, PreKeyBundle, PreKeyId, Session, SignedPreKeySecrets, WireMessage,
     generate_one_time_kem_prekeys, generate_one_time_prekeys, generate_signed_prekeys,
 };
-use pqc_wire::{AttachmentId, EnvelopeId, Push, Request, Response, Username};
+use pqc_wire::{AttachmentId, Push, Request, Response, Username};
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
@@ -193,6 +193,12 @@ impl Client {
         if client.profile.meta("signed_prekeys_blob")?.is_none() {
             client.ensure_prekeys(None).await?;
         }
+        if client.outbox_len()? > 0 {
+            match client.flush_outbox().await {
+                Ok(n) => notice(format!("sent {n} queued message(s)")),
+                Err(e) => notice(format!("queued messages are still waiting: {e}")),
+            }
+        }
         Ok(client)
     }
 
@@ -321,16 +327,63 @@ impl Client {
         Ok(payload)
     }
 
-    async fn send_envelope(&mut self, to: &Username, content: &Content) -> Result<EnvelopeId> {
-        let payload = self.encrypt_for(to, &content.encode()).await?;
-        match call(&self.conn, Request::Send { to: to.clone(), max_views: content.max_views, payload }).await? {
-            Response::Ack { id } => Ok(id),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    /// Queues `content` for `to` in the profile's outbox (durably) and then
+    /// flushes the outbox. If the flush fails, the message stays queued and
+    /// the next command (`send`, `recv`, ...) retries it with the same message
+    /// id, so the recipient never sees it twice.
+    async fn queue_and_flush(&mut self, to: &Username, content: &Content) -> Result<()> {
+        let seq = self.next_outbox_seq()?;
+        let mut rec = Vec::new();
+        let to_bytes = to.as_str().as_bytes();
+        rec.push(u8::try_from(to_bytes.len()).map_err(|_| ClientError::Malformed("user name"))?);
+        rec.extend_from_slice(to_bytes);
+        rec.extend_from_slice(&content.encode());
+        self.profile.put_sealed(ns::OUTBOX, &format!("{seq:020}"), &rec)?;
+        match self.flush_outbox().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ClientError::Queued(Box::new(e))),
         }
     }
 
+    fn next_outbox_seq(&self) -> Result<u64> {
+        let next = self.profile.meta("next_outbox_seq")?.and_then(|s| s.parse::<u64>().ok()).unwrap_or(1);
+        self.profile.set_meta("next_outbox_seq", &next.saturating_add(1).to_string())?;
+        Ok(next)
+    }
+
+    /// Number of queued, unacknowledged outgoing messages.
+    pub fn outbox_len(&self) -> Result<usize> {
+        Ok(self.profile.db().list(ns::OUTBOX)?.len())
+    }
+
+    /// Sends every queued message, oldest first; stops at the first failure
+    /// (keeping that message and the ones after it queued). Returns how many
+    /// were sent.
+    pub async fn flush_outbox(&mut self) -> Result<usize> {
+        let mut sent = 0;
+        for (key, rec) in self.profile.list_sealed(ns::OUTBOX)? {
+            let Some((&n, rest)) = rec.split_first() else { return Err(ClientError::Malformed("outbox record")) };
+            let n = usize::from(n);
+            if rest.len() < n {
+                return Err(ClientError::Malformed("outbox record"));
+            }
+            let to =
+                Username::new(std::str::from_utf8(&rest[..n]).map_err(|_| ClientError::Malformed("outbox record"))?)?;
+            let content = &rest[n..];
+            let max_views = Content::decode(content)?.max_views;
+            let payload = self.encrypt_for(&to, content).await?;
+            match call(&self.conn, Request::Send { to, max_views, payload }).await? {
+                Response::Ack { .. } => {}
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+            self.profile.db().delete(ns::OUTBOX, &key)?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
     /// Sends a text message; returns once the server has it on disk.
-    pub async fn send_text(&mut self, to: &str, text: &str, max_views: Option<u32>) -> Result<EnvelopeId> {
+    pub async fn send_text(&mut self, to: &str, text: &str, max_views: Option<u32>) -> Result<()> {
         let to_name = Username::new(to)?;
         if to_name == self.me {
             return Err(ClientError::Usage("sending to yourself is not supported".into()));
@@ -338,18 +391,33 @@ impl Client {
         if max_views == Some(0) {
             return Err(ClientError::Usage("--max-views must be at least 1".into()));
         }
-        let content = Content { max_views, body: Body::Text(text.to_string()) };
-        let id = self.send_envelope(&to_name, &content).await?;
+        if text.is_empty() {
+            return Err(ClientError::Usage("the message is empty; nothing was sent".into()));
+        }
+        let content = Content { id: random_array(&mut SystemRng), max_views, body: Body::Text(text.to_string()) };
         self.record_history(to, true, &format!("{}: {text}", self.me))?;
-        Ok(id)
+        self.queue_and_flush(&to_name, &content).await
     }
 
     /// Encrypts and uploads a file, then sends its key in an end-to-end
     /// message. `progress(done, total)` is called after each chunk.
-    pub async fn send_file(&mut self, to: &str, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<EnvelopeId> {
+    pub async fn send_file(&mut self, to: &str, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+        self.send_file_named(to, path, &name, progress).await
+    }
+
+    /// As [`Self::send_file`], announcing the file under `name` (the
+    /// recipient sanitises whatever name it is given).
+    pub async fn send_file_named(
+        &mut self,
+        to: &str,
+        path: &Path,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
         use tokio::io::AsyncReadExt;
         let to_name = Username::new(to)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+        let name = name.to_string();
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
@@ -378,6 +446,7 @@ impl Client {
         }
         call(&self.conn, Request::AttachmentFinish { id }).await?;
         let content = Content {
+            id: random_array(&mut SystemRng),
             max_views: None,
             body: Body::File(FileRef {
                 attachment: id.0,
@@ -389,9 +458,8 @@ impl Client {
                 name: name.clone(),
             }),
         };
-        let env = self.send_envelope(&to_name, &content).await?;
         self.record_history(to, true, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
-        Ok(env)
+        self.queue_and_flush(&to_name, &content).await
     }
 
     fn record_history(&self, conv: &str, _outgoing: bool, line: &str) -> Result<()> {
@@ -490,6 +558,15 @@ impl Client {
         let from = env.from.as_str().to_string();
         let (plaintext, sessions) = self.decrypt_from(&from, &env.payload)?;
         let content = Content::decode(&plaintext)?;
+        let msg_key = format!("{from}/{}", hex::encode(content.id));
+        if self.profile.db().get(ns::DELIVERED, &msg_key)?.is_some() {
+            // A retried copy of a message already shown: keep the session advanced, show nothing.
+            self.profile.atomically(|p| {
+                p.save_sessions(&from, &sessions)?;
+                Ok(p.db().mark_seen(env.id.0, now_ms())?)
+            })?;
+            return Ok(None);
+        }
         // Commit the advanced sessions, the history line and the "seen" mark together.
         let now = now_ms();
         let event = match &content.body {
@@ -512,6 +589,7 @@ impl Client {
                             p.db().add_history(&from, now, &sealed)?;
                         }
                     }
+                    p.db().put(ns::DELIVERED, &msg_key, &[])?;
                     Ok(p.db().mark_seen(env.id.0, now)?)
                 })?;
                 Event::Text { from, text: text.clone(), views: content.max_views.map(|n| (1, n)) }
@@ -525,6 +603,7 @@ impl Client {
                     p.save_sessions(&from, &sessions)?;
                     let sealed = p.seal("history", &from, line.as_bytes())?;
                     p.db().add_history(&from, now, &sealed)?;
+                    p.db().put(ns::DELIVERED, &msg_key, &[])?;
                     Ok(p.db().mark_seen(env.id.0, now)?)
                 })?;
                 self.ack_attachment(AttachmentId(f.attachment)).await?;

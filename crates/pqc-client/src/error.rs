@@ -60,6 +60,9 @@ pub enum ClientError {
     /// A bad argument or setting.
     #[error("{0}")]
     Usage(String),
+    /// Sending failed; the message is kept in the outbox.
+    #[error("{0}; the message is queued in the profile and will be sent by the next pqc-client command")]
+    Queued(Box<ClientError>),
     /// A received file did not match its announced digest.
     #[error("the file from {0} failed its integrity check and was discarded")]
     FileCorrupt(String),

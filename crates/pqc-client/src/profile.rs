@@ -46,6 +46,10 @@ pub mod ns {
     pub const SERVER: &str = "server";
     /// Sealed limited-view messages kept until their views are used up.
     pub const LIMITED: &str = "limited";
+    /// Sealed outgoing messages not yet acknowledged by the server, by sequence number.
+    pub const OUTBOX: &str = "outbox";
+    /// Ids of messages already shown, by `sender/id` (drops a retried duplicate).
+    pub const DELIVERED: &str = "delivered";
 }
 
 /// An open, unlocked profile.

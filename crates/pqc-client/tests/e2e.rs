@@ -1,0 +1,152 @@
+//! End to end with real processes: a `pqc-server` on a loopback port with a
+//! temporary data folder, and `pqc-client` processes with separate profiles.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{TestServer, User, tree_contains};
+
+#[test]
+fn text_files_limited_views_offline_delivery_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let mut server = TestServer::start(&data);
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+
+    let out = alice.ok(&["register", "alice"]);
+    assert!(out.contains("registered alice"), "{out}");
+    bob.ok(&["register", "bob"]);
+    // A taken name is refused with a clear error.
+    let carol = User::new(tmp.path(), "carol", &server.addr());
+    let err = carol.fails(&["register", "alice"]);
+    assert!(err.contains("taken"), "{err}");
+
+    // Text both ways; bob is offline (no process) while alice sends.
+    alice.ok(&["send", "bob", "hello bob, this is alice"]);
+    alice.ok(&["send", "bob", "second message"]);
+    let got = bob.ok(&["recv"]);
+    assert_eq!(got, "alice: hello bob, this is alice\nalice: second message\n");
+    bob.run_with_stdin(&["send", "alice", "-"], Some("reply from stdin\n"));
+    assert_eq!(alice.ok(&["recv"]), "bob: reply from stdin\n");
+    // Delivered messages are gone from the server.
+    assert_eq!(bob.ok(&["recv"]), "");
+    assert_eq!(alice.ok(&["recv"]), "");
+
+    // A 10 MiB file.
+    let file = tmp.path().join("payload.bin");
+    let mut bytes = vec![0u8; 10 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    alice.ok(&["send-file", "bob", file.to_str().unwrap()]);
+    let downloads = tmp.path().join("downloads");
+    let got = bob.ok(&["recv", "--out", downloads.to_str().unwrap()]);
+    let saved = downloads.join("payload.bin");
+    assert_eq!(got.trim(), format!("file from alice: {}", saved.display()));
+    assert!(std::fs::read(&saved).unwrap() == bytes, "file differs");
+
+    // Limited views: shown as view 1/2, then once more from the profile, then gone.
+    alice.ok(&["send", "bob", "for your eyes twice", "--max-views", "2"]);
+    assert_eq!(bob.ok(&["recv"]), "alice: for your eyes twice [view 1/2]\n");
+    assert!(bob.ok(&["history", "alice"]).contains("for your eyes twice [view 2/2]"));
+    assert!(!bob.ok(&["history", "alice"]).contains("for your eyes twice"));
+
+    // The server restarts between send and receive: nothing acknowledged is lost.
+    alice.ok(&["send", "bob", "sent before the restart"]);
+    server.restart();
+    assert_eq!(bob.ok(&["recv"]), "alice: sent before the restart\n");
+
+    // Unknown user: clear error, non-zero exit.
+    let err = alice.fails(&["send", "nobody", "hi"]);
+    assert!(err.contains("no such") || err.contains("unknown"), "{err}");
+
+    // Safety numbers agree on both sides.
+    let a = alice.ok(&["verify", "bob"]);
+    let b = bob.ok(&["verify", "alice"]);
+    assert_eq!(a.lines().nth(1), b.lines().nth(1));
+
+    // The server's folder holds no plaintext of any message or file.
+    server.stop();
+    for needle in
+        [&b"hello bob, this is alice"[..], b"reply from stdin", b"for your eyes twice", b"sent before the restart"]
+    {
+        assert_eq!(
+            tree_contains(&data, needle),
+            None,
+            "plaintext {:?} found on the server",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    assert_eq!(tree_contains(&data, &bytes[1 << 20..(1 << 20) + 64]), None, "file plaintext found on the server");
+    // Nor does either profile hold message text in the clear.
+    for p in [&alice.profile, &bob.profile] {
+        assert_eq!(tree_contains(p, b"hello bob, this is alice"), None);
+    }
+}
+
+#[test]
+fn hostile_file_names_stay_inside_the_download_folder() {
+    use pqc_client::profile::Profile;
+    use pqc_client::{Client, ConnectOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("data"));
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    bob.ok(&["register", "bob"]);
+    let src = tmp.path().join("evil.txt");
+    std::fs::write(&src, b"not where you think").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let opts = ConnectOptions { server: server.addr(), ca: None };
+        let profile = Profile::open(&tmp.path().join("profile-mallory"), "pw", true).unwrap();
+        let mut m = Client::register(profile, &opts, "mallory", &mut |_| {}).await.unwrap();
+        m.send_file_named("bob", &src, "../../escaped.txt", &mut |_, _| {}).await.unwrap();
+        m.send_file_named("bob", &src, "/etc/passwd", &mut |_, _| {}).await.unwrap();
+        m.close().await;
+    });
+    let out = tmp.path().join("inbox");
+    let got = bob.ok(&["recv", "--out", out.to_str().unwrap()]);
+    assert!(got.contains(&format!("{}", out.join("escaped.txt").display())), "{got}");
+    assert!(got.contains(&format!("{}", out.join("passwd").display())), "{got}");
+    assert!(!tmp.path().join("escaped.txt").exists());
+    assert_eq!(std::fs::read(out.join("escaped.txt")).unwrap(), b"not where you think");
+}
+
+#[test]
+fn changed_server_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let first = alice.run(&["register", "alice"]);
+    assert!(first.status.success());
+    // The first connection pinned the certificate and said so, like ssh.
+    assert!(String::from_utf8_lossy(&first.stderr).contains(&server.fingerprint), "fingerprint shown on first use");
+    let port = server.port;
+    drop(server);
+    // A different server (new certificate) on the same address is refused.
+    let _other = TestServer::start_on(&tmp.path().join("other-data"), port, common::free_tcp_port());
+    let err = alice.fails(&["recv"]);
+    assert!(err.to_lowercase().contains("fingerprint") || err.contains("certificate"), "{err}");
+}
+
+#[test]
+fn wrong_passphrase_is_refused_without_touching_the_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    alice.ok(&["register", "alice"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pqc-client"))
+        .arg("--profile")
+        .arg(&alice.profile)
+        .args(["recv"])
+        .env("PQC_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+}
