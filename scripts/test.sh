@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the test suite uses (real processes in a pseudo-terminal, etc.).
+# System packages the test suite uses: a C compiler (aws-lc, SQLite) and tmux
+# (the terminal UI test drives the real binary in a pseudo-terminal).
 PKGS=(tmux)
+command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -21,5 +23,5 @@ fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from rustup.rs first" >&2; exit 1; }
 
 # The Wycheproof vectors live in ../shared/vectors; tests skip (saying so) when absent.
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc "$@"
+cargo test --locked --workspace --all-targets "$@"
+cargo test --locked --workspace --doc "$@"
