@@ -46,6 +46,15 @@ pub struct Limits {
     pub max_connections: usize,
     /// Push `LowPrekeys` to the owner when fewer one-time prekeys remain.
     pub low_prekeys_threshold: u32,
+    /// Seconds a new connection has to finish the QUIC handshake and then
+    /// register or log in; after that it is closed (slowloris defence).
+    pub login_timeout_secs: u64,
+    /// Seconds a frame may take to arrive once its length prefix has been
+    /// read; a slower frame closes the connection (dribbling defence).
+    pub frame_timeout_secs: u64,
+    /// Failed Register/Login attempts allowed per connection; one more
+    /// closes it (registration spam and password-spray defence).
+    pub max_auth_attempts: u32,
 }
 
 impl Default for Config {
@@ -73,6 +82,9 @@ impl Default for Limits {
             requests_per_second: 100,
             max_connections: 1000,
             low_prekeys_threshold: 10,
+            login_timeout_secs: 10,
+            frame_timeout_secs: 30,
+            max_auth_attempts: 5,
         }
     }
 }
@@ -88,6 +100,18 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Entry point shared by the `config_server` fuzz target and the corpus
+    /// replay test: any bytes, never panics. Text that parses must also be
+    /// usable (paths resolve, limits are read).
+    pub fn fuzz_parse(bytes: &[u8]) {
+        let Ok(text) = std::str::from_utf8(bytes) else { return };
+        if let Ok(cfg) = Self::parse(text) {
+            let _ = (cfg.cert_path(), cfg.key_path());
+            let _ = format!("{}:{}", cfg.signaling_host, cfg.signaling_port).parse::<std::net::SocketAddr>();
+            let _ = cfg.status_addr.parse::<std::net::SocketAddr>();
+        }
     }
 
     /// `certfile` resolved against `data_dir`.

@@ -1,11 +1,11 @@
 //! One task per connection.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::{Rng, SystemRng};
 use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
-use pqc_net::{ServerTls, read_frame, write_frame};
+use pqc_net::{NetError, ServerTls, write_frame};
 use pqc_store::StoreError;
 use pqc_store::server::{AttachmentMeta, ServerStore};
 use pqc_wire::{
@@ -21,6 +21,8 @@ use crate::server::Shared;
 const CLOSE_OK: u32 = 0;
 const CLOSE_PROTOCOL: u32 = 1;
 const CLOSE_TOO_LARGE: u32 = 2;
+/// Closed by a defence: login timeout, slow frame, too many failed logins.
+const CLOSE_POLICY: u32 = 3;
 
 /// Token bucket: `rate` tokens per second, capacity `2 * rate`.
 struct Bucket {
@@ -51,6 +53,8 @@ impl Bucket {
 struct Session {
     conn_id: u64,
     user: Option<Username>,
+    /// Failed Register/Login requests on this connection.
+    auth_failures: u32,
     challenge: [u8; CHALLENGE_LEN],
     push_tx: mpsc::UnboundedSender<Push>,
 }
@@ -63,13 +67,26 @@ pub(crate) async fn handle(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = shared.metrics.clone();
+    let login_timeout = Duration::from_secs(shared.limits.login_timeout_secs);
+    // `checked_add`: the timeout comes from the config and may be huge.
+    let now = tokio::time::Instant::now();
+    let login_deadline = now.checked_add(login_timeout).unwrap_or(now + Duration::from_secs(u64::from(u32::MAX)));
+    let remote = incoming.remote_address();
     let Ok((cfg, probe)) = tls.connection_config() else { return };
     let conn = match incoming.accept_with(cfg) {
-        Ok(connecting) => match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
+        // The handshake counts against the login deadline: a peer that
+        // starts one and stalls holds a connection slot only that long.
+        Ok(connecting) => match tokio::time::timeout_at(login_deadline, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 inc(&m.handshakes_failed);
                 tracing::debug!(conn_id, "handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                inc(&m.handshakes_failed);
+                inc(&m.refused_login_timeout);
+                tracing::warn!(conn_id, %remote, "refused: QUIC handshake not finished within {login_timeout:?}");
                 return;
             }
         },
@@ -88,9 +105,9 @@ pub(crate) async fn handle(
     tracing::info!(conn_id, remote = %conn.remote_address(), group, "connection established");
 
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
-    let mut session = Session { conn_id, user: None, challenge: [0; CHALLENGE_LEN], push_tx };
+    let mut session = Session { conn_id, user: None, auth_failures: 0, challenge: [0; CHALLENGE_LEN], push_tx };
     SystemRng.fill_bytes(&mut session.challenge);
-    run(&conn, &shared, &mut session, &mut push_rx, &mut shutdown).await;
+    run(&conn, &shared, &mut session, &mut push_rx, &mut shutdown, login_deadline).await;
     if let Some(u) = &session.user {
         shared.set_offline(u, conn_id);
     }
@@ -104,9 +121,13 @@ async fn run(
     s: &mut Session,
     push_rx: &mut mpsc::UnboundedReceiver<Push>,
     shutdown: &mut watch::Receiver<bool>,
+    login_deadline: tokio::time::Instant,
 ) {
     let m = &shared.metrics;
     let max_frame = shared.limits.max_frame;
+    let frame_timeout = Duration::from_secs(shared.limits.frame_timeout_secs);
+    let login_timer = tokio::time::sleep_until(login_deadline);
+    tokio::pin!(login_timer);
     let Ok((mut send, mut recv)) = conn.open_bi().await else { return };
     let hello = ServerFrame::Hello {
         version: PROTOCOL_VERSION,
@@ -117,10 +138,10 @@ async fn run(
         return;
     }
     // Reading is not cancel-safe, so a separate task reads and forwards frames.
-    let (frame_tx, mut frames) = mpsc::channel::<Result<ClientFrame, pqc_net::NetError>>(4);
+    let (frame_tx, mut frames) = mpsc::channel::<Result<ClientFrame, NetError>>(4);
     let reader = tokio::spawn(async move {
         loop {
-            let r = match read_frame(&mut recv, max_frame).await {
+            let r = match read_frame_timed(&mut recv, max_frame, frame_timeout).await {
                 Ok(Some(body)) => ClientFrame::decode(&body).map_err(pqc_net::NetError::from),
                 Ok(None) => break,
                 Err(e) => Err(e),
@@ -136,30 +157,61 @@ async fn run(
         tokio::select! {
             f = frames.recv() => match f {
                 Some(Ok(frame)) => {
+                    let is_auth = matches!(frame.request, Request::Register { .. } | Request::Login { .. });
                     let response = if bucket.take() {
                         dispatch(shared, s, frame.request).await
                     } else {
                         inc(&m.refused_rate_limited);
+                        tracing::debug!(conn_id = s.conn_id, "refused: request over the rate limit");
                         Response::error(ErrorCode::RateLimited, "too many requests; slow down")
                     };
+                    let failed_auth = is_auth && s.user.is_none() && matches!(response, Response::Error { .. });
                     let out = ServerFrame::Response { id: frame.id, response };
                     if write_frame(&mut send, &out.encode_body()).await.is_err() {
                         break;
                     }
+                    if failed_auth {
+                        inc(&m.auth_failed);
+                        s.auth_failures += 1;
+                        if s.auth_failures >= shared.limits.max_auth_attempts {
+                            inc(&m.refused_auth_attempts);
+                            tracing::warn!(
+                                conn_id = s.conn_id,
+                                remote = %conn.remote_address(),
+                                "refused: {} failed register/login attempts; closing the connection",
+                                s.auth_failures
+                            );
+                            // Let the last error response reach the peer first (bounded).
+                            let _ = send.finish();
+                            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                            conn.close(CLOSE_POLICY.into(), b"too many failed register/login attempts");
+                            break;
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     let (code, reason): (u32, &[u8]) = match e {
-                        pqc_net::NetError::Wire(WireError::TooLarge { .. }) => {
+                        NetError::Wire(WireError::TooLarge { .. }) => {
                             inc(&m.refused_too_large);
                             (CLOSE_TOO_LARGE, b"frame too large")
                         }
-                        pqc_net::NetError::Wire(_) => {
+                        NetError::Wire(_) => {
                             inc(&m.malformed_frames);
                             (CLOSE_PROTOCOL, b"malformed frame")
                         }
+                        NetError::Timeout => {
+                            inc(&m.refused_frame_timeout);
+                            (CLOSE_POLICY, b"frame too slow")
+                        }
                         _ => break,
                     };
-                    tracing::info!(conn_id = s.conn_id, "closing connection: {e}");
+                    let what = match e {
+                        NetError::Timeout => {
+                            format!("a frame did not arrive within {}s of its length prefix", frame_timeout.as_secs())
+                        }
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(conn_id = s.conn_id, remote = %conn.remote_address(), "refused: closing connection: {what}");
                     conn.close(code.into(), reason);
                     break;
                 }
@@ -170,6 +222,17 @@ async fn run(
                     break;
                 }
             }
+            () = &mut login_timer, if s.user.is_none() => {
+                inc(&m.refused_login_timeout);
+                tracing::warn!(
+                    conn_id = s.conn_id,
+                    remote = %conn.remote_address(),
+                    "refused: no register/login within {}s; closing the connection",
+                    shared.limits.login_timeout_secs
+                );
+                conn.close(CLOSE_POLICY.into(), b"login timeout");
+                break;
+            }
             _ = shutdown.changed() => {
                 conn.close(CLOSE_OK.into(), b"server shutting down");
                 break;
@@ -178,6 +241,40 @@ async fn run(
     }
     reader.abort();
     let _ = send.finish();
+}
+
+/// Reads one frame body like [`pqc_net::read_frame`], but the body must
+/// arrive within `timeout` of its length prefix (`Err(NetError::Timeout)`
+/// otherwise), and memory grows with the bytes actually received rather
+/// than being reserved up front for the announced length.
+async fn read_frame_timed(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, NetError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated { needed: 4 }.into()),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max }.into());
+    }
+    let body = async {
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        while body.len() < len {
+            match recv.read_chunk(len - body.len(), true).await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(WireError::Truncated { needed: len - body.len() }.into()),
+                Err(e) => return Err(NetError::from(e)),
+            }
+        }
+        Ok(Some(body))
+    };
+    tokio::time::timeout(timeout, body).await.map_err(|_| NetError::Timeout)?
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -225,6 +322,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if let Err(e) = shared.db(move |st| st.create_account(&u, &k)).await {
                 return store_err(e);
             }
+            inc(&shared.metrics.registrations);
             tracing::info!(conn_id = s.conn_id, "account registered");
             login(shared, s, username.clone());
             return Response::Ok;

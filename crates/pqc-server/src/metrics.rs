@@ -28,6 +28,17 @@ pub struct Metrics {
     pub refused_connection_cap: AtomicU64,
     /// Connections closed for a malformed frame.
     pub malformed_frames: AtomicU64,
+    /// Connections closed for not logging in within `login_timeout_secs`
+    /// (including handshakes that did not finish in time).
+    pub refused_login_timeout: AtomicU64,
+    /// Connections closed for a frame slower than `frame_timeout_secs`.
+    pub refused_frame_timeout: AtomicU64,
+    /// Connections closed after `max_auth_attempts` failed Register/Login.
+    pub refused_auth_attempts: AtomicU64,
+    /// Failed Register/Login requests (bad signature, name taken, unknown user).
+    pub auth_failed: AtomicU64,
+    /// Accounts created.
+    pub registrations: AtomicU64,
     /// Handshakes per negotiated key-exchange group.
     pub tls_groups: Mutex<BTreeMap<String, u64>>,
 }
@@ -57,6 +68,11 @@ impl Metrics {
             ("pqc_refused_too_large_total", "counter", l(&self.refused_too_large)),
             ("pqc_refused_connection_cap_total", "counter", l(&self.refused_connection_cap)),
             ("pqc_malformed_frames_total", "counter", l(&self.malformed_frames)),
+            ("pqc_refused_login_timeout_total", "counter", l(&self.refused_login_timeout)),
+            ("pqc_refused_frame_timeout_total", "counter", l(&self.refused_frame_timeout)),
+            ("pqc_refused_auth_attempts_total", "counter", l(&self.refused_auth_attempts)),
+            ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
+            ("pqc_registrations_total", "counter", l(&self.registrations)),
         ]
     }
 
