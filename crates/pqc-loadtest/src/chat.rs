@@ -1,0 +1,466 @@
+//! The message benchmark: N users in pairs, a real E2E handshake per pair,
+//! then M messages each way while receiving.
+//!
+//! Phases, each bounded by the run's deadline:
+//! 1. setup: every user connects (its own QUIC connection), registers a
+//!    fresh hybrid identity and uploads prekeys (at most
+//!    [`ChatConfig::setup_concurrency`] at a time);
+//! 2. handshake: user `2k` fetches the bundle of `2k+1`, starts a session
+//!    (`Session::initiate`) and sends a prekey message; `2k+1` accepts it
+//!    (`Session::accept`) and answers; `2k` decrypts the answer;
+//! 3. messages: every user sends [`ChatConfig::messages`] messages to its
+//!    partner (at most [`ChatConfig::window`] unacknowledged) and, at the same
+//!    time, receives: on each `NewEnvelope` push it fetches, decrypts and
+//!    acknowledges. Each plaintext carries its send time (taken before
+//!    encryption); latency is measured when the receiver has decrypted it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use pqc_crypto::rng::SystemRng;
+use pqc_proto::{PreKeyBundle, Session, WireMessage};
+use pqc_wire::{Envelope, ErrorCode, Push, Request, Response, Username};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::user::{SimUser, expect_ok, run_id};
+use crate::{Latencies, LoadError};
+
+/// Parameters of a run.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Server address (loopback).
+    pub server: SocketAddr,
+    /// Number of simulated users (even).
+    pub clients: usize,
+    /// Messages each user sends to its partner.
+    pub messages: usize,
+    /// Plaintext size of each message in bytes (at least 12: timestamp and sequence number).
+    pub payload: usize,
+    /// Unacknowledged sends allowed per user.
+    pub window: usize,
+    /// Registrations in flight during setup.
+    pub setup_concurrency: usize,
+}
+
+/// Counted failures, by kind.
+#[derive(Debug, Default)]
+pub struct ErrorCounts(Mutex<BTreeMap<String, u64>>);
+
+impl ErrorCounts {
+    /// Counts one failure of `kind`.
+    pub fn add(&self, kind: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(kind.into()).or_default() += 1;
+    }
+
+    /// A copy of the counts.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Results of a run.
+#[derive(Debug)]
+pub struct ChatReport {
+    /// Users.
+    pub clients: usize,
+    /// Messages each user was to send.
+    pub messages_per_client: usize,
+    /// Time to connect, register and upload prekeys for all users.
+    pub setup: Duration,
+    /// Per pair: bundle fetch → initiator decrypted the responder's answer.
+    pub handshakes: Latencies,
+    /// Sends acknowledged by the server (durably queued).
+    pub acked: u64,
+    /// Messages decrypted by their recipient.
+    pub delivered: u64,
+    /// Start of the message phase → last message decrypted.
+    pub elapsed: Duration,
+    /// Send → decrypted latency of every delivered message.
+    pub latency: Latencies,
+    /// Failures by kind (rate-limited sends are retried and also counted).
+    pub errors: BTreeMap<String, u64>,
+    /// The deadline ended the message phase before every message arrived.
+    pub timed_out: bool,
+}
+
+impl ChatReport {
+    /// Delivered messages per second over the message phase.
+    pub fn throughput(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 { self.delivered as f64 / s } else { 0.0 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeerResult {
+    acked: u64,
+    delivered: u64,
+    latencies: Latencies,
+    last_delivery: Option<Instant>,
+}
+
+struct Peer {
+    user: SimUser,
+    partner: Username,
+    session: Session,
+}
+
+/// Runs the benchmark; every phase ends by `deadline`.
+pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<ChatReport, LoadError> {
+    if cfg.clients < 2 || !cfg.clients.is_multiple_of(2) {
+        return Err(LoadError::Usage("--clients must be an even number ≥ 2 (users talk in pairs)".into()));
+    }
+    if cfg.payload < 12 {
+        return Err(LoadError::Usage("--payload must be at least 12 bytes (timestamp and sequence number)".into()));
+    }
+    let limit = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
+    let errors = Arc::new(ErrorCounts::default());
+
+    // 1. Setup.
+    let t_setup = Instant::now();
+    let users =
+        tokio::time::timeout_at(deadline, register_all(cfg, 1)).await.map_err(|_| LoadError::TimeLimit(limit))??;
+    let setup = t_setup.elapsed();
+
+    // 2. Handshakes, all pairs at once.
+    let mut hs = JoinSet::new();
+    let mut it = users.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        hs.spawn(handshake(a, b, deadline));
+    }
+    let mut handshakes = Latencies::new();
+    let mut peers = Vec::with_capacity(cfg.clients);
+    let joined = tokio::time::timeout_at(deadline, async {
+        while let Some(r) = hs.join_next().await {
+            match r {
+                Ok(Ok((a, b, took))) => {
+                    handshakes.record(took);
+                    peers.push(a);
+                    peers.push(b);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(LoadError::Usage(format!("handshake task failed: {e}"))),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match joined {
+        Ok(r) => r?,
+        Err(_) => return Err(LoadError::TimeLimit(limit)),
+    }
+
+    // 3. Messages.
+    let epoch = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut results = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let result = Arc::new(Mutex::new(PeerResult::default()));
+        results.push(result.clone());
+        let (cfg, errors) = (cfg.clone(), errors.clone());
+        tasks.spawn(async move {
+            let finished =
+                tokio::time::timeout_at(deadline, converse(peer, &cfg, epoch, deadline, &result, &errors)).await;
+            finished.is_err()
+        });
+    }
+    let mut timed_out = false;
+    while let Some(r) = tasks.join_next().await {
+        timed_out |= r.unwrap_or(true);
+    }
+    let mut report = ChatReport {
+        clients: cfg.clients,
+        messages_per_client: cfg.messages,
+        setup,
+        handshakes,
+        acked: 0,
+        delivered: 0,
+        elapsed: Duration::ZERO,
+        latency: Latencies::new(),
+        errors: BTreeMap::new(),
+        timed_out,
+    };
+    let mut last = epoch;
+    for r in results {
+        let r = std::mem::take(&mut *r.lock().unwrap_or_else(PoisonError::into_inner));
+        report.acked += r.acked;
+        report.delivered += r.delivered;
+        report.latency.merge(r.latencies);
+        if let Some(t) = r.last_delivery {
+            last = last.max(t);
+        }
+    }
+    report.elapsed = last.duration_since(epoch);
+    report.errors = errors.snapshot();
+    Ok(report)
+}
+
+/// Registers `cfg.clients` fresh users, `setup_concurrency` at a time.
+pub async fn register_all(cfg: &ChatConfig, one_time: u32) -> Result<Vec<SimUser>, LoadError> {
+    let rid = run_id();
+    let sem = Arc::new(Semaphore::new(cfg.setup_concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for i in 0..cfg.clients {
+        let (sem, server, name) = (sem.clone(), cfg.server, format!("lt{rid}-{i}"));
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, SimUser::register(server, &name, one_time).await)
+        });
+    }
+    let mut slots: Vec<Option<SimUser>> = (0..cfg.clients).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, user) = r.map_err(|e| LoadError::Usage(format!("registration task failed: {e}")))?;
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = Some(user?);
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// Fetches until at least one envelope is there (push-driven, 250 ms poll as a safety net).
+async fn fetch_some(user: &mut SimUser, deadline: tokio::time::Instant) -> Result<(Vec<Envelope>, bool), LoadError> {
+    loop {
+        match user.conn.request(Request::Fetch).await? {
+            Response::Envelopes { envelopes, more } if !envelopes.is_empty() => return Ok((envelopes, more)),
+            Response::Envelopes { .. } => {}
+            other => {
+                expect_ok("fetch", other)?;
+                return Err(LoadError::Unexpected("fetch"));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LoadError::TimeLimit(0));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), user.pushes.recv()).await;
+    }
+}
+
+async fn send(user: &SimUser, to: &Username, payload: Vec<u8>) -> Result<(), LoadError> {
+    match expect_ok("send", user.conn.request(Request::Send { to: to.clone(), max_views: None, payload }).await?)? {
+        Response::Ack { .. } => Ok(()),
+        _ => Err(LoadError::Unexpected("send")),
+    }
+}
+
+async fn ack(user: &SimUser, ids: Vec<pqc_wire::EnvelopeId>) -> Result<(), LoadError> {
+    match expect_ok("ack", user.conn.request(Request::AckEnvelopes { ids }).await?)? {
+        Response::Deleted { .. } => Ok(()),
+        _ => Err(LoadError::Unexpected("ack")),
+    }
+}
+
+/// One pair's handshake: `a` initiates, `b` accepts and answers.
+async fn handshake(
+    mut a: SimUser,
+    mut b: SimUser,
+    deadline: tokio::time::Instant,
+) -> Result<(Peer, Peer, Duration), LoadError> {
+    let mut rng = SystemRng;
+    let t0 = Instant::now();
+    let bundle =
+        match expect_ok("prekey fetch", a.conn.request(Request::FetchPrekeys { username: b.name.clone() }).await?)? {
+            Response::PrekeyBundle(bb) => PreKeyBundle::from_parts(
+                &bb.identity_key,
+                &bb.signed_prekeys,
+                bb.one_time.as_ref().map(|(_, v)| v.as_slice()),
+                bb.one_time_kem.as_ref().map(|(_, v)| v.as_slice()),
+            )?,
+            _ => return Err(LoadError::Unexpected("prekey fetch")),
+        };
+    let mut sa = Session::initiate(&a.identity, &bundle, &mut rng)?;
+    send(&a, &b.name, sa.encrypt(b"hello", &mut rng)?).await?;
+
+    let (envs, _) = fetch_some(&mut b, deadline).await?;
+    let first = envs.first().ok_or(LoadError::Unexpected("fetch"))?;
+    let WireMessage::PreKey(msg) = WireMessage::decode(&first.payload)? else {
+        return Err(LoadError::Unexpected("first message is not a prekey message"));
+    };
+    let (mut sb, pt) = Session::accept(&b.identity, &mut b.prekeys, &msg)?;
+    if pt != b"hello" || sb.remote_identity().to_bytes() != a.identity.identity_key().to_bytes() {
+        return Err(LoadError::Unexpected("handshake message content or identity"));
+    }
+    ack(&b, envs.iter().map(|e| e.id).collect()).await?;
+    send(&b, &a.name, sb.encrypt(b"hello back", &mut rng)?).await?;
+
+    let (envs, _) = fetch_some(&mut a, deadline).await?;
+    let first = envs.first().ok_or(LoadError::Unexpected("fetch"))?;
+    if sa.decrypt(&first.payload)? != b"hello back" {
+        return Err(LoadError::Unexpected("handshake answer content"));
+    }
+    ack(&a, envs.iter().map(|e| e.id).collect()).await?;
+    let took = t0.elapsed();
+    // Drop the pushes of the handshake so the message phase starts clean.
+    while a.pushes.try_recv().is_ok() {}
+    while b.pushes.try_recv().is_ok() {}
+    let (an, bn) = (a.name.clone(), b.name.clone());
+    Ok((Peer { user: a, partner: bn, session: sa }, Peer { user: b, partner: an, session: sb }, took))
+}
+
+/// `t_ns u64 LE || seq u32 LE || zero padding` up to `len` bytes.
+fn plaintext(t: Duration, seq: u32, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(&u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).to_le_bytes());
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.resize(len.max(12), 0);
+    p
+}
+
+fn sent_at(pt: &[u8]) -> Option<Duration> {
+    let b: [u8; 8] = pt.get(..8)?.try_into().ok()?;
+    Some(Duration::from_nanos(u64::from_le_bytes(b)))
+}
+
+/// Sends and receives for one user until its messages are out and its
+/// partner's are in.
+async fn converse(
+    peer: Peer,
+    cfg: &ChatConfig,
+    epoch: Instant,
+    deadline: tokio::time::Instant,
+    result: &Mutex<PeerResult>,
+    errors: &Arc<ErrorCounts>,
+) {
+    let Peer { user, partner, session } = peer;
+    let SimUser { conn, mut pushes, .. } = user;
+    let session = Arc::new(Mutex::new(session));
+    let retry = Duration::from_millis(5);
+
+    let sender = async {
+        let window = Arc::new(Semaphore::new(cfg.window.max(1)));
+        let mut inflight = JoinSet::new();
+        for seq in 0..cfg.messages {
+            let Ok(permit) = window.clone().acquire_owned().await else { break };
+            let pt = plaintext(epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
+            let ct = match session.lock().unwrap_or_else(PoisonError::into_inner).encrypt(&pt, &mut SystemRng) {
+                Ok(ct) => ct,
+                Err(e) => {
+                    errors.add(format!("encrypt: {e}"));
+                    continue;
+                }
+            };
+            let (conn, to, errors) = (conn.clone(), partner.clone(), errors.clone());
+            inflight.spawn(async move {
+                let _permit = permit;
+                loop {
+                    let req = Request::Send { to: to.clone(), max_views: None, payload: ct.clone() };
+                    match conn.request(req).await {
+                        Ok(Response::Ack { .. }) => return true,
+                        Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
+                            errors.add("send rate-limited (retried)");
+                            tokio::time::sleep(retry).await;
+                        }
+                        Ok(Response::Error { code, .. }) => {
+                            errors.add(format!("send refused: {code}"));
+                            return false;
+                        }
+                        Ok(_) => {
+                            errors.add("send: unexpected response");
+                            return false;
+                        }
+                        Err(e) => {
+                            errors.add(format!("send: {e}"));
+                            return false;
+                        }
+                    }
+                }
+            });
+            while let Some(r) = inflight.try_join_next() {
+                if matches!(r, Ok(true)) {
+                    result.lock().unwrap_or_else(PoisonError::into_inner).acked += 1;
+                }
+            }
+        }
+        while let Some(r) = inflight.join_next().await {
+            if matches!(r, Ok(true)) {
+                result.lock().unwrap_or_else(PoisonError::into_inner).acked += 1;
+            }
+        }
+    };
+
+    let receiver = async {
+        let mut got = 0usize;
+        while got < cfg.messages && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(250), pushes.recv()).await {
+                Ok(None) => {
+                    errors.add("connection closed");
+                    return;
+                }
+                Ok(Some(Push::NewEnvelope { .. })) | Err(_) => {}
+                Ok(Some(_)) => continue,
+            }
+            // Every push that arrived so far is covered by the fetch below.
+            while pushes.try_recv().is_ok() {}
+            loop {
+                let (envelopes, more) = match conn.request(Request::Fetch).await {
+                    Ok(Response::Envelopes { envelopes, more }) => (envelopes, more),
+                    Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
+                        errors.add("fetch rate-limited (retried)");
+                        tokio::time::sleep(retry).await;
+                        continue;
+                    }
+                    Ok(other) => {
+                        errors.add(format!("fetch: {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        errors.add(format!("fetch: {e}"));
+                        return;
+                    }
+                };
+                let mut ids = Vec::with_capacity(envelopes.len());
+                for env in envelopes {
+                    ids.push(env.id);
+                    let pt = session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload);
+                    match pt.ok().as_deref().and_then(sent_at) {
+                        Some(t) => {
+                            let latency = epoch.elapsed().saturating_sub(t);
+                            let mut r = result.lock().unwrap_or_else(PoisonError::into_inner);
+                            r.delivered += 1;
+                            r.latencies.record(latency);
+                            r.last_delivery = Some(Instant::now());
+                            got += 1;
+                        }
+                        None => errors.add("decrypt failed"),
+                    }
+                }
+                while !ids.is_empty() {
+                    match conn.request(Request::AckEnvelopes { ids: ids.clone() }).await {
+                        Ok(Response::Deleted { .. }) => break,
+                        Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
+                            errors.add("ack rate-limited (retried)");
+                            tokio::time::sleep(retry).await;
+                        }
+                        Ok(other) => {
+                            errors.add(format!("ack: {other:?}"));
+                            break;
+                        }
+                        Err(e) => {
+                            errors.add(format!("ack: {e}"));
+                            return;
+                        }
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::join!(sender, receiver);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_carries_time() {
+        let p = plaintext(Duration::from_nanos(123_456_789), 7, 256);
+        assert_eq!(p.len(), 256);
+        assert_eq!(sent_at(&p), Some(Duration::from_nanos(123_456_789)));
+        assert_eq!(sent_at(&[1, 2]), None);
+    }
+}

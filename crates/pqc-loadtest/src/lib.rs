@@ -1,0 +1,32 @@
+//! Load and benchmark tools for pqc-chat.
+//!
+//! Everything here is a client of a running `pqc-server` on loopback (or a
+//! baseline on loopback); nothing runs unbounded: every mode has a client
+//! count, a message count and a hard time limit.
+//!
+//! # Layout
+//! - [`error`]: the error type, [`LoadError`].
+//! - [`stats`]: latency samples and percentiles ([`Latencies`]).
+//! - [`user`]: one simulated user ([`SimUser`]): connect, register a fresh
+//!   hybrid identity, upload signed and one-time prekeys.
+//! - [`chat`]: the message benchmark ([`chat::run`]): pairs of users do a real
+//!   PQXDH-style handshake (pqc-proto `Session`), then send messages to each
+//!   other while receiving through push-driven fetch + ack; reports
+//!   throughput and send→decrypt latency.
+//! - [`idle`]: idle logged-in connections and the server's resident memory
+//!   ([`idle::run`]).
+//! - [`rss`]: reading `VmRSS` of a process from `/proc`.
+//!
+//! The plain-quinn file transfer baseline is `examples/quinn_transfer.rs`; the
+//! mosquitto (MQTT over TLS, QoS 1) driver is `examples/mqtt_bench.rs`.
+
+pub mod chat;
+pub mod error;
+pub mod idle;
+pub mod rss;
+pub mod stats;
+pub mod user;
+
+pub use error::LoadError;
+pub use stats::Latencies;
+pub use user::SimUser;

@@ -1,0 +1,145 @@
+//! `pqc-loadtest`: simulated E2E clients against one pqc-server on loopback.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use pqc_loadtest::{LoadError, chat, idle};
+
+/// Load test for pqc-server: N simulated clients (each its own QUIC
+/// connection and hybrid identity) do a real E2E handshake in pairs, then
+/// send M messages to their partner while receiving. Bounded in count and
+/// time; stops by itself.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server QUIC address (loopback only).
+    #[arg(long)]
+    server: SocketAddr,
+    /// Simulated clients (even: they talk in pairs).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Messages each client sends to its partner.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Plaintext bytes per message.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Unacknowledged sends allowed per client.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Registrations in flight during setup.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// Hard stop after this many seconds (everything included).
+    #[arg(long, default_value_t = 120)]
+    duration_limit: u64,
+    /// Idle mode: open N idle logged-in connections and report the server's RSS.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Idle mode: seconds to hold the connections before measuring.
+    #[arg(long, default_value_t = 5)]
+    idle_hold: u64,
+    /// Server process id (idle mode reads /proc/PID/status VmRSS).
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.server.ip().is_loopback() {
+        eprintln!("pqc-loadtest: --server must be a loopback address");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pqc-loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(real_main(args));
+    // Do not wait for lingering connection tasks.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pqc-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.duration_limit);
+    if let Some(n) = args.idle {
+        let r = idle::run(
+            args.server,
+            n,
+            args.setup_concurrency,
+            Duration::from_secs(args.idle_hold),
+            args.server_pid,
+            deadline,
+        )
+        .await?;
+        let kib = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        println!("idle connections: {} logged in (setup {:.1} s)", r.connections, r.setup.as_secs_f64());
+        println!("server RSS: before {} KiB, with connections {} KiB", kib(r.rss_before_kib), kib(r.rss_after_kib));
+        let per = r.per_connection_kib().map_or("-".into(), |v| format!("{v:.1}"));
+        println!("per connection: {per} KiB");
+        println!(
+            "RESULT mode=idle connections={} rss_before_kib={} rss_after_kib={} per_conn_kib={per}",
+            r.connections,
+            kib(r.rss_before_kib),
+            kib(r.rss_after_kib)
+        );
+        return Ok(if r.connections == n { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let cfg = chat::ChatConfig {
+        server: args.server,
+        clients: args.clients,
+        messages: args.messages,
+        payload: args.payload,
+        window: args.window,
+        setup_concurrency: args.setup_concurrency,
+    };
+    let mut r = chat::run(&cfg, deadline).await?;
+    let expected = (cfg.clients * cfg.messages) as u64;
+    println!(
+        "clients {} (pairs {}), {} messages each, payload {} B, window {}",
+        cfg.clients,
+        cfg.clients / 2,
+        cfg.messages,
+        cfg.payload,
+        cfg.window
+    );
+    println!("setup (connect + register + prekeys): {:.2} s", r.setup.as_secs_f64());
+    println!("E2E handshake per pair: {}", r.handshakes.summary_ms());
+    println!(
+        "messages: {} acked, {} delivered of {expected} in {:.2} s{}",
+        r.acked,
+        r.delivered,
+        r.elapsed.as_secs_f64(),
+        if r.timed_out { " (TIME LIMIT REACHED)" } else { "" }
+    );
+    println!("throughput: {:.0} messages relayed/s", r.throughput());
+    println!("delivery latency (send → decrypted): {}", r.latency.summary_ms());
+    let total_errors: u64 = r.errors.values().sum();
+    println!("errors: {total_errors}");
+    for (k, v) in &r.errors {
+        println!("  {k}: {v}");
+    }
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
+    println!(
+        "RESULT mode=chat clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} errors={total_errors}",
+        cfg.clients,
+        cfg.messages,
+        r.delivered,
+        r.throughput(),
+        ms(r.latency.quantile(0.5)),
+        ms(r.latency.quantile(0.99)),
+        ms(r.latency.max()),
+    );
+    Ok(if r.delivered == expected && !r.timed_out { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Load benchmarks of issue 4 (docs/BENCHMARKS-load.md), all on loopback:
+#   1. messages relayed/s and p50/p99 delivery latency, 100 concurrent E2E clients (pqc-loadtest);
+#   2. the same load through mosquitto over TLS 1.3 with QoS 1 (examples/mqtt_bench.rs);
+#   3. server RSS with 5 000 idle logged-in QUIC connections;
+#   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer.
+# Release build. Every process started here is stopped on exit (trap); every
+# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB.
+# Needs: mosquitto (apt-get install -y mosquitto), openssl, python3 (free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-100}
+MESSAGES=${MESSAGES:-200}
+PAYLOAD=${PAYLOAD:-256}
+WINDOW=${WINDOW:-1}
+IDLE=${IDLE:-5000}
+FILE_MIB=${FILE_MIB:-100}
+
+WORK=$(mktemp -d /tmp/pqc-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "== build (release)"
+timeout 1800 cargo build --release -q -p pqc-server -p pqc-client -p pqc-loadtest --bins --examples
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+BIN=$TARGET/release
+
+# Benchmark server config: the per-connection rate limit (default 100 req/s)
+# and connection cap (default 1000) are raised so they do not cap the figures.
+cat > "$WORK/server.toml" <<TOML
+log_level = "warn"
+[limits]
+requests_per_second = 1000000
+max_connections = 20000
+max_mailbox = 100000
+TOML
+
+SERVER_PID=
+start_server() { # $1 = data dir
+    PORT=$(free_port); SPORT=$(free_port)
+    "$BIN/pqc-server" --config "$WORK/server.toml" --data "$1" --listen "127.0.0.1:$PORT" \
+        --status "127.0.0.1:$SPORT" > "$1.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    for _ in $(seq 100); do
+        grep -q fingerprint "$1.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start:"; cat "$1.log"; exit 1
+}
+stop_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    timeout 15 tail --pid="$SERVER_PID" -f /dev/null || kill -KILL "$SERVER_PID" 2>/dev/null || true
+}
+result() { grep '^RESULT' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+echo "== 1. pqc-server: $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
+start_server "$WORK/chat"
+timeout 300 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --clients "$CLIENTS" --messages "$MESSAGES" \
+    --payload "$PAYLOAD" --window "$WINDOW" --duration-limit 240 | tee "$WORK/chat.out"
+curl -s "http://127.0.0.1:$SPORT/metrics" > "$WORK/chat.metrics" 2>/dev/null || true
+stop_server
+
+echo "== 2. mosquitto (TLS 1.3, QoS 1): $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$WORK/mq.key" -out "$WORK/mq.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/ext.cnf"
+openssl x509 -req -in "$WORK/mq.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+    -extfile "$WORK/ext.cnf" -out "$WORK/mq.pem" 2>/dev/null
+MQ_PORT=$(free_port)
+cat > "$WORK/mosquitto.conf" <<CONF
+user $(id -un)
+persistence false
+log_dest file $WORK/mosquitto.log
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+cafile $WORK/ca.pem
+certfile $WORK/mq.pem
+keyfile $WORK/mq.key
+tls_version tlsv1.3
+max_queued_messages 100000
+CONF
+mosquitto -c "$WORK/mosquitto.conf" &
+MQ_PID=$!
+PIDS+=("$MQ_PID")
+sleep 0.5
+timeout 300 "$BIN/examples/mqtt_bench" --port "$MQ_PORT" --ca "$WORK/ca.pem" --clients "$CLIENTS" \
+    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" --duration-limit 240 | tee "$WORK/mqtt.out"
+kill -TERM "$MQ_PID" 2>/dev/null || true
+
+echo "== 3. idle memory: $IDLE logged-in QUIC connections"
+start_server "$WORK/idle"
+timeout 600 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --idle "$IDLE" --server-pid "$SERVER_PID" \
+    --setup-concurrency 64 --idle-hold 5 --duration-limit 540 | tee "$WORK/idle.out"
+stop_server
+
+echo "== 4. file transfer: $FILE_MIB MiB"
+start_server "$WORK/file"
+export PQC_PASSPHRASE=bench-only-passphrase
+RID=$RANDOM
+head -c "$((FILE_MIB << 20))" /dev/urandom > "$WORK/payload.bin"
+C="timeout 300 $BIN/pqc-client --server 127.0.0.1:$PORT"
+$C --profile "$WORK/alice" register "alice$RID" > /dev/null 2>&1
+$C --profile "$WORK/bob" register "bob$RID" > /dev/null 2>&1
+mkdir -p "$WORK/out"
+now() { date +%s.%N; }
+t0=$(now); $C --profile "$WORK/alice" whoami > /dev/null; t1=$(now)
+OPEN_S=$(echo "$t1 - $t0" | bc -l)
+t0=$(now); $C --profile "$WORK/alice" send-file "bob$RID" "$WORK/payload.bin" > /dev/null 2>&1; t1=$(now)
+SEND_S=$(echo "$t1 - $t0" | bc -l)
+t0=$(now); $C --profile "$WORK/bob" recv --out "$WORK/out" > "$WORK/recv.out" 2>&1; t1=$(now)
+RECV_S=$(echo "$t1 - $t0" | bc -l)
+cmp "$WORK/payload.bin" "$WORK/out/payload.bin"
+stop_server
+timeout 150 "$BIN/examples/quinn_transfer" --bytes "$((FILE_MIB << 20))" | tee "$WORK/quinn.out"
+QUINN=$(result "$WORK/quinn.out" mib_per_s)
+mibs() { echo "scale=1; $FILE_MIB / $1" | bc -l; }
+SEND_MIBS=$(mibs "$SEND_S"); RECV_MIBS=$(mibs "$RECV_S"); E2E_MIBS=$(mibs "$(echo "$SEND_S + $RECV_S" | bc -l)")
+
+echo
+echo "== summary ($(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+printf '%-58s %s\n' "figure" "value"
+printf '%-58s %s\n' "pqc-server msgs relayed/s ($CLIENTS clients, ${PAYLOAD} B)" "$(result "$WORK/chat.out" msgs_per_s)"
+printf '%-58s %s / %s ms\n' "pqc-server delivery latency p50 / p99" "$(result "$WORK/chat.out" p50_ms)" "$(result "$WORK/chat.out" p99_ms)"
+printf '%-58s %s\n' "mosquitto TLS QoS1 msgs relayed/s ($CLIENTS clients)" "$(result "$WORK/mqtt.out" msgs_per_s)"
+printf '%-58s %s / %s ms\n' "mosquitto delivery latency p50 / p99" "$(result "$WORK/mqtt.out" p50_ms)" "$(result "$WORK/mqtt.out" p99_ms)"
+printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections" "$(result "$WORK/idle.out" rss_before_kib)" "$(result "$WORK/idle.out" rss_after_kib)"
+printf '%-58s %s KiB\n' "  per connection" "$(result "$WORK/idle.out" per_conn_kib)"
+printf '%-58s %.2f s, %s MiB/s\n' "pqc-client send-file ${FILE_MIB} MiB (wall, incl. profile open)" "$SEND_S" "$SEND_MIBS"
+printf '%-58s %.2f s, %s MiB/s\n' "pqc-client recv ${FILE_MIB} MiB (wall, incl. profile open)" "$RECV_S" "$RECV_MIBS"
+printf '%-58s %s MiB/s\n' "pqc-client end to end (upload + download)" "$E2E_MIBS"
+printf '%-58s %.2f s\n' "  profile open (Argon2id) per command (whoami)" "$OPEN_S"
+printf '%-58s %s MiB/s\n' "plain quinn, one stream, same bytes" "$QUINN"
+printf '%-58s %s%% / %s%%\n' "send-file / recv vs plain quinn" \
+    "$(echo "scale=0; 100 * $SEND_MIBS / $QUINN" | bc -l)" "$(echo "scale=0; 100 * $RECV_MIBS / $QUINN" | bc -l)"
