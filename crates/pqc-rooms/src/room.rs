@@ -288,19 +288,28 @@ impl Room {
     /// [`Member::generate_key_packages`]); returns `(commit, welcome)`: the
     /// commit goes to the room, the Welcome to the new member.
     pub fn add_member(&mut self, key_package: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RoomError> {
+        self.add_members(&[key_package])
+    }
+
+    /// Adds several members in one commit; the one Welcome goes to all of them.
+    pub fn add_members(&mut self, key_packages: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>), RoomError> {
         self.ensure_active()?;
-        let kp: KeyPackageIn = match decode(key_package)? {
-            MlsMessageBodyIn::KeyPackage(kp) => kp,
-            _ => return Err(RoomError::UnexpectedMessage { expected: "KeyPackage" }),
-        };
-        let kp =
-            kp.validate(self.provider.crypto(), ProtocolVersion::Mls10).map_err(mls_err("validate key package"))?;
-        if kp.ciphersuite() != CIPHERSUITE {
-            return Err(RoomError::UnsupportedSuite(u16::from(kp.ciphersuite())));
+        let mut kps = Vec::with_capacity(key_packages.len());
+        for bytes in key_packages {
+            let kp: KeyPackageIn = match decode(bytes)? {
+                MlsMessageBodyIn::KeyPackage(kp) => kp,
+                _ => return Err(RoomError::UnexpectedMessage { expected: "KeyPackage" }),
+            };
+            let kp =
+                kp.validate(self.provider.crypto(), ProtocolVersion::Mls10).map_err(mls_err("validate key package"))?;
+            if kp.ciphersuite() != CIPHERSUITE {
+                return Err(RoomError::UnsupportedSuite(u16::from(kp.ciphersuite())));
+            }
+            kps.push(kp);
         }
-        self.check_limit(self.group.members().count() + 1)?;
+        self.check_limit(self.group.members().count() + kps.len())?;
         let (commit, welcome, _) =
-            self.group.add_members(&self.provider, &self.signer, &[kp]).map_err(mls_err("add member"))?;
+            self.group.add_members(&self.provider, &self.signer, &kps).map_err(mls_err("add member"))?;
         self.group.merge_pending_commit(&self.provider).map_err(mls_err("merge commit"))?;
         Ok((encode(&commit)?, encode(&welcome)?))
     }
