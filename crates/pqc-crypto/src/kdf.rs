@@ -70,40 +70,30 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// SHA3-256 over the concatenation of `parts`.
-pub fn sha3_256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA3_256);
+fn digest_parts<const N: usize>(alg: &'static digest::Algorithm, parts: &[&[u8]]) -> [u8; N] {
+    let mut ctx = digest::Context::new(alg);
     for p in parts {
         ctx.update(p);
     }
     let d = ctx.finish();
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    let mut out = [0u8; N];
+    out.copy_from_slice(&d.as_ref()[..N]);
     out
+}
+
+/// SHA3-256 over the concatenation of `parts`.
+pub fn sha3_256(parts: &[&[u8]]) -> [u8; 32] {
+    digest_parts(&digest::SHA3_256, parts)
 }
 
 /// SHA-256 over the concatenation of `parts`.
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let d = ctx.finish();
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    digest_parts(&digest::SHA256, parts)
 }
 
 /// SHA-512 over the concatenation of `parts`.
 pub fn sha512(parts: &[&[u8]]) -> [u8; 64] {
-    let mut ctx = digest::Context::new(&digest::SHA512);
-    for p in parts {
-        ctx.update(p);
-    }
-    let d = ctx.finish();
-    let mut out = [0u8; 64];
-    out.copy_from_slice(d.as_ref());
-    out
+    digest_parts(&digest::SHA512, parts)
 }
 
 /// Constant-time equality of two byte strings.
