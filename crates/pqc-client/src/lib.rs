@@ -16,6 +16,7 @@
 //! - [`files`] — chunked file encryption for attachments.
 //! - [`engine`] — [`engine::Client`]: register, login, send, receive, verify.
 //! - [`config`] — `config/client.toml`.
+//! - [`tui`] — `pqc-client chat`, the interactive terminal UI (ratatui).
 
 pub mod config;
 pub mod content;
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod profile;
+pub mod tui;
 
 pub use engine::{Client, ConnectOptions, Event};
 pub use error::{ClientError, Result};

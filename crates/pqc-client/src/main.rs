@@ -88,6 +88,12 @@ enum Command {
     },
     /// Show this profile's user name, server and identity fingerprint.
     Whoami,
+    /// Interactive terminal chat: conversations, live messages, files (type ? inside for help).
+    Chat {
+        /// Folder to save received files in [default: current folder].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,7 +106,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = std::env::var("RUST_LOG").ok().or(config.log_level.clone()).unwrap_or_else(|| "warn".into());
+    // Log lines on stderr would tear the chat screen: there, only RUST_LOG turns them on.
+    let chat = matches!(cli.command, Command::Chat { .. });
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or(if chat { Some("off".into()) } else { config.log_level.clone() })
+        .unwrap_or_else(|| "warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -212,6 +223,11 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             client.trust_new_key(&name).await?;
             println!("now trusting {name}'s current identity key; verify it with `pqc-client verify {name}`");
             client.close().await;
+        }
+        Command::Chat { out } => {
+            let out = out.or(config.download_dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+            let client = Client::login(profile, &opts, &mut notice).await?;
+            pqc_client::tui::run(client, &opts.server, out).await?;
         }
         Command::History { name, limit } => {
             let client = Client::login(profile, &opts, &mut notice).await?;
