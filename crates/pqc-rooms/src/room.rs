@@ -134,20 +134,28 @@ impl Room {
     /// limit, the cipher suite and a fresh [`RoomAccessKey`] go into the
     /// encrypted group state; the relay only ever sees [`Room::id`].
     pub fn create(member: &Member, name: &str, max_participants: u32) -> Result<Self, RoomError> {
+        let provider = RoomProvider::new()?;
+        let id: [u8; 16] = provider.rand().random_array().map_err(mls_err("random"))?;
+        let access_key: [u8; 32] = provider.rand().random_array().map_err(mls_err("random"))?;
+        Self::create_with(member, name, max_participants, id, RoomAccessKey::from_bytes(access_key))
+    }
+
+    /// As [`Room::create`], with the room id and access key chosen by the
+    /// caller (e.g. both derived from a room name that acts as an invitation).
+    pub fn create_with(
+        member: &Member,
+        name: &str,
+        max_participants: u32,
+        id: [u8; 16],
+        access_key: RoomAccessKey,
+    ) -> Result<Self, RoomError> {
         validate_room_name(name)?;
         if max_participants == 0 {
             return Err(RoomError::InvalidLimit(max_participants));
         }
         let provider = RoomProvider::new()?;
         let signer = member.signer().duplicate();
-        let id: [u8; 16] = provider.rand().random_array().map_err(mls_err("random"))?;
-        let access_key: [u8; 32] = provider.rand().random_array().map_err(mls_err("random"))?;
-        let meta = RoomMetadata {
-            name: name.to_owned(),
-            max_participants,
-            suite: RoomSuite::xwing(),
-            access_key: RoomAccessKey::from_bytes(access_key),
-        };
+        let meta = RoomMetadata { name: name.to_owned(), max_participants, suite: RoomSuite::xwing(), access_key };
         let extensions = Extensions::single(meta.to_extension()).map_err(mls_err("metadata extension"))?;
         let group = MlsGroup::builder()
             .with_group_id(GroupId::from_slice(&id))

@@ -10,7 +10,8 @@ use pqc_store::StoreError;
 use pqc_store::server::{AttachmentMeta, ServerStore};
 use pqc_wire::{
     AttachmentId, CHALLENGE_LEN, ClientFrame, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push, REGISTER_CONTEXT,
-    Request, Response, ServerFrame, Username, WireError, login_transcript, register_transcript,
+    Request, Response, RoomId, RoomMessageKind, ServerFrame, Username, WireError, login_transcript,
+    register_transcript,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -286,6 +287,10 @@ fn store_err(e: StoreError) -> Response {
         StoreError::MailboxFull => Response::error(ErrorCode::MailboxFull, "recipient's mailbox is full"),
         StoreError::NotFound => Response::error(ErrorCode::NotFound, "not found"),
         StoreError::Invalid(m) => Response::error(ErrorCode::Invalid, m),
+        e @ StoreError::RoomFull { .. } => Response::error(ErrorCode::RoomFull, e.to_string()),
+        e @ StoreError::EpochConflict { .. } => Response::error(ErrorCode::EpochConflict, e.to_string()),
+        e @ StoreError::RoomExists => Response::error(ErrorCode::RoomExists, e.to_string()),
+        e @ StoreError::NotAMember => Response::error(ErrorCode::Forbidden, e.to_string()),
         other => {
             tracing::error!("storage error: {other}");
             Response::error(ErrorCode::Internal, "storage error; retry later")
@@ -475,7 +480,91 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 Err(e) => store_err(e),
             }
         }
+        Request::RoomCreate { room_id, max_participants, group_info } => {
+            if group_info.is_empty() {
+                return Response::error(ErrorCode::Invalid, "a room needs its sealed GroupInfo");
+            }
+            let max = if max_participants == 0 { shared.default_max_participants.max(1) } else { max_participants };
+            match shared.db(move |st| st.room_create(&room_id, &user, max, &group_info)).await {
+                Ok(()) => {
+                    tracing::info!(conn_id = s.conn_id, room = %room_id, max, "room created");
+                    Response::Ok
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::RoomGetInfo { room_id } => match shared.db(move |st| st.room_info(&room_id)).await {
+            Ok((group_info, epoch)) => Response::RoomInfo { group_info, epoch },
+            Err(StoreError::NotFound) => {
+                Response::error(ErrorCode::NotFound, "no such room; check the name or create it")
+            }
+            Err(e) => store_err(e),
+        },
+        Request::RoomJoin { room_id, epoch, commit, group_info } => {
+            let u = user.clone();
+            match shared.db(move |st| st.room_join(&room_id, &u, epoch, &commit, &group_info)).await {
+                Ok(seq) => {
+                    notify_room(shared, room_id, &user).await;
+                    Response::RoomSent { seq }
+                }
+                Err(StoreError::NotFound) => {
+                    Response::error(ErrorCode::NotFound, "no such room; check the name or create it")
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::RoomSend { room_id, epoch, kind, payload, new_group_info } => {
+            if kind == RoomMessageKind::Commit && new_group_info.is_none() {
+                return Response::error(ErrorCode::Invalid, "a commit must carry the new epoch's sealed GroupInfo");
+            }
+            let u = user.clone();
+            // Stored (synchronous=FULL) before the answer, like envelopes.
+            match shared
+                .db(move |st| st.room_append(&room_id, &u, epoch, kind, &payload, new_group_info.as_deref()))
+                .await
+            {
+                Ok(seq) => {
+                    inc(&shared.metrics.messages_queued);
+                    notify_room(shared, room_id, &user).await;
+                    Response::RoomSent { seq }
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::RoomLeave { room_id } => match shared.db(move |st| st.room_leave(&room_id, &user)).await {
+            Ok(()) => Response::Ok,
+            Err(e) => store_err(e),
+        },
+        Request::RoomFetch { room_id } => {
+            let max = limits.max_frame.saturating_sub(4096).max(1024);
+            match shared.db(move |st| st.room_fetch(&user, room_id.as_ref(), max)).await {
+                Ok((messages, more)) => {
+                    shared
+                        .metrics
+                        .messages_delivered
+                        .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Response::RoomMessages { messages, more }
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        Request::RoomAck { room_id, seq } => match shared.db(move |st| st.room_ack(&room_id, &user, seq)).await {
+            Ok(count) => Response::Deleted { count },
+            Err(e) => store_err(e),
+        },
         _ => Response::error(ErrorCode::Invalid, "unsupported request"),
+    }
+}
+
+/// Pushes `RoomMessage` to the room's connected members other than `sender`.
+async fn notify_room(shared: &Shared, room_id: RoomId, sender: &Username) {
+    match shared.db(move |st| st.room_members(&room_id)).await {
+        Ok(members) => {
+            for m in members.iter().filter(|m| *m != sender) {
+                shared.push(m, &Push::RoomMessage { room_id });
+            }
+        }
+        Err(e) => tracing::warn!("cannot list room members for a push: {e}"),
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     online: Mutex<Online>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
+    /// Participant limit of a room created with limit 0.
+    pub(crate) default_max_participants: u32,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl Server {
             online: Mutex::new(HashMap::new()),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
+            default_max_participants: cfg.default_max_participants,
         });
         let endpoint = tls.endpoint(listen)?;
         let addr = endpoint.local_addr()?;

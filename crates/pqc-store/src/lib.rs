@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`server`]: [`server::ServerStore`] (accounts, prekeys, one-time
 //!   prekeys, mailboxes, attachments) and its SQLite implementation
-//!   [`server::SqliteServerStore`].
+//!   [`server::SqliteServerStore`]; rooms (opaque ids, members with their
+//!   read cursors, the ordered log of MLS messages, the sealed GroupInfo).
 //! - [`client`]: [`client::ClientDb`], the client profile database (sealed blobs, history, delivered envelope ids).
 //!
 //! The server store keeps everything in one SQLite file (`server.db` in the
@@ -36,6 +37,28 @@ pub enum StoreError {
     /// An inconsistent request (e.g. a chunk at the wrong offset).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The room id is taken.
+    #[error("a room with this name exists already; join it instead")]
+    RoomExists,
+    /// The room has as many members as its limit allows.
+    #[error("room is full ({members} of {max} participants)")]
+    RoomFull {
+        /// Current members.
+        members: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A commit (or external join) was built on another epoch than the room's.
+    #[error("the room is at epoch {current} (you sent one for epoch {sent}); sync and retry")]
+    EpochConflict {
+        /// The room's epoch.
+        current: u64,
+        /// The sender's epoch.
+        sent: u64,
+    },
+    /// The user is not a member of the room (or the room does not exist).
+    #[error("not a member of this room")]
+    NotAMember,
     /// The database was written by a newer version of this program.
     #[error("database schema version {found} is newer than supported {supported}; upgrade pqc-server")]
     SchemaTooNew {

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use pqc_wire::{AttachmentId, Envelope, EnvelopeId, PreKeyId, PrekeyBundle, Username};
+use pqc_wire::{
+    AttachmentId, Envelope, EnvelopeId, PreKeyId, PrekeyBundle, RoomId, RoomMessage, RoomMessageKind, Username,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::StoreError;
@@ -79,9 +81,53 @@ pub trait ServerStore: Send {
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError>;
     /// Deletes an attachment and its bytes.
     fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError>;
+
+    /// Creates a room at epoch 0 with `owner` as its only member (`RoomExists` if taken).
+    fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError>;
+    /// The room's sealed GroupInfo and epoch (`NotFound` if no such room).
+    fn room_info(&mut self, room: &RoomId) -> Result<(Vec<u8>, u64), StoreError>;
+    /// External join: checks the limit (`RoomFull`) and the epoch
+    /// (`EpochConflict`), adds `user` as a member, appends the commit (the
+    /// joiner's cursor starts at it), advances the epoch and replaces the
+    /// GroupInfo. Returns the commit's sequence number.
+    fn room_join(
+        &mut self,
+        room: &RoomId,
+        user: &Username,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Appends an entry from a member (`NotAMember` otherwise). A commit must
+    /// carry the room's current epoch (`EpochConflict`), which it advances;
+    /// `group_info` replaces the stored one. Returns the sequence number.
+    fn room_append(
+        &mut self,
+        room: &RoomId,
+        sender: &Username,
+        epoch: u64,
+        kind: RoomMessageKind,
+        payload: &[u8],
+        group_info: Option<&[u8]>,
+    ) -> Result<u64, StoreError>;
+    /// The room's members.
+    fn room_members(&mut self, room: &RoomId) -> Result<Vec<Username>, StoreError>;
+    /// Removes `user` from the room's routing; entries now read by all remaining members are deleted.
+    fn room_leave(&mut self, room: &RoomId, user: &Username) -> Result<(), StoreError>;
+    /// Entries after `user`'s cursor in each of its rooms (or only `room`),
+    /// in room order, up to about `max_bytes` (at least one); and whether more remain.
+    fn room_fetch(
+        &mut self,
+        user: &Username,
+        room: Option<&RoomId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<RoomMessage>, bool), StoreError>;
+    /// Advances `user`'s cursor to `seq` (never backwards); deletes entries
+    /// every member has read; returns how many were deleted.
+    fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -123,6 +169,34 @@ CREATE TABLE attachment_chunks (
     offset INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (attachment_id, offset)
+);
+";
+
+/// Rooms: only opaque ids, user names, counters and ciphertext.
+const MIGRATION_2: &str = "
+CREATE TABLE rooms (
+    room_id BLOB PRIMARY KEY,
+    owner TEXT NOT NULL,
+    max_participants INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    next_seq INTEGER NOT NULL DEFAULT 1,
+    group_info BLOB NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+);
+CREATE TABLE room_members (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    username TEXT NOT NULL,
+    cursor INTEGER NOT NULL,         -- last sequence number read
+    PRIMARY KEY (room_id, username)
+);
+CREATE INDEX room_members_by_user ON room_members(username);
+CREATE TABLE room_log (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    kind INTEGER NOT NULL,           -- 0 application, 1 commit, 2 proposal
+    payload BLOB NOT NULL,
+    PRIMARY KEY (room_id, seq)
 );
 ";
 
@@ -173,6 +247,12 @@ impl SqliteServerStore {
             tx.pragma_update(None, "user_version", 1)?;
             tx.commit()?;
         }
+        if v < 2 {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(MIGRATION_2)?;
+            tx.pragma_update(None, "user_version", 2)?;
+            tx.commit()?;
+        }
         Ok(())
     }
 
@@ -191,6 +271,72 @@ impl SqliteServerStore {
             Ok(u32::try_from(n).unwrap_or(u32::MAX))
         };
         Ok(PrekeyCounts { one_time: c(0)?, one_time_kem: c(1)? })
+    }
+
+    /// `(max_participants, epoch, next_seq)` of a room.
+    fn room_row(conn: &Connection, room: &RoomId) -> Result<Option<(u32, u64, u64)>, StoreError> {
+        let row: Option<(i64, i64, i64)> = conn
+            .query_row(
+                "SELECT max_participants, epoch, next_seq FROM rooms WHERE room_id = ?1",
+                params![&room.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(m, e, n)| {
+            (u32::try_from(m).unwrap_or(u32::MAX), u64::try_from(e).unwrap_or(0), u64::try_from(n).unwrap_or(1))
+        }))
+    }
+
+    fn is_member(conn: &Connection, room: &RoomId, user: &Username) -> Result<bool, StoreError> {
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM room_members WHERE room_id = ?1 AND username = ?2",
+                params![&room.0[..], user.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Appends one entry and bumps `next_seq` (and the epoch for a commit).
+    fn room_push(
+        conn: &Connection,
+        room: &RoomId,
+        seq: u64,
+        sender: &Username,
+        kind: RoomMessageKind,
+        payload: &[u8],
+        group_info: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO room_log (room_id, seq, sender, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&room.0[..], i64_of(seq)?, sender.as_str(), kind.to_u8(), payload],
+        )?;
+        let bump = i64::from(kind == RoomMessageKind::Commit);
+        conn.execute(
+            "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + ?2 WHERE room_id = ?1",
+            params![&room.0[..], bump],
+        )?;
+        if let Some(gi) = group_info {
+            conn.execute("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the entries every member has read.
+    fn room_prune(conn: &Connection, room: &RoomId) -> Result<u32, StoreError> {
+        let min: Option<i64> =
+            conn.query_row("SELECT MIN(cursor) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| {
+                r.get(0)
+            })?;
+        let n = match min {
+            Some(m) => {
+                conn.execute("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room.0[..], m])?
+            }
+            // Nobody left to read it.
+            None => conn.execute("DELETE FROM room_log WHERE room_id = ?1", params![&room.0[..]])?,
+        };
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     fn account_exists(conn: &Connection, user: &Username) -> Result<bool, StoreError> {
@@ -476,6 +622,173 @@ impl ServerStore for SqliteServerStore {
         tx.commit()?;
         Ok(n > 0)
     }
+
+    fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.savepoint()?;
+        if Self::room_row(&tx, room)?.is_some() {
+            return Err(StoreError::RoomExists);
+        }
+        tx.execute(
+            "INSERT INTO rooms (room_id, owner, max_participants, group_info) VALUES (?1, ?2, ?3, ?4)",
+            params![&room.0[..], owner.as_str(), max, group_info],
+        )?;
+        tx.execute(
+            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, 0)",
+            params![&room.0[..], owner.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn room_info(&mut self, room: &RoomId) -> Result<(Vec<u8>, u64), StoreError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .query_row("SELECT group_info, epoch FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (gi, epoch) = row.ok_or(StoreError::NotFound)?;
+        Ok((gi, u64::try_from(epoch).unwrap_or(0)))
+    }
+
+    fn room_join(
+        &mut self,
+        room: &RoomId,
+        user: &Username,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let (max, current, seq) = Self::room_row(&tx, room)?.ok_or(StoreError::NotFound)?;
+        if Self::is_member(&tx, room, user)? {
+            return Err(StoreError::Invalid("already a member of this room".into()));
+        }
+        let members: i64 =
+            tx.query_row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
+        let members = u32::try_from(members).unwrap_or(u32::MAX);
+        if members >= max {
+            return Err(StoreError::RoomFull { members, max });
+        }
+        if epoch != current {
+            return Err(StoreError::EpochConflict { current, sent: epoch });
+        }
+        Self::room_push(&tx, room, seq, user, RoomMessageKind::Commit, commit, Some(group_info))?;
+        tx.execute(
+            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)",
+            params![&room.0[..], user.as_str(), i64_of(seq)?],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn room_append(
+        &mut self,
+        room: &RoomId,
+        sender: &Username,
+        epoch: u64,
+        kind: RoomMessageKind,
+        payload: &[u8],
+        group_info: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let (_, current, seq) = Self::room_row(&tx, room)?.ok_or(StoreError::NotAMember)?;
+        if !Self::is_member(&tx, room, sender)? {
+            return Err(StoreError::NotAMember);
+        }
+        if kind == RoomMessageKind::Commit && epoch != current {
+            return Err(StoreError::EpochConflict { current, sent: epoch });
+        }
+        // Only a commit may replace the GroupInfo (it describes the new epoch).
+        let gi = if kind == RoomMessageKind::Commit { group_info } else { None };
+        Self::room_push(&tx, room, seq, sender, kind, payload, gi)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn room_members(&mut self, room: &RoomId) -> Result<Vec<Username>, StoreError> {
+        let mut st = self.conn.prepare("SELECT username FROM room_members WHERE room_id = ?1 ORDER BY username")?;
+        let rows = st.query_map(params![&room.0[..]], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(user_of(r?)?);
+        }
+        Ok(out)
+    }
+
+    fn room_leave(&mut self, room: &RoomId, user: &Username) -> Result<(), StoreError> {
+        let tx = self.conn.savepoint()?;
+        let n = tx.execute(
+            "DELETE FROM room_members WHERE room_id = ?1 AND username = ?2",
+            params![&room.0[..], user.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotAMember);
+        }
+        Self::room_prune(&tx, room)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn room_fetch(
+        &mut self,
+        user: &Username,
+        room: Option<&RoomId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<RoomMessage>, bool), StoreError> {
+        let filter: Option<Vec<u8>> = room.map(|r| r.0.to_vec());
+        let mut st = self.conn.prepare(
+            "SELECT l.room_id, l.seq, l.sender, l.kind, l.payload FROM room_log l
+             JOIN room_members m ON m.room_id = l.room_id AND m.username = ?1
+             WHERE l.seq > m.cursor AND (?2 IS NULL OR l.room_id = ?2)
+             ORDER BY l.room_id, l.seq",
+        )?;
+        let mut rows = st.query(params![user.as_str(), filter])?;
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        let mut more = false;
+        while let Some(r) = rows.next()? {
+            let payload: Vec<u8> = r.get(4)?;
+            if !out.is_empty() && used + payload.len() + 64 > max_bytes {
+                more = true;
+                break;
+            }
+            used += payload.len() + 64;
+            let kind: u8 = r.get(3)?;
+            out.push(RoomMessage {
+                room_id: room_id_of(r.get(0)?)?,
+                seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                sender: user_of(r.get(2)?)?,
+                kind: RoomMessageKind::from_u8(kind).map_err(|e| StoreError::Invalid(format!("stored kind: {e}")))?,
+                payload,
+            });
+        }
+        Ok((out, more))
+    }
+
+    fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let (_, _, next) = Self::room_row(&tx, room)?.ok_or(StoreError::NotAMember)?;
+        if seq >= next {
+            return Err(StoreError::Invalid(format!("acknowledged seq {seq} was never sent")));
+        }
+        let n = tx.execute(
+            "UPDATE room_members SET cursor = MAX(cursor, ?3) WHERE room_id = ?1 AND username = ?2",
+            params![&room.0[..], user.as_str(), i64_of(seq)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotAMember);
+        }
+        let deleted = Self::room_prune(&tx, room)?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+}
+
+fn room_id_of(b: Vec<u8>) -> Result<RoomId, StoreError> {
+    <[u8; pqc_wire::ROOM_ID_LEN]>::try_from(b.as_slice())
+        .map(RoomId)
+        .map_err(|_| StoreError::Invalid("stored room id has the wrong length".into()))
 }
 
 fn user_of(s: String) -> Result<Username, StoreError> {
@@ -512,6 +825,70 @@ mod tests {
             s.enqueue(&u("bob"), &u("alice"), None, b"x", 2).unwrap();
         }
         assert!(matches!(s.enqueue(&u("bob"), &u("alice"), None, b"x", 2), Err(StoreError::MailboxFull)));
+    }
+
+    #[test]
+    fn rooms_order_epochs_limit_cursors() {
+        use pqc_wire::RoomMessageKind::{Application, Commit, Proposal};
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        let r = RoomId([7; 16]);
+        s.room_create(&r, &u("alice"), 3, b"gi0").unwrap();
+        assert!(matches!(s.room_create(&r, &u("bob"), 3, b"x"), Err(StoreError::RoomExists)));
+        assert_eq!(s.room_info(&r).unwrap(), (b"gi0".to_vec(), 0));
+        assert!(matches!(s.room_info(&RoomId([8; 16])), Err(StoreError::NotFound)));
+        // bob joins at epoch 0; a stale join is refused.
+        assert_eq!(s.room_join(&r, &u("bob"), 0, b"join-bob", b"gi1").unwrap(), 1);
+        assert!(matches!(
+            s.room_join(&r, &u("carol"), 0, b"x", b"x"),
+            Err(StoreError::EpochConflict { current: 1, sent: 0 })
+        ));
+        assert_eq!(s.room_info(&r).unwrap(), (b"gi1".to_vec(), 1));
+        // Non-members cannot send; application messages ignore the epoch; commits must match it.
+        assert!(matches!(s.room_append(&r, &u("eve"), 1, Application, b"x", None), Err(StoreError::NotAMember)));
+        assert_eq!(s.room_append(&r, &u("bob"), 0, Application, b"m1", None).unwrap(), 2);
+        assert!(matches!(s.room_append(&r, &u("alice"), 0, Commit, b"c", None), Err(StoreError::EpochConflict { .. })));
+        assert_eq!(s.room_append(&r, &u("alice"), 1, Commit, b"c1", Some(b"gi2")).unwrap(), 3);
+        assert_eq!(s.room_info(&r).unwrap(), (b"gi2".to_vec(), 2));
+        // alice sees everything in order; bob only after his join.
+        let (m, more) = s.room_fetch(&u("alice"), None, 1 << 20).unwrap();
+        assert!(!more);
+        assert_eq!(m.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(m[0].payload, b"join-bob");
+        let (m, _) = s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap();
+        assert_eq!(m.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+        // Entries read by all are deleted.
+        assert_eq!(s.room_ack(&r, &u("alice"), 3).unwrap(), 1);
+        assert_eq!(s.room_ack(&r, &u("bob"), 3).unwrap(), 2);
+        assert!(s.room_ack(&r, &u("bob"), 99).is_err());
+        assert!(s.room_fetch(&u("bob"), None, 1 << 20).unwrap().0.is_empty());
+        // The limit: carol makes 3, dave is refused.
+        s.room_join(&r, &u("carol"), 2, b"join-carol", b"gi3").unwrap();
+        assert!(matches!(s.room_join(&r, &u("dave"), 3, b"x", b"x"), Err(StoreError::RoomFull { members: 3, max: 3 })));
+        // bob leaves: his proposal is relayed, then he is out of routing.
+        let p = s.room_append(&r, &u("bob"), 3, Proposal, b"leave", None).unwrap();
+        s.room_leave(&r, &u("bob")).unwrap();
+        assert!(matches!(s.room_leave(&r, &u("bob")), Err(StoreError::NotAMember)));
+        assert!(s.room_fetch(&u("bob"), None, 1 << 20).unwrap().0.is_empty());
+        assert_eq!(s.room_members(&r).unwrap(), vec![u("alice"), u("carol")]);
+        let (m, _) = s.room_fetch(&u("carol"), None, 1 << 20).unwrap();
+        assert_eq!(m.last().map(|m| (m.seq, m.kind)), Some((p, Proposal)));
+        // Now dave fits.
+        s.room_join(&r, &u("dave"), 3, b"join-dave", b"gi4").unwrap();
+    }
+
+    #[test]
+    fn room_tables_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let r = RoomId([1; 16]);
+        {
+            let mut s = SqliteServerStore::open(&path).unwrap();
+            s.room_create(&r, &u("alice"), 2, b"gi").unwrap();
+            s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"ct", None).unwrap();
+        }
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
     }
 
     #[test]

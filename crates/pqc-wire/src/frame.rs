@@ -6,7 +6,7 @@ use core::fmt;
 use crate::PROTOCOL_VERSION;
 use crate::codec::{Reader, Writer};
 use crate::error::WireError;
-use crate::types::{AttachmentId, CHALLENGE_LEN, EnvelopeId, PreKeyId, RequestId, Username};
+use crate::types::{AttachmentId, CHALLENGE_LEN, EnvelopeId, PreKeyId, RequestId, RoomId, Username};
 
 /// A client request. Each is sent in a [`ClientFrame`] with a request id the
 /// server echoes in its [`ServerFrame::Response`].
@@ -110,6 +110,69 @@ pub enum Request {
     },
     /// Liveness check. → `Pong`.
     Ping,
+    /// Creates a room; the caller becomes its first member. `max_participants`
+    /// 0 means the server's default. → `Ok` (`RoomExists` if the id is taken).
+    RoomCreate {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// Participant limit (0 = server default).
+        max_participants: u32,
+        /// The creator's sealed GroupInfo (opaque to the server).
+        group_info: Vec<u8>,
+    },
+    /// Joins a room by external commit built on `epoch`; the server checks
+    /// the participant limit, appends the commit to the room log and keeps
+    /// the new GroupInfo. → `RoomSent` (`RoomFull`, `EpochConflict`).
+    RoomJoin {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// The epoch of the GroupInfo the commit was built on.
+        epoch: u64,
+        /// The external commit (opaque).
+        commit: Vec<u8>,
+        /// The sealed GroupInfo after the join.
+        group_info: Vec<u8>,
+    },
+    /// The room's sealed GroupInfo and epoch (for an external join). → `RoomInfo`.
+    RoomGetInfo {
+        /// Opaque room id.
+        room_id: RoomId,
+    },
+    /// Appends a message to the room log (members only). A `Commit` is
+    /// accepted only if `epoch` is the room's current epoch (which it then
+    /// advances); else `EpochConflict`. → `RoomSent` once durably stored.
+    RoomSend {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// The sender's epoch when it built the message.
+        epoch: u64,
+        /// What it is.
+        kind: RoomMessageKind,
+        /// Opaque MLS message.
+        payload: Vec<u8>,
+        /// For a commit: the sealed GroupInfo of the new epoch.
+        new_group_info: Option<Vec<u8>>,
+    },
+    /// Stops routing the room to the caller (after it sent its leave
+    /// proposal). → `Ok`.
+    RoomLeave {
+        /// Opaque room id.
+        room_id: RoomId,
+    },
+    /// Room messages after the caller's cursor, in order (one room, or all of
+    /// the caller's rooms). → `RoomMessages`.
+    RoomFetch {
+        /// Only this room.
+        room_id: Option<RoomId>,
+    },
+    /// Advances the caller's cursor in a room to `seq`; entries every member
+    /// has read are deleted. → `Deleted`.
+    RoomAck {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// Last sequence number processed.
+        seq: u64,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -139,8 +202,107 @@ impl fmt::Debug for Request {
             }
             Self::AttachmentAck { id } => write!(f, "AttachmentAck({id})"),
             Self::Ping => f.write_str("Ping"),
+            Self::RoomCreate { room_id, max_participants, group_info } => {
+                write!(f, "RoomCreate({room_id}, max={max_participants}, {} bytes)", group_info.len())
+            }
+            Self::RoomJoin { room_id, epoch, commit, .. } => {
+                write!(f, "RoomJoin({room_id}, epoch={epoch}, {} bytes)", commit.len())
+            }
+            Self::RoomGetInfo { room_id } => write!(f, "RoomGetInfo({room_id})"),
+            Self::RoomSend { room_id, epoch, kind, payload, new_group_info } => write!(
+                f,
+                "RoomSend({room_id}, epoch={epoch}, {kind:?}, {} bytes, group_info={})",
+                payload.len(),
+                new_group_info.is_some()
+            ),
+            Self::RoomLeave { room_id } => write!(f, "RoomLeave({room_id})"),
+            Self::RoomFetch { room_id } => write!(f, "RoomFetch({room_id:?})"),
+            Self::RoomAck { room_id, seq } => write!(f, "RoomAck({room_id}, {seq})"),
         }
     }
+}
+
+/// What a room log entry is. Only commits change the room's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomMessageKind {
+    /// An MLS application message.
+    Application,
+    /// An MLS commit (external joins included).
+    Commit,
+    /// An MLS proposal (e.g. a member's leave).
+    Proposal,
+}
+
+impl RoomMessageKind {
+    /// Wire value.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Self::Application => 0,
+            Self::Commit => 1,
+            Self::Proposal => 2,
+        }
+    }
+
+    /// From the wire value.
+    pub fn from_u8(v: u8) -> Result<Self, WireError> {
+        match v {
+            0 => Ok(Self::Application),
+            1 => Ok(Self::Commit),
+            2 => Ok(Self::Proposal),
+            t => Err(WireError::InvalidTag(t)),
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Self::from_u8(r.u8()?)
+    }
+}
+
+/// One entry of a room log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoomMessage {
+    /// The room.
+    pub room_id: RoomId,
+    /// Position in the room's order (increasing, per room).
+    pub seq: u64,
+    /// Sender (authenticated by the server's login).
+    pub sender: Username,
+    /// What it is.
+    pub kind: RoomMessageKind,
+    /// Opaque MLS message.
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Debug for RoomMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RoomMessage({}, seq={}, from={}, {:?}, {} bytes)",
+            self.room_id,
+            self.seq,
+            self.sender,
+            self.kind,
+            self.payload.len()
+        )
+    }
+}
+
+fn read_room_message(r: &mut Reader<'_>) -> Result<RoomMessage, WireError> {
+    Ok(RoomMessage {
+        room_id: RoomId::read(r)?,
+        seq: r.u64()?,
+        sender: Username::read(r)?,
+        kind: RoomMessageKind::read(r)?,
+        payload: r.bytes()?,
+    })
+}
+
+fn write_room_message(w: &mut Writer, m: &RoomMessage) {
+    m.room_id.write(w);
+    w.u64(m.seq);
+    m.sender.write(w);
+    w.u8(m.kind.to_u8());
+    w.bytes(&m.payload);
 }
 
 /// Error codes carried by [`Response::Error`].
@@ -171,6 +333,12 @@ pub enum ErrorCode {
     AlreadyLoggedIn,
     /// Server-side failure (storage); retry later.
     Internal,
+    /// The room has as many members as its limit allows.
+    RoomFull,
+    /// The room moved to another epoch meanwhile; sync and retry.
+    EpochConflict,
+    /// A room with this id exists already; join it instead.
+    RoomExists,
     /// A code this build does not know.
     Other(u16),
 }
@@ -191,6 +359,9 @@ impl ErrorCode {
             Self::Forbidden => 10,
             Self::AlreadyLoggedIn => 11,
             Self::Internal => 12,
+            Self::RoomFull => 13,
+            Self::EpochConflict => 14,
+            Self::RoomExists => 15,
             Self::Other(v) => v,
         }
     }
@@ -210,6 +381,9 @@ impl ErrorCode {
             10 => Self::Forbidden,
             11 => Self::AlreadyLoggedIn,
             12 => Self::Internal,
+            13 => Self::RoomFull,
+            14 => Self::EpochConflict,
+            15 => Self::RoomExists,
             v => Self::Other(v),
         }
     }
@@ -230,6 +404,9 @@ impl fmt::Display for ErrorCode {
             Self::Forbidden => f.write_str("forbidden"),
             Self::AlreadyLoggedIn => f.write_str("this connection is already logged in"),
             Self::Internal => f.write_str("internal server error; retry later"),
+            Self::RoomFull => f.write_str("the room is full"),
+            Self::EpochConflict => f.write_str("the room changed meanwhile; sync and retry"),
+            Self::RoomExists => f.write_str("a room with this name exists already; join it instead"),
             Self::Other(v) => write!(f, "server error code {v}"),
         }
     }
@@ -352,6 +529,25 @@ pub enum Response {
     },
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `RoomGetInfo`.
+    RoomInfo {
+        /// The sealed GroupInfo (opaque).
+        group_info: Vec<u8>,
+        /// The room's current epoch.
+        epoch: u64,
+    },
+    /// Answer to `RoomJoin` / `RoomSend`: the entry is durably stored.
+    RoomSent {
+        /// Its sequence number in the room.
+        seq: u64,
+    },
+    /// Answer to `RoomFetch`.
+    RoomMessages {
+        /// Entries, in room order.
+        messages: Vec<RoomMessage>,
+        /// More are pending than fit in this frame; fetch again.
+        more: bool,
+    },
 }
 
 impl Response {
@@ -379,6 +575,9 @@ impl fmt::Debug for Response {
                 write!(f, "AttachmentData({id}, offset={offset}/{total_len}, {} bytes)", data.len())
             }
             Self::Pong => f.write_str("Pong"),
+            Self::RoomInfo { group_info, epoch } => write!(f, "RoomInfo(epoch={epoch}, {} bytes)", group_info.len()),
+            Self::RoomSent { seq } => write!(f, "RoomSent({seq})"),
+            Self::RoomMessages { messages, more } => write!(f, "RoomMessages({messages:?}, more={more})"),
         }
     }
 }
@@ -400,6 +599,11 @@ pub enum Push {
         remaining: u32,
         /// One-time KEM prekeys left.
         remaining_kem: u32,
+    },
+    /// A room the user belongs to has new entries; `RoomFetch` them.
+    RoomMessage {
+        /// The room.
+        room_id: RoomId,
     },
 }
 
@@ -452,6 +656,13 @@ const T_ATT_FINISH: u8 = 0x0C;
 const T_ATT_GET: u8 = 0x0D;
 const T_ATT_ACK: u8 = 0x0E;
 const T_PING: u8 = 0x0F;
+const T_ROOM_CREATE: u8 = 0x10;
+const T_ROOM_JOIN: u8 = 0x11;
+const T_ROOM_GET_INFO: u8 = 0x12;
+const T_ROOM_SEND: u8 = 0x13;
+const T_ROOM_LEAVE: u8 = 0x14;
+const T_ROOM_FETCH: u8 = 0x15;
+const T_ROOM_ACK: u8 = 0x16;
 
 const T_HELLO: u8 = 0x40;
 
@@ -466,9 +677,13 @@ const T_R_ATT_CREATED: u8 = 0x87;
 const T_R_ATT_STATUS: u8 = 0x88;
 const T_R_ATT_DATA: u8 = 0x89;
 const T_R_PONG: u8 = 0x8A;
+const T_R_ROOM_INFO: u8 = 0x8B;
+const T_R_ROOM_SENT: u8 = 0x8C;
+const T_R_ROOM_MESSAGES: u8 = 0x8D;
 
 const T_P_NEW_ENVELOPE: u8 = 0xC0;
 const T_P_LOW_PREKEYS: u8 = 0xC1;
+const T_P_ROOM_MESSAGE: u8 = 0xC2;
 
 fn read_prekey(r: &mut Reader<'_>) -> Result<(PreKeyId, Vec<u8>), WireError> {
     Ok((PreKeyId::read(r)?, r.bytes()?))
@@ -530,6 +745,28 @@ impl ClientFrame {
             }
             T_ATT_ACK => Request::AttachmentAck { id: AttachmentId::read(&mut r)? },
             T_PING => Request::Ping,
+            T_ROOM_CREATE => Request::RoomCreate {
+                room_id: RoomId::read(&mut r)?,
+                max_participants: r.u32()?,
+                group_info: r.bytes()?,
+            },
+            T_ROOM_JOIN => Request::RoomJoin {
+                room_id: RoomId::read(&mut r)?,
+                epoch: r.u64()?,
+                commit: r.bytes()?,
+                group_info: r.bytes()?,
+            },
+            T_ROOM_GET_INFO => Request::RoomGetInfo { room_id: RoomId::read(&mut r)? },
+            T_ROOM_SEND => Request::RoomSend {
+                room_id: RoomId::read(&mut r)?,
+                epoch: r.u64()?,
+                kind: RoomMessageKind::read(&mut r)?,
+                payload: r.bytes()?,
+                new_group_info: r.option(Reader::bytes)?,
+            },
+            T_ROOM_LEAVE => Request::RoomLeave { room_id: RoomId::read(&mut r)? },
+            T_ROOM_FETCH => Request::RoomFetch { room_id: r.option(RoomId::read)? },
+            T_ROOM_ACK => Request::RoomAck { room_id: RoomId::read(&mut r)?, seq: r.u64()? },
             other => return Err(WireError::UnknownType(other)),
         };
         r.finish()?;
@@ -554,6 +791,13 @@ impl ClientFrame {
             Request::AttachmentGet { .. } => T_ATT_GET,
             Request::AttachmentAck { .. } => T_ATT_ACK,
             Request::Ping => T_PING,
+            Request::RoomCreate { .. } => T_ROOM_CREATE,
+            Request::RoomJoin { .. } => T_ROOM_JOIN,
+            Request::RoomGetInfo { .. } => T_ROOM_GET_INFO,
+            Request::RoomSend { .. } => T_ROOM_SEND,
+            Request::RoomLeave { .. } => T_ROOM_LEAVE,
+            Request::RoomFetch { .. } => T_ROOM_FETCH,
+            Request::RoomAck { .. } => T_ROOM_ACK,
         };
         let mut w = start(t);
         self.id.write(&mut w);
@@ -597,6 +841,30 @@ impl ClientFrame {
                 w.u64(*offset);
                 w.u32(*max_len);
             }
+            Request::RoomCreate { room_id, max_participants, group_info } => {
+                room_id.write(&mut w);
+                w.u32(*max_participants);
+                w.bytes(group_info);
+            }
+            Request::RoomJoin { room_id, epoch, commit, group_info } => {
+                room_id.write(&mut w);
+                w.u64(*epoch);
+                w.bytes(commit);
+                w.bytes(group_info);
+            }
+            Request::RoomGetInfo { room_id } | Request::RoomLeave { room_id } => room_id.write(&mut w),
+            Request::RoomSend { room_id, epoch, kind, payload, new_group_info } => {
+                room_id.write(&mut w);
+                w.u64(*epoch);
+                w.u8(kind.to_u8());
+                w.bytes(payload);
+                w.option(new_group_info.as_ref(), |w, g| w.bytes(g));
+            }
+            Request::RoomFetch { room_id } => w.option(room_id.as_ref(), |w, id| id.write(w)),
+            Request::RoomAck { room_id, seq } => {
+                room_id.write(&mut w);
+                w.u64(*seq);
+            }
         }
         w.into_inner()
     }
@@ -635,7 +903,8 @@ impl ServerFrame {
                 ServerFrame::Push(Push::NewEnvelope { id: EnvelopeId::read(&mut r)?, from: Username::read(&mut r)? })
             }
             T_P_LOW_PREKEYS => ServerFrame::Push(Push::LowPrekeys { remaining: r.u32()?, remaining_kem: r.u32()? }),
-            T_R_OK..=T_R_PONG => {
+            T_P_ROOM_MESSAGE => ServerFrame::Push(Push::RoomMessage { room_id: RoomId::read(&mut r)? }),
+            T_R_OK..=T_R_ROOM_MESSAGES => {
                 let id = RequestId::read(&mut r)?;
                 let response = match t {
                     T_R_OK => Response::Ok,
@@ -663,6 +932,11 @@ impl ServerFrame {
                         total_len: r.u64()?,
                         data: r.bytes()?,
                     },
+                    T_R_ROOM_INFO => Response::RoomInfo { group_info: r.bytes()?, epoch: r.u64()? },
+                    T_R_ROOM_SENT => Response::RoomSent { seq: r.u64()? },
+                    T_R_ROOM_MESSAGES => {
+                        Response::RoomMessages { messages: r.list(31, read_room_message)?, more: r.bool()? }
+                    }
                     _ => Response::Pong,
                 };
                 ServerFrame::Response { id, response }
@@ -695,6 +969,11 @@ impl ServerFrame {
                 w.u32(*remaining_kem);
                 w.into_inner()
             }
+            ServerFrame::Push(Push::RoomMessage { room_id }) => {
+                let mut w = start(T_P_ROOM_MESSAGE);
+                room_id.write(&mut w);
+                w.into_inner()
+            }
             ServerFrame::Response { id, response } => {
                 let t = match response {
                     Response::Ok => T_R_OK,
@@ -708,6 +987,9 @@ impl ServerFrame {
                     Response::AttachmentStatus { .. } => T_R_ATT_STATUS,
                     Response::AttachmentData { .. } => T_R_ATT_DATA,
                     Response::Pong => T_R_PONG,
+                    Response::RoomInfo { .. } => T_R_ROOM_INFO,
+                    Response::RoomSent { .. } => T_R_ROOM_SENT,
+                    Response::RoomMessages { .. } => T_R_ROOM_MESSAGES,
                 };
                 let mut w = start(t);
                 id.write(&mut w);
@@ -742,6 +1024,15 @@ impl ServerFrame {
                         w.u64(*offset);
                         w.u64(*total_len);
                         w.bytes(data);
+                    }
+                    Response::RoomInfo { group_info, epoch } => {
+                        w.bytes(group_info);
+                        w.u64(*epoch);
+                    }
+                    Response::RoomSent { seq } => w.u64(*seq),
+                    Response::RoomMessages { messages, more } => {
+                        w.list(messages, write_room_message);
+                        w.bool(*more);
                     }
                 }
                 w.into_inner()

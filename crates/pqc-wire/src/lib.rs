@@ -10,9 +10,10 @@
 //! # Layout
 //! - [`codec`]: `Reader` / `Writer` primitives (integers, length-prefixed bytes).
 //! - [`types`]: typed IDs ([`EnvelopeId`], [`AttachmentId`], [`PreKeyId`],
-//!   [`RequestId`]) and the validated [`Username`].
+//!   [`RequestId`], [`RoomId`]) and the validated [`Username`].
 //! - [`frame`]: [`ClientFrame`] (requests), [`ServerFrame`] (hello, responses,
-//!   pushes) and the framing helpers [`split_frame`] / [`FrameDecoder`].
+//!   pushes), the room log entry [`RoomMessage`] and the framing helpers
+//!   [`split_frame`] / [`FrameDecoder`].
 //! - [`auth`]: the signed transcripts for registration and login.
 //! - [`error`]: the [`WireError`] type.
 //!
@@ -36,10 +37,10 @@ pub mod types;
 pub use auth::{LOGIN_CONTEXT, REGISTER_CONTEXT, login_transcript, register_transcript};
 pub use error::WireError;
 pub use frame::{
-    ClientFrame, Envelope, ErrorCode, FrameDecoder, PrekeyBundle, Push, Request, Response, ServerFrame, encode_frame,
-    split_frame,
+    ClientFrame, Envelope, ErrorCode, FrameDecoder, PrekeyBundle, Push, Request, Response, RoomMessage,
+    RoomMessageKind, ServerFrame, encode_frame, split_frame,
 };
-pub use types::{AttachmentId, CHALLENGE_LEN, EnvelopeId, PreKeyId, RequestId, Username};
+pub use types::{AttachmentId, CHALLENGE_LEN, EnvelopeId, PreKeyId, ROOM_ID_LEN, RequestId, RoomId, Username};
 
 /// Version byte carried by every frame body.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -50,6 +50,41 @@ id_type!(
     RequestId, u32, u32
 );
 
+/// Length of a [`RoomId`].
+pub const ROOM_ID_LEN: usize = 16;
+
+/// The opaque id the relay routes a room by (16 bytes; clients derive it from
+/// the room name with HKDF, so the server never sees the name).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoomId(pub [u8; ROOM_ID_LEN]);
+
+impl RoomId {
+    /// Decodes the 16 raw bytes.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self(r.array()?))
+    }
+    /// Encodes the 16 raw bytes.
+    pub fn write(&self, w: &mut Writer) {
+        w.raw(&self.0);
+    }
+    /// Lower-case hex (for logs and storage keys).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoomId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
 /// A validated username: 1–32 characters from `[a-z0-9_.-]`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Username(String);

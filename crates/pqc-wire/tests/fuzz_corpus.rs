@@ -46,6 +46,27 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
         Request::AttachmentGet { id: AttachmentId(5), offset: 3, max_len: 65536 },
         Request::AttachmentAck { id: AttachmentId(5) },
         Request::Ping,
+        Request::RoomCreate { room_id: RoomId([1; 16]), max_participants: 3, group_info: vec![7; 40] },
+        Request::RoomJoin { room_id: RoomId([1; 16]), epoch: 2, commit: vec![8; 30], group_info: vec![9; 20] },
+        Request::RoomGetInfo { room_id: RoomId([1; 16]) },
+        Request::RoomSend {
+            room_id: RoomId([1; 16]),
+            epoch: 3,
+            kind: RoomMessageKind::Commit,
+            payload: vec![4; 12],
+            new_group_info: Some(vec![5; 6]),
+        },
+        Request::RoomSend {
+            room_id: RoomId([2; 16]),
+            epoch: 0,
+            kind: RoomMessageKind::Application,
+            payload: vec![],
+            new_group_info: None,
+        },
+        Request::RoomLeave { room_id: RoomId([1; 16]) },
+        Request::RoomFetch { room_id: None },
+        Request::RoomFetch { room_id: Some(RoomId([3; 16])) },
+        Request::RoomAck { room_id: RoomId([1; 16]), seq: 42 },
     ];
     let client =
         reqs.into_iter().enumerate().map(|(i, r)| ClientFrame { id: RequestId(i as u32), request: r }).collect();
@@ -74,6 +95,29 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
         Response::AttachmentStatus { id: AttachmentId(1), received: 5, total_len: 10, complete: false },
         Response::AttachmentData { id: AttachmentId(1), offset: 5, total_len: 10, data: vec![1; 5] },
         Response::Pong,
+        Response::error(ErrorCode::RoomFull, "room is full (3 of 3 participants)"),
+        Response::error(ErrorCode::EpochConflict, "sync and retry"),
+        Response::RoomInfo { group_info: vec![1; 30], epoch: 7 },
+        Response::RoomSent { seq: 11 },
+        Response::RoomMessages {
+            messages: vec![
+                RoomMessage {
+                    room_id: RoomId([1; 16]),
+                    seq: 1,
+                    sender: alice.clone(),
+                    kind: RoomMessageKind::Proposal,
+                    payload: vec![2; 5],
+                },
+                RoomMessage {
+                    room_id: RoomId([1; 16]),
+                    seq: 2,
+                    sender: Username::new("b").unwrap(),
+                    kind: RoomMessageKind::Application,
+                    payload: vec![],
+                },
+            ],
+            more: false,
+        },
     ];
     let mut server: Vec<ServerFrame> = resps
         .into_iter()
@@ -83,6 +127,7 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
     server.push(ServerFrame::Hello { version: 1, challenge: [7; 32], max_frame: 1 << 20 });
     server.push(ServerFrame::Push(Push::NewEnvelope { id: EnvelopeId(3), from: alice }));
     server.push(ServerFrame::Push(Push::LowPrekeys { remaining: 2, remaining_kem: 0 }));
+    server.push(ServerFrame::Push(Push::RoomMessage { room_id: RoomId([6; 16]) }));
     (client, server)
 }
 
