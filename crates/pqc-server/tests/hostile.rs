@@ -51,11 +51,30 @@ impl ServerProc {
         std::fs::write(&cfg, format!("log_level = \"info\"\n[limits]\n{limits}\n")).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let status: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let (child, fingerprint, log) = Self::spawn(dir.path(), addr, status);
+        Self { child, addr, status, fingerprint, log, _dir: dir }
+    }
+
+    /// SIGKILL, then start again on the same data folder and ports.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, fingerprint, log) = Self::spawn(self._dir.path(), self.addr, self.status);
+        assert_eq!(fingerprint, self.fingerprint);
+        (self.child, self.log) = (child, log);
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        addr: SocketAddr,
+        status: SocketAddr,
+    ) -> (Child, CertFingerprint, Arc<Mutex<Vec<String>>>) {
+        let cfg = dir.join("server.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_pqc-server"))
             .arg("--config")
             .arg(&cfg)
             .arg("--data")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--status")
@@ -80,7 +99,7 @@ impl ServerProc {
             }
         });
         let fingerprint = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its fingerprint");
-        Self { child, addr, status, fingerprint, log, _dir: dir }
+        (child, fingerprint, log)
     }
 
     fn metrics(&self) -> HashMap<String, u64> {
@@ -396,4 +415,23 @@ async fn garbage_udp_datagrams_are_ignored() {
     well_behaved(&srv, "udp", 5).await;
     srv.assert_alive();
     assert_eq!(srv.metric("pqc_handshakes_ok_total"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the server to persist its QUIC stateless-reset and connection-id keys (docs/RELIABILITY.md)"]
+async fn connections_to_a_crashed_server_are_reset_after_restart() {
+    let mut srv = ServerProc::start("");
+    let alice = User::new("alice");
+    let mut c = alice.register(&srv).await;
+    c.set_timeout(Duration::from_secs(30));
+    srv.kill_and_restart();
+    // The restarted process knows the persisted stateless-reset key, so the
+    // old connection fails at once instead of waiting out the 30 s timeout.
+    let t = Instant::now();
+    let r = c.request(Request::Ping).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}: {r:?}", t.elapsed());
+    assert!(matches!(c.close_reason(), Some(quinn::ConnectionError::Reset)), "{:?}", c.close_reason());
+    // And a new connection is served.
+    well_behaved(&srv, "restart", 3).await;
 }
