@@ -63,6 +63,9 @@ pub enum ClientError {
     /// Sending failed; the message is kept in the outbox.
     #[error("{0}; the message is queued in the profile and will be sent by the next pqc-client command")]
     Queued(Box<ClientError>),
+    /// Room (MLS group) failure.
+    #[error("{0}")]
+    Room(#[from] pqc_rooms::RoomError),
     /// A received file did not match its announced digest.
     #[error("the file from {0} failed its integrity check and was discarded")]
     FileCorrupt(String),

@@ -15,6 +15,8 @@
 //! - [`content`] — the plaintext format inside messages; file-name sanitising.
 //! - [`files`] — chunked file encryption for attachments.
 //! - [`engine`] — [`engine::Client`]: register, login, send, receive, verify.
+//! - [`rooms`] — rooms: MLS groups over the relay's ordered room log
+//!   (create, join by external commit, send, leave, audio/video state).
 //! - [`config`] — `config/client.toml`.
 //! - [`tui`] — `pqc-client chat`, the interactive terminal UI (ratatui).
 
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod profile;
+pub mod rooms;
 pub mod tui;
 
 pub use engine::{Client, ConnectOptions, Event};

@@ -10,6 +10,8 @@ use pqc_client::config::ClientConfig;
 use pqc_client::profile::{self, Profile};
 use pqc_client::{Client, ClientError, ConnectOptions, Event, Result};
 
+mod cli_rooms;
+
 /// pqc-chat client: end-to-end encrypted, post-quantum messaging.
 ///
 /// Messages and files are encrypted on this machine (hybrid X25519 + ML-KEM
@@ -88,6 +90,11 @@ enum Command {
     },
     /// Show this profile's user name, server and identity fingerprint.
     Whoami,
+    /// Rooms: end-to-end encrypted group chats (MLS); `rooms --help` lists the commands.
+    Rooms {
+        #[command(subcommand)]
+        command: cli_rooms::RoomsCommand,
+    },
     /// Interactive terminal chat: conversations, live messages, files (type ? inside for help).
     Chat {
         /// Folder to save received files in [default: current folder].
@@ -208,7 +215,20 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
                     let _ = stdout.flush();
                 })
                 .await?;
+            // Room messages and events: `[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`.
+            client
+                .rooms_receive(&mut |line| {
+                    let _ = writeln!(stdout, "{line}");
+                    let _ = stdout.flush();
+                })
+                .await?;
             client.close().await;
+        }
+        Command::Rooms { command } => {
+            let mut client = Client::login(profile, &opts, &mut notice).await?;
+            let result = cli_rooms::run(&mut client, command).await;
+            client.close().await;
+            result?;
         }
         Command::Verify { name } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;

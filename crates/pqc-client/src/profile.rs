@@ -50,6 +50,10 @@ pub mod ns {
     pub const OUTBOX: &str = "outbox";
     /// Ids of messages already shown, by `sender/id` (drops a retried duplicate).
     pub const DELIVERED: &str = "delivered";
+    /// Rooms: MLS group state plus local room data, keyed by room id (hex).
+    pub const ROOM: &str = "room";
+    /// This user's MLS member state (signature key, key packages).
+    pub const ROOM_MEMBER: &str = "room-member";
 }
 
 /// An open, unlocked profile.

@@ -1,0 +1,634 @@
+//! Rooms: MLS groups (`pqc-rooms`) driven through the relay's room log.
+//!
+//! A room is addressed by its **name**, which works like an invitation link:
+//! the relay's opaque room id is `HKDF-SHA-256(ikm = name, info =
+//! "pqc-chat/room-id/v1")[..16]` and the key sealing the room's GroupInfo on
+//! the relay is `HKDF-SHA-256(ikm = name, info = "pqc-chat/room-access/v1")`.
+//! Whoever knows the name can join by external commit while every other
+//! member is offline (within the participant limit; members see the join).
+//! See `docs/ROOMS.md` ("Rooms end to end").
+//!
+//! # Call order (per room)
+//! Every operation first **syncs**: fetches the room's pending log entries,
+//! processes them in relay order, saves the room state, acknowledges them,
+//! and — as the "next active member" — commits any queued proposal (a
+//! member's leave). Only then does it send. A commit is accepted by the relay
+//! only for the room's current epoch; on `EpochConflict` the client reloads
+//! its saved state (which never contains an unaccepted commit), syncs and
+//! retries. Application messages are saved (ratchet advanced) before they
+//! leave. Lines to show (`[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`…)
+//! are kept sealed with the room state until `recv` prints them.
+//!
+//! Self-updates (post-compromise security): before sending, a member whose
+//! last self-update is [`SELF_UPDATE_EVERY`] messages or
+//! [`SELF_UPDATE_AFTER_MS`] old commits one first.
+
+use std::collections::BTreeSet;
+
+use pqc_crypto::kdf::hkdf_sha256;
+use pqc_crypto::rng::{SystemRng, random_array};
+use pqc_rooms::{Event as MlsEvent, Member, Room, RoomAccessKey, RoomError};
+use pqc_wire::{ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind};
+
+use crate::engine::Client;
+use crate::error::{ClientError, Result};
+use crate::profile::ns;
+
+/// HKDF label of the room id.
+pub const ROOM_ID_LABEL: &[u8] = b"pqc-chat/room-id/v1";
+/// HKDF label of the room access key.
+pub const ROOM_ACCESS_LABEL: &[u8] = b"pqc-chat/room-access/v1";
+/// A member self-updates after sending this many messages…
+pub const SELF_UPDATE_EVERY: u32 = 50;
+/// …or when its last self-update is older than this (24 h).
+pub const SELF_UPDATE_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// How often an operation resyncs and retries after an epoch conflict.
+const MAX_ATTEMPTS: usize = 5;
+
+/// The relay's opaque id for the room called `name`.
+pub fn room_id_for(name: &str) -> Result<RoomId> {
+    let okm = hkdf_sha256::<32>(&[], name.as_bytes(), &[ROOM_ID_LABEL])?;
+    let mut id = [0u8; pqc_wire::ROOM_ID_LEN];
+    id.copy_from_slice(&okm[..pqc_wire::ROOM_ID_LEN]);
+    Ok(RoomId(id))
+}
+
+/// The key that seals the GroupInfo of the room called `name`.
+pub fn access_key_for(name: &str) -> Result<RoomAccessKey> {
+    let okm = hkdf_sha256::<32>(&[], name.as_bytes(), &[ROOM_ACCESS_LABEL])?;
+    Ok(RoomAccessKey::from_bytes(*okm))
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// Microphone.
+    Audio,
+    /// Camera.
+    Video,
+}
+
+impl Media {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+        }
+    }
+}
+
+/// One room as `rooms list` shows it (all from the end-to-end group state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// Room name.
+    pub name: String,
+    /// Members, in leaf order.
+    pub members: Vec<String>,
+    /// MLS epoch.
+    pub epoch: u64,
+    /// Members with audio on.
+    pub audio: Vec<String>,
+    /// Members with video on.
+    pub video: Vec<String>,
+    /// Still a member (false once removed).
+    pub active: bool,
+}
+
+// Content of a room application message: `version (1) | type | fields`.
+const CONTENT_VERSION: u8 = 1;
+const C_TEXT: u8 = 1;
+const C_AUDIO: u8 = 2;
+const C_VIDEO: u8 = 3;
+
+enum RoomContent {
+    Text(String),
+    Toggle(Media, bool),
+}
+
+impl RoomContent {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Text(t) => {
+                let mut v = vec![CONTENT_VERSION, C_TEXT];
+                v.extend_from_slice(t.as_bytes());
+                v
+            }
+            Self::Toggle(m, on) => {
+                let t = if *m == Media::Audio { C_AUDIO } else { C_VIDEO };
+                vec![CONTENT_VERSION, t, u8::from(*on)]
+            }
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        match b {
+            [CONTENT_VERSION, C_TEXT, rest @ ..] => Ok(Self::Text(
+                String::from_utf8(rest.to_vec()).map_err(|_| ClientError::Malformed("room text (UTF-8)"))?,
+            )),
+            [CONTENT_VERSION, C_AUDIO, on @ (0 | 1)] => Ok(Self::Toggle(Media::Audio, *on == 1)),
+            [CONTENT_VERSION, C_VIDEO, on @ (0 | 1)] => Ok(Self::Toggle(Media::Video, *on == 1)),
+            _ => Err(ClientError::Malformed("room message content (newer client?)")),
+        }
+    }
+}
+
+/// What the client keeps next to a room's MLS state (sealed together).
+#[derive(Debug, Default)]
+struct RoomLocal {
+    audio: BTreeSet<String>,
+    video: BTreeSet<String>,
+    sent_since_update: u32,
+    last_update_ms: i64,
+    /// Lines not yet shown by `recv`.
+    unshown: Vec<String>,
+}
+
+const LOCAL_VERSION: u8 = 1;
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    v.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+}
+
+struct Rd<'a>(&'a [u8]);
+
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(ClientError::Malformed("saved room record"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i64(&mut self) -> Result<i64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| ClientError::Malformed("saved room record"))
+    }
+    fn strings(&mut self) -> Result<Vec<String>> {
+        let n = self.u32()?;
+        (0..n).map(|_| self.string()).collect()
+    }
+}
+
+fn put_strings<'a>(v: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a String>) {
+    v.extend_from_slice(&u32::try_from(items.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for s in items {
+        put_str(v, s);
+    }
+}
+
+/// Saved record: `version | len32 room state | audio | video | sent | last | unshown`.
+fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
+    let mut v = vec![LOCAL_VERSION];
+    v.extend_from_slice(&u32::try_from(state.len()).unwrap_or(u32::MAX).to_be_bytes());
+    v.extend_from_slice(state);
+    put_strings(&mut v, l.audio.iter());
+    put_strings(&mut v, l.video.iter());
+    v.extend_from_slice(&l.sent_since_update.to_be_bytes());
+    v.extend_from_slice(&l.last_update_ms.to_be_bytes());
+    put_strings(&mut v, l.unshown.iter());
+    v
+}
+
+fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
+    let mut r = Rd(b);
+    if r.take(1)? != [LOCAL_VERSION] {
+        return Err(ClientError::Malformed("saved room record (unknown version; upgrade the client)"));
+    }
+    let room = Room::import_state(r.bytes()?)?;
+    let local = RoomLocal {
+        audio: r.strings()?.into_iter().collect(),
+        video: r.strings()?.into_iter().collect(),
+        sent_since_update: r.u32()?,
+        last_update_ms: r.i64()?,
+        unshown: r.strings()?,
+    };
+    if !r.0.is_empty() {
+        return Err(ClientError::Malformed("saved room record (trailing bytes)"));
+    }
+    Ok((room, local))
+}
+
+fn server_error(resp: Response) -> ClientError {
+    match resp {
+        Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+/// One request; an error answer becomes [`ClientError::Server`].
+async fn call(conn: &pqc_net::Connection, req: Request) -> Result<Response> {
+    match conn.request(req).await? {
+        r @ Response::Error { .. } => Err(server_error(r)),
+        r => Ok(r),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Outcome of sending a commit.
+enum Commit {
+    Accepted,
+    Conflict,
+}
+
+impl Client {
+    /// This user's MLS member state (created on first use).
+    fn mls_member(&self) -> Result<Member> {
+        if let Some(b) = self.profile().get_sealed(ns::ROOM_MEMBER, "self")? {
+            return Ok(Member::import_state(&b)?);
+        }
+        let member = Member::new(self.username(), random_array(&mut SystemRng))?;
+        self.profile().put_sealed(ns::ROOM_MEMBER, "self", &member.export_state()?)?;
+        Ok(member)
+    }
+
+    fn load_room(&self, id: &RoomId) -> Result<Option<(Room, RoomLocal)>> {
+        match self.profile().get_sealed(ns::ROOM, &id.to_hex())? {
+            Some(b) => Ok(Some(decode_record(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_room_named(&self, name: &str) -> Result<(RoomId, Room, RoomLocal)> {
+        let id = room_id_for(name)?;
+        match self.load_room(&id)? {
+            Some((room, local)) => Ok((id, room, local)),
+            None => Err(ClientError::Usage(format!(
+                "you are not in a room named {name:?}; `pqc-client rooms join NAME` or `rooms create NAME`"
+            ))),
+        }
+    }
+
+    fn save_room(&self, id: &RoomId, room: &Room, local: &RoomLocal) -> Result<()> {
+        self.profile().put_sealed(ns::ROOM, &id.to_hex(), &encode_record(&room.export_state()?, local))
+    }
+
+    /// Creates the room `name` with this user as its only member. Without
+    /// `max`, the server's default limit applies (enforced by the server).
+    pub async fn room_create(&mut self, name: &str, max: Option<u32>) -> Result<()> {
+        let id = room_id_for(name)?;
+        if self.load_room(&id)?.is_some_and(|(r, _)| r.is_active()) {
+            return Err(ClientError::Usage(format!("you are already in room {name:?}")));
+        }
+        if max == Some(0) {
+            return Err(ClientError::Usage("--max must be at least 1".into()));
+        }
+        let member = self.mls_member()?;
+        let room = Room::create_with(&member, name, max.unwrap_or(u32::MAX), id.0, access_key_for(name)?)?;
+        let group_info = room.group_info()?;
+        match self
+            .conn_request(Request::RoomCreate { room_id: id, max_participants: max.unwrap_or(0), group_info })
+            .await?
+        {
+            Response::Ok => {}
+            Response::Error { code: ErrorCode::RoomExists, .. } => {
+                return Err(ClientError::Usage(format!(
+                    "a room named {name:?} exists already; join it with `pqc-client rooms join {name}`"
+                )));
+            }
+            other => return Err(server_error(other)),
+        }
+        let local = RoomLocal { last_update_ms: now_ms(), ..RoomLocal::default() };
+        self.save_room(&id, &room, &local)
+    }
+
+    /// Joins the room `name` by external commit (works with every other member offline).
+    pub async fn room_join(&mut self, name: &str) -> Result<()> {
+        let id = room_id_for(name)?;
+        if self.load_room(&id)?.is_some_and(|(r, _)| r.is_active()) {
+            return Err(ClientError::Usage(format!("you are already in room {name:?}")));
+        }
+        let member = self.mls_member()?;
+        let key = access_key_for(name)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (sealed, epoch) = match self.conn_request(Request::RoomGetInfo { room_id: id }).await? {
+                Response::RoomInfo { group_info, epoch } => (group_info, epoch),
+                Response::Error { code: ErrorCode::NotFound, .. } => {
+                    return Err(ClientError::Usage(format!(
+                        "there is no room named {name:?}; create it with `pqc-client rooms create {name}`"
+                    )));
+                }
+                other => return Err(server_error(other)),
+            };
+            let (room, commit) = match Room::join_external(&member, &sealed, &key) {
+                Ok(x) => x,
+                Err(e @ RoomError::RoomFull { .. }) => return Err(ClientError::Server(e.to_string())),
+                Err(e) => return Err(e.into()),
+            };
+            let group_info = room.group_info()?;
+            match self.conn_request(Request::RoomJoin { room_id: id, epoch, commit, group_info }).await? {
+                Response::RoomSent { .. } => {
+                    let local = RoomLocal { last_update_ms: now_ms(), ..RoomLocal::default() };
+                    return self.save_room(&id, &room, &local);
+                }
+                Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
+                other => return Err(server_error(other)),
+            }
+        }
+        Err(ClientError::Server("the room keeps changing while joining; retry".into()))
+    }
+
+    async fn conn_request(&self, req: Request) -> Result<Response> {
+        Ok(self.connection().request(req).await?)
+    }
+
+    /// Sends a commit built on `epoch` with the new epoch's GroupInfo.
+    async fn send_commit(&self, id: RoomId, room: &Room, epoch: u64, commit: Vec<u8>) -> Result<Commit> {
+        let new_group_info = Some(room.group_info()?);
+        let req =
+            Request::RoomSend { room_id: id, epoch, kind: RoomMessageKind::Commit, payload: commit, new_group_info };
+        match self.conn_request(req).await? {
+            Response::RoomSent { .. } => Ok(Commit::Accepted),
+            Response::Error { code: ErrorCode::EpochConflict, .. } => Ok(Commit::Conflict),
+            other => Err(server_error(other)),
+        }
+    }
+
+    /// Applies one relayed entry to the room; lines to show go to `local.unshown`.
+    fn apply_entry(&self, room: &mut Room, local: &mut RoomLocal, m: &RoomMessage) {
+        let name = room.name().to_string();
+        let events = match room.process(&m.payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                // No content in logs: the sender and the error kind only.
+                tracing::warn!(sender = %m.sender, seq = m.seq, "dropped a room message that could not be processed: {e}");
+                return;
+            }
+        };
+        for ev in events {
+            match ev {
+                MlsEvent::Message { sender, plaintext } => match RoomContent::decode(&plaintext) {
+                    Ok(RoomContent::Text(t)) => local.unshown.push(format!("[{name}] {}: {t}", sender.as_str())),
+                    Ok(RoomContent::Toggle(media, on)) => {
+                        let set = if media == Media::Audio { &mut local.audio } else { &mut local.video };
+                        if on {
+                            set.insert(sender.as_str().to_string());
+                        } else {
+                            set.remove(sender.as_str());
+                        }
+                        let state = if on { "on" } else { "off" };
+                        local.unshown.push(format!("[{name}] * {} {} {state}", sender.as_str(), media.label()));
+                    }
+                    Err(e) => tracing::warn!(sender = %m.sender, "room message content: {e}"),
+                },
+                MlsEvent::MemberJoined(u) => local.unshown.push(format!("[{name}] * {} joined", u.as_str())),
+                MlsEvent::MemberLeft(u) => {
+                    local.audio.remove(u.as_str());
+                    local.video.remove(u.as_str());
+                    local.unshown.push(format!("[{name}] * {} left", u.as_str()));
+                }
+                MlsEvent::Removed => local.unshown.push(format!("[{name}] * you were removed from the room")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Syncs a room: processes its pending entries in order, saves, acks,
+    /// then commits queued proposals. Returns the up-to-date state.
+    async fn room_sync(&mut self, id: RoomId) -> Result<(Room, RoomLocal)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((mut room, mut local)) = self.load_room(&id)? else {
+                return Err(ClientError::Usage("you are not in this room".into()));
+            };
+            if !room.is_active() {
+                return Ok((room, local));
+            }
+            loop {
+                let (messages, more) = match call(self.connection(), Request::RoomFetch { room_id: Some(id) }).await? {
+                    Response::RoomMessages { messages, more } => (messages, more),
+                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                };
+                let Some(last) = messages.last().map(|m| m.seq) else { break };
+                for m in &messages {
+                    if m.sender.as_str() != self.username() && room.is_active() {
+                        self.apply_entry(&mut room, &mut local, m);
+                    }
+                }
+                // Saved before the ack: a crash in between replays entries the
+                // state already has, which MLS rejects harmlessly.
+                self.save_room(&id, &room, &local)?;
+                call(self.connection(), Request::RoomAck { room_id: id, seq: last }).await?;
+                if !more {
+                    break;
+                }
+            }
+            if !room.is_active() {
+                return Ok((room, local));
+            }
+            // The next active member commits queued proposals (a member's leave).
+            let epoch = room.epoch();
+            let before: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
+            let Some(commit) = room.commit_pending()? else { return Ok((room, local)) };
+            match self.send_commit(id, &room, epoch, commit).await? {
+                Commit::Accepted => {
+                    let after: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
+                    for u in before.difference(&after) {
+                        local.audio.remove(u);
+                        local.video.remove(u);
+                        local.unshown.push(format!("[{}] * {u} left", room.name()));
+                    }
+                    self.save_room(&id, &room, &local)?;
+                    return Ok((room, local));
+                }
+                // Someone else committed first: start over from the saved state.
+                Commit::Conflict => continue,
+            }
+        }
+        Err(ClientError::Server("the room keeps changing; retry".into()))
+    }
+
+    async fn room_send_content(&mut self, name: &str, content: RoomContent) -> Result<()> {
+        let id = room_id_for(name)?;
+        self.load_room_named(name)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut room, mut local) = self.room_sync(id).await?;
+            if !room.is_active() {
+                return Err(ClientError::Usage(format!("you are no longer a member of room {name:?}")));
+            }
+            let now = now_ms();
+            if local.sent_since_update >= SELF_UPDATE_EVERY
+                || now.saturating_sub(local.last_update_ms) > SELF_UPDATE_AFTER_MS
+            {
+                let epoch = room.epoch();
+                let commit = room.self_update()?;
+                match self.send_commit(id, &room, epoch, commit).await? {
+                    Commit::Accepted => {
+                        local.sent_since_update = 0;
+                        local.last_update_ms = now;
+                        self.save_room(&id, &room, &local)?;
+                    }
+                    Commit::Conflict => continue,
+                }
+            }
+            if let RoomContent::Toggle(media, on) = &content {
+                let set = if *media == Media::Audio { &mut local.audio } else { &mut local.video };
+                if *on {
+                    set.insert(self.username().to_string());
+                } else {
+                    set.remove(self.username());
+                }
+            }
+            let payload = room.encrypt(&content.encode())?;
+            local.sent_since_update = local.sent_since_update.saturating_add(1);
+            // The advanced ratchet is saved before the message leaves.
+            self.save_room(&id, &room, &local)?;
+            let req = Request::RoomSend {
+                room_id: id,
+                epoch: room.epoch(),
+                kind: RoomMessageKind::Application,
+                payload,
+                new_group_info: None,
+            };
+            return match call(self.connection(), req).await? {
+                Response::RoomSent { .. } => Ok(()),
+                other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            };
+        }
+        Err(ClientError::Server("the room keeps changing; retry".into()))
+    }
+
+    /// Sends a text message to the room (after syncing it).
+    pub async fn room_send_text(&mut self, name: &str, text: &str) -> Result<()> {
+        if text.is_empty() {
+            return Err(ClientError::Usage("the message is empty; nothing was sent".into()));
+        }
+        self.room_send_content(name, RoomContent::Text(text.to_string())).await
+    }
+
+    /// Announces this user's audio or video state to the room.
+    pub async fn room_toggle(&mut self, name: &str, media: Media, on: bool) -> Result<()> {
+        self.room_send_content(name, RoomContent::Toggle(media, on)).await
+    }
+
+    /// Leaves the room: sends a remove proposal for oneself (the next active
+    /// member commits it), asks the relay to stop routing the room here, and
+    /// deletes the local room state.
+    pub async fn room_leave(&mut self, name: &str) -> Result<()> {
+        let id = room_id_for(name)?;
+        self.load_room_named(name)?;
+        let (mut room, _) = self.room_sync(id).await?;
+        if room.is_active() {
+            let epoch = room.epoch();
+            let proposal = room.leave()?;
+            let req = Request::RoomSend {
+                room_id: id,
+                epoch,
+                kind: RoomMessageKind::Proposal,
+                payload: proposal,
+                new_group_info: None,
+            };
+            call(self.connection(), req).await?;
+            call(self.connection(), Request::RoomLeave { room_id: id }).await?;
+        }
+        self.profile().db().delete(ns::ROOM, &id.to_hex())?;
+        Ok(())
+    }
+
+    /// The room's members (after syncing it).
+    pub async fn room_members(&mut self, name: &str) -> Result<Vec<String>> {
+        let id = room_id_for(name)?;
+        self.load_room_named(name)?;
+        let (room, _) = self.room_sync(id).await?;
+        Ok(room.members().iter().map(|u| u.as_str().to_string()).collect())
+    }
+
+    /// The rooms this profile belongs to, from the local group states (no
+    /// server request: there is no public room directory).
+    pub fn rooms_list(&self) -> Result<Vec<RoomSummary>> {
+        let mut out = Vec::new();
+        for (_, rec) in self.profile().list_sealed(ns::ROOM)? {
+            let (room, local) = decode_record(&rec)?;
+            out.push(RoomSummary {
+                name: room.name().to_string(),
+                members: room.members().iter().map(|u| u.as_str().to_string()).collect(),
+                epoch: room.epoch(),
+                audio: local.audio.into_iter().collect(),
+                video: local.video.into_iter().collect(),
+                active: room.is_active(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Syncs every room and hands the lines to show (`[NAME] SENDER: TEXT`,
+    /// `[NAME] * SENDER joined`…) to `on_line`, in room order. Returns how many.
+    pub async fn rooms_receive(&mut self, on_line: &mut dyn FnMut(String)) -> Result<usize> {
+        let mut n = 0;
+        let records = self.profile().list_sealed(ns::ROOM)?;
+        for (_, rec) in records {
+            let (room, _) = decode_record(&rec)?;
+            let id = room_id_for(room.name())?;
+            let (room, mut local) = match self.room_sync(id).await {
+                Ok(x) => x,
+                Err(e) => {
+                    on_line(format!("[{}] ! cannot sync: {e}", room.name()));
+                    continue;
+                }
+            };
+            if local.unshown.is_empty() {
+                continue;
+            }
+            let lines = std::mem::take(&mut local.unshown);
+            self.save_room(&id, &room, &local)?;
+            for l in lines {
+                n += 1;
+                on_line(l);
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn ids_are_name_derived_and_distinct() {
+        let a = room_id_for("team").unwrap();
+        assert_eq!(a, room_id_for("team").unwrap());
+        assert_ne!(a, room_id_for("team2").unwrap());
+        assert_ne!(&a.0[..], &access_key_for("team").unwrap().to_bytes()[..16]);
+    }
+
+    #[test]
+    fn content_round_trip_and_record() {
+        for c in [RoomContent::Text("hé".into()), RoomContent::Toggle(Media::Video, true)] {
+            let b = c.encode();
+            assert_eq!(RoomContent::decode(&b).unwrap().encode(), b);
+        }
+        assert!(RoomContent::decode(&[1, 2, 7]).is_err());
+        assert!(RoomContent::decode(&[]).is_err());
+        let member = Member::new("alice", [1; 32]).unwrap();
+        let room = Room::create_with(&member, "r", 3, [2; 16], access_key_for("r").unwrap()).unwrap();
+        let local = RoomLocal { unshown: vec!["x".into()], last_update_ms: 5, ..RoomLocal::default() };
+        let rec = encode_record(&room.export_state().unwrap(), &local);
+        let (room2, local2) = decode_record(&rec).unwrap();
+        assert_eq!(room2.name(), "r");
+        assert_eq!(local2.unshown, vec!["x".to_string()]);
+        assert_eq!(local2.last_update_ms, 5);
+        assert!(decode_record(&rec[..rec.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! Rooms end to end with real processes: a `pqc-server` and `pqc-client`
+//! processes with separate profiles (create, join while others are offline,
+//! ordered catch-up, leave, participant limit, audio/video events).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{TestServer, User, tree_contains};
+
+#[test]
+fn three_users_create_join_send_leave_limit_media() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let mut server = TestServer::start(&data);
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    let carol = User::new(tmp.path(), "carol", &server.addr());
+    let dave = User::new(tmp.path(), "dave", &server.addr());
+    for u in [&alice, &bob, &carol, &dave] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "quantum-lounge-7f3a";
+
+    // alice creates the room; bob joins while alice is offline (no process).
+    assert_eq!(alice.ok(&["rooms", "create", room, "--max", "3"]), format!("created room {room}\n"));
+    let err = bob.fails(&["rooms", "create", room]);
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(bob.ok(&["rooms", "join", room]), format!("joined room {room}\n"));
+    bob.ok(&["rooms", "send", room, "hi from bob"]);
+    bob.ok(&["rooms", "send", room, "bob again"]);
+    // carol joins; alice is still offline.
+    carol.ok(&["rooms", "join", room]);
+    carol.ok(&["rooms", "send", room, "carol here"]);
+    assert_eq!(bob.ok(&["recv"]), format!("[{room}] * carol joined\n[{room}] carol: carol here\n"));
+
+    // alice catches up in order.
+    assert_eq!(
+        alice.ok(&["recv"]),
+        format!(
+            "[{room}] * bob joined\n[{room}] bob: hi from bob\n[{room}] bob: bob again\n[{room}] * carol joined\n[{room}] carol: carol here\n"
+        )
+    );
+    assert_eq!(alice.ok(&["rooms", "members", room]), "alice\nbob\ncarol\n");
+
+    // A fourth joiner is refused with a clear error.
+    let err = dave.fails(&["rooms", "join", room]);
+    assert!(err.contains("full"), "{err}");
+
+    // Audio/video toggles show as events and in the list.
+    alice.ok(&["rooms", "audio", room, "on"]);
+    carol.ok(&["rooms", "video", room, "on"]);
+    assert_eq!(bob.ok(&["recv"]), format!("[{room}] * alice audio on\n[{room}] * carol video on\n"));
+    let list = bob.ok(&["rooms", "list"]);
+    assert!(list.contains(room) && list.contains("3 member(s)"), "{list}");
+    assert!(list.contains("audio on: alice") && list.contains("video on: carol"), "{list}");
+
+    // bob leaves; the next active member (alice, when she sends) commits it.
+    bob.ok(&["rooms", "send", room, "bye from bob"]);
+    assert_eq!(bob.ok(&["rooms", "leave", room]), format!("left room {room}\n"));
+    alice.ok(&["rooms", "send", room, "after bob left"]);
+    assert_eq!(
+        alice.ok(&["recv"]),
+        format!("[{room}] * carol video on\n[{room}] bob: bye from bob\n[{room}] * bob left\n")
+    );
+    assert_eq!(
+        carol.ok(&["recv"]),
+        format!(
+            "[{room}] * alice audio on\n[{room}] bob: bye from bob\n[{room}] * bob left\n[{room}] alice: after bob left\n"
+        )
+    );
+    assert_eq!(alice.ok(&["rooms", "members", room]), "alice\ncarol\n");
+    // bob sees nothing from after his leave, and cannot send any more.
+    assert_eq!(bob.ok(&["recv"]), "");
+    assert!(!bob.ok(&["rooms", "list"]).contains(room));
+    assert!(bob.fails(&["rooms", "send", room, "still here?"]).contains("not in a room"));
+    // With bob gone there is room for dave.
+    dave.ok(&["rooms", "join", room]);
+    dave.ok(&["rooms", "send", room, "dave arrives"]);
+    assert_eq!(alice.ok(&["recv"]), format!("[{room}] * dave joined\n[{room}] dave: dave arrives\n"));
+    assert_eq!(bob.ok(&["recv"]), "");
+
+    // The server's data folder holds neither the room name nor any message.
+    server.stop();
+    for needle in [room.as_bytes(), b"hi from bob", b"carol here", b"after bob left", b"dave arrives"] {
+        assert_eq!(tree_contains(&data, needle), None, "plaintext {:?} on the server", String::from_utf8_lossy(needle));
+    }
+}
