@@ -38,6 +38,8 @@ pub const PREKEY_BATCH: u32 = 50;
 pub const PREKEY_LOW: u32 = 20;
 /// Default server port.
 pub const DEFAULT_PORT: u16 = 8443;
+/// Attachment chunk requests kept in flight per transfer.
+const PIPELINE: usize = 8;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -132,14 +134,21 @@ impl core::fmt::Debug for Client {
     }
 }
 
-fn server_error(resp: Response) -> ClientError {
+pub(crate) fn server_error(resp: Response) -> ClientError {
     match resp {
         Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
         other => ClientError::Unexpected(format!("{other:?}")),
     }
 }
 
-async fn call(conn: &Connection, req: Request) -> Result<Response> {
+fn expect_ok(resp: Response) -> Result<()> {
+    match resp {
+        Response::Ok | Response::AttachmentStatus { .. } => Ok(()),
+        other => Err(server_error(other)),
+    }
+}
+
+pub(crate) async fn call(conn: &Connection, req: Request) -> Result<Response> {
     match conn.request(req).await? {
         r @ Response::Error { .. } => Err(server_error(r)),
         r => Ok(r),
@@ -431,18 +440,30 @@ impl Client {
         };
         let mut hasher = Sha256Hasher::new();
         let mut offset = 0u64;
-        let mut buf = Vec::with_capacity(CHUNK as usize + 16);
+        // Chunks are pipelined: up to PIPELINE uploads in flight, so the
+        // transfer is not bound by one round trip (and one server commit) per chunk.
+        let mut inflight = std::collections::VecDeque::new();
         for index in 0..chunk_count(plain_len, CHUNK) {
-            buf.clear();
             let want = (plain_len - index * u64::from(CHUNK)).min(u64::from(CHUNK)) as usize;
-            buf.resize(want, 0);
+            let mut buf = vec![0u8; want];
+            buf.reserve(16);
             file.read_exact(&mut buf).await.map_err(|e| ClientError::io("cannot read the file", e))?;
             hasher.update(&buf);
             cipher.seal(index, &mut buf)?;
             let len = buf.len() as u64;
-            call(&self.conn, Request::AttachmentChunk { id, offset, data: std::mem::take(&mut buf) }).await?;
+            inflight
+                .push_back((self.conn.submit(Request::AttachmentChunk { id, offset, data: buf }).await?, offset + len));
             offset += len;
-            progress(offset, total);
+            if inflight.len() >= PIPELINE
+                && let Some((pending, done)) = inflight.pop_front()
+            {
+                expect_ok(pending.response().await?)?;
+                progress(done, total);
+            }
+        }
+        while let Some((pending, done)) = inflight.pop_front() {
+            expect_ok(pending.response().await?)?;
+            progress(done, total);
         }
         call(&self.conn, Request::AttachmentFinish { id }).await?;
         let content = Content {
@@ -658,11 +679,28 @@ impl Client {
             .map_err(|e| ClientError::io(format!("cannot create {}", tmp.display()), e))?;
         let mut hasher = Sha256Hasher::new();
         let step = cipher.sealed_chunk_len();
+        let chunks = chunk_count(f.plain_len, f.chunk);
+        let window = u64::try_from(PIPELINE).unwrap_or(1);
+        let mut requested = 0u64;
+        let mut inflight = std::collections::VecDeque::new();
         let mut offset = 0u64;
         let mut index = 0u64;
         while offset < f.cipher_len {
+            // Keep up to PIPELINE chunk requests in flight ahead of the one being written.
+            while requested < chunks && requested < index + window {
+                let at = requested * step;
+                let max_len = u32::try_from((f.cipher_len - at).min(step)).unwrap_or(u32::MAX);
+                inflight.push_back(self.conn.submit(Request::AttachmentGet { id, offset: at, max_len }).await?);
+                requested += 1;
+            }
             let want = (f.cipher_len - offset).min(step);
-            let mut got = Vec::with_capacity(want as usize);
+            let mut got = match inflight.pop_front() {
+                Some(p) => match p.response().await? {
+                    Response::AttachmentData { data, .. } if !data.is_empty() => data,
+                    other => return Err(server_error(other)),
+                },
+                None => Vec::new(),
+            };
             while (got.len() as u64) < want {
                 let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
                 let at = offset + got.len() as u64;
@@ -734,7 +772,7 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
     (1..).map(|i| dir.join(format!("{stem} ({i}){ext}"))).find(|p| !p.exists()).unwrap_or(first)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

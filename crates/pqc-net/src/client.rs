@@ -174,9 +174,15 @@ impl Connection {
         self.pushes.take()
     }
 
-    /// Sends `request` and waits for its response. A `Response::Error` is
-    /// returned as `Ok`: it is the server's answer, not a transport failure.
+    /// Sends `request` and waits for its response.
     pub async fn request(&self, request: Request) -> Result<Response, NetError> {
+        self.submit(request).await?.response().await
+    }
+
+    /// Sends `request` without waiting for its response, so several requests
+    /// can be in flight at once (pipelining); await [`PendingResponse::response`]
+    /// for each. The server answers the requests of a connection in order.
+    pub async fn submit(&self, request: Request) -> Result<PendingResponse<'_>, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = ClientFrame { id: RequestId(id), request }.encode_body();
         if body.len() > self.info.max_frame {
@@ -192,14 +198,7 @@ impl Connection {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(NetError::Closed);
         }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(self.closed_reason()),
-            Err(_) => {
-                self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-                Err(NetError::Timeout)
-            }
-        }
+        Ok(PendingResponse { conn: self, id, rx })
     }
 
     /// Sends raw bytes on the control stream (tests of malformed input).
@@ -229,5 +228,27 @@ impl Connection {
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A request sent with [`Connection::submit`] whose response is still to come.
+#[derive(Debug)]
+pub struct PendingResponse<'a> {
+    conn: &'a Connection,
+    id: u32,
+    rx: oneshot::Receiver<Response>,
+}
+
+impl PendingResponse<'_> {
+    /// Waits for the response (bounded by the connection's timeout).
+    pub async fn response(self) -> Result<Response, NetError> {
+        match tokio::time::timeout(self.conn.timeout, self.rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(self.conn.closed_reason()),
+            Err(_) => {
+                self.conn.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+                Err(NetError::Timeout)
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ pub mod framed;
 pub mod kx;
 pub mod tls;
 
-pub use client::{ConnectInfo, Connection};
+pub use client::{ConnectInfo, Connection, PendingResponse};
 pub use error::NetError;
 pub use framed::{read_frame, write_frame};
 pub use kx::KxProbe;

@@ -18,9 +18,54 @@ use crate::{ServerError, conn, status};
 
 type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<Push>)>>;
 
+/// What a finished store operation does once its batch's fate is known: it
+/// answers its caller with its result, or with the commit error.
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// A store operation queued for the database thread.
+type Job = Box<dyn FnOnce(&mut SqliteServerStore) -> Completion + Send>;
+
+/// Most operations committed together in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The database thread: owns the store and runs queued operations in group
+/// commits. It takes every operation waiting at that moment (up to
+/// [`MAX_BATCH`]), runs each as a savepoint inside one transaction, commits
+/// once (one `fsync` with `synchronous=FULL`), and only then answers the
+/// callers. So an envelope is still on disk before its sender is
+/// acknowledged, but a hundred concurrent senders share one disk flush
+/// instead of queueing for a hundred.
+fn run_database(mut store: SqliteServerStore, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.begin_batch() {
+            // Could not open a transaction: run each operation on its own.
+            tracing::error!("storage error starting a batch: {e}");
+            for job in batch {
+                job(&mut store)(None);
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut store)).collect();
+        let committed = store.commit_batch();
+        if let Err(e) = &committed {
+            tracing::error!("storage error committing a batch of {}: {e}", completions.len());
+            let _ = store.rollback_batch();
+        }
+        for done in completions {
+            done(committed.as_ref().err());
+        }
+    }
+}
+
 /// State shared by all connection tasks.
 pub(crate) struct Shared {
-    store: Arc<Mutex<SqliteServerStore>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     online: Mutex<Online>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
@@ -29,18 +74,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Runs a store operation on the blocking pool.
+    /// Runs a store operation on the database thread, in the next group
+    /// commit; returns once that commit is on disk.
     pub(crate) async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut s)
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("database task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let result = f(store);
+            Box::new(move |commit_error: Option<&StoreError>| {
+                let result = match commit_error {
+                    Some(e) => Err(StoreError::Invalid(format!("commit failed: {e}"))),
+                    None => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Invalid("the database thread has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Invalid("the database thread has stopped".into()))?
     }
 
     pub(crate) async fn queued_now(&self) -> u64 {
@@ -147,9 +199,14 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
             .await
             .map_err(|e| ServerError::Config(format!("database open task failed: {e}")))??;
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pqc-db".into())
+            .spawn(move || run_database(store, job_rx))
+            .map_err(ServerError::Io)?;
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
-            store: Arc::new(Mutex::new(store)),
+            jobs,
             online: Mutex::new(HashMap::new()),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),

@@ -5,7 +5,7 @@ use std::path::Path;
 use pqc_wire::{
     AttachmentId, Envelope, EnvelopeId, PreKeyId, PrekeyBundle, RoomId, RoomMessage, RoomMessageKind, Username,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
 
@@ -220,6 +220,25 @@ impl SqliteServerStore {
         Self::init(Connection::open(path)?)
     }
 
+    /// Starts a group commit: the store operations called until
+    /// [`Self::commit_batch`] run as savepoints inside one transaction, so
+    /// they reach the disk with one `fsync` (each still all-or-nothing on its
+    /// own). Callers must not report any of them as durable before the batch
+    /// commits.
+    pub fn begin_batch(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    /// Commits the batch started by [`Self::begin_batch`].
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    /// Abandons the batch started by [`Self::begin_batch`].
+    pub fn rollback_batch(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("ROLLBACK")?)
+    }
+
     /// An in-memory database (tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory()?)
@@ -242,13 +261,13 @@ impl SqliteServerStore {
             return Err(StoreError::SchemaTooNew { found: v, supported: SCHEMA_VERSION });
         }
         if v < 1 {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self.conn.savepoint()?;
             tx.execute_batch(MIGRATION_1)?;
             tx.pragma_update(None, "user_version", 1)?;
             tx.commit()?;
         }
         if v < 2 {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self.conn.savepoint()?;
             tx.execute_batch(MIGRATION_2)?;
             tx.pragma_update(None, "user_version", 2)?;
             tx.commit()?;
@@ -376,7 +395,7 @@ impl ServerStore for SqliteServerStore {
         one_time: &[(PreKeyId, Vec<u8>)],
         one_time_kem: &[(PreKeyId, Vec<u8>)],
     ) -> Result<PrekeyCounts, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         if !Self::account_exists(&tx, user)? {
             return Err(StoreError::UnknownUser);
         }
@@ -401,7 +420,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn take_prekey_bundle(&mut self, user: &Username) -> Result<Option<(PrekeyBundle, PrekeyCounts)>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let identity_key: Option<Vec<u8>> = tx
             .query_row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
             .optional()?;
@@ -442,7 +461,7 @@ impl ServerStore for SqliteServerStore {
         payload: &[u8],
         max_mailbox: u32,
     ) -> Result<EnvelopeId, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         if !Self::account_exists(&tx, to)? {
             return Err(StoreError::UnknownUser);
         }
@@ -461,7 +480,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let mut out = Vec::new();
         let mut more = false;
         {
@@ -503,7 +522,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let mut n = 0u32;
         {
             let mut st = tx.prepare("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
@@ -551,7 +570,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let row: Option<(i64, i64, bool)> = tx
             .query_row(
                 "SELECT total_len, received, complete FROM attachments WHERE id = ?1",
@@ -616,7 +635,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         tx.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
         let n = tx.execute("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
         tx.commit()?;
@@ -801,6 +820,31 @@ mod tests {
 
     fn u(s: &str) -> Username {
         Username::new(s).unwrap()
+    }
+
+    #[test]
+    fn group_commit_keeps_each_operation_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        s.begin_batch().unwrap();
+        let a = s.enqueue(&u("bob"), &u("alice"), None, b"one", 10).unwrap();
+        // A failing operation inside the batch leaves no trace and does not
+        // spoil the others.
+        assert!(matches!(s.create_account(&u("bob"), b"k"), Err(StoreError::UsernameTaken)));
+        assert!(matches!(s.enqueue(&u("nobody"), &u("alice"), None, b"x", 10), Err(StoreError::UnknownUser)));
+        let b = s.enqueue(&u("bob"), &u("alice"), None, b"two", 10).unwrap();
+        s.commit_batch().unwrap();
+        drop(s);
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a, b]);
+        // A rolled-back batch leaves nothing.
+        s.begin_batch().unwrap();
+        s.enqueue(&u("bob"), &u("alice"), None, b"three", 10).unwrap();
+        s.rollback_batch().unwrap();
+        assert_eq!(s.queued_total().unwrap(), 2);
     }
 
     #[test]
