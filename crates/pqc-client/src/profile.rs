@@ -54,6 +54,8 @@ pub mod ns {
     pub const ROOM: &str = "room";
     /// This user's MLS member state (signature key, key packages).
     pub const ROOM_MEMBER: &str = "room-member";
+    /// A room commit sent but not yet known to be accepted, with the state after it.
+    pub const ROOM_PENDING: &str = "room-pending";
 }
 
 /// An open, unlocked profile.

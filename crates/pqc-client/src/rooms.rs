@@ -223,6 +223,10 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
     Ok((room, local))
 }
 
+fn member_names(room: &Room) -> BTreeSet<String> {
+    room.members().iter().map(|u| u.as_str().to_string()).collect()
+}
+
 fn server_error(resp: Response) -> ClientError {
     match resp {
         Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
@@ -353,15 +357,52 @@ impl Client {
     }
 
     /// Sends a commit built on `epoch` with the new epoch's GroupInfo.
-    async fn send_commit(&self, id: RoomId, room: &Room, epoch: u64, commit: Vec<u8>) -> Result<Commit> {
+    ///
+    /// Before it leaves, the commit and the state after it are saved as the
+    /// room's *pending* record, so a crash after the relay accepted it but
+    /// before the new state was saved is recovered by the next sync (which
+    /// finds the commit in the log: [`Self::room_sync`]).
+    async fn send_commit(
+        &self,
+        id: RoomId,
+        room: &Room,
+        local: &RoomLocal,
+        epoch: u64,
+        commit: Vec<u8>,
+    ) -> Result<Commit> {
         let new_group_info = Some(room.group_info()?);
+        let mut pending = u32::try_from(commit.len()).unwrap_or(u32::MAX).to_be_bytes().to_vec();
+        pending.extend_from_slice(&commit);
+        pending.extend_from_slice(&encode_record(&room.export_state()?, local));
+        self.profile().put_sealed(ns::ROOM_PENDING, &id.to_hex(), &pending)?;
         let req =
             Request::RoomSend { room_id: id, epoch, kind: RoomMessageKind::Commit, payload: commit, new_group_info };
-        match self.conn_request(req).await? {
-            Response::RoomSent { .. } => Ok(Commit::Accepted),
-            Response::Error { code: ErrorCode::EpochConflict, .. } => Ok(Commit::Conflict),
-            other => Err(server_error(other)),
+        let outcome = match self.conn_request(req).await? {
+            Response::RoomSent { .. } => {
+                // Fault injection for the end-to-end test of this recovery.
+                if std::env::var_os("PQC_TEST_EXIT_AFTER_COMMIT").is_some() {
+                    std::process::exit(3);
+                }
+                Commit::Accepted
+            }
+            Response::Error { code: ErrorCode::EpochConflict, .. } => Commit::Conflict,
+            other => return Err(server_error(other)),
+        };
+        if let Commit::Accepted = outcome {
+            self.save_room(&id, room, local)?;
         }
+        // Accepted: saved above; rejected: the state after it never existed.
+        self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
+        Ok(outcome)
+    }
+
+    /// A commit sent before a crash, with the state after it: `(commit, room, local)`.
+    fn pending_commit(&self, id: &RoomId) -> Result<Option<(Vec<u8>, Room, RoomLocal)>> {
+        let Some(b) = self.profile().get_sealed(ns::ROOM_PENDING, &id.to_hex())? else { return Ok(None) };
+        let mut r = Rd(&b);
+        let commit = r.bytes()?.to_vec();
+        let (room, local) = decode_record(r.0)?;
+        Ok(Some((commit, room, local)))
     }
 
     /// Applies one relayed entry to the room; lines to show go to `local.unshown`.
@@ -413,6 +454,8 @@ impl Client {
             if !room.is_active() {
                 return Ok((room, local));
             }
+            let mut pending = self.pending_commit(&id)?;
+            let had_pending = pending.is_some();
             loop {
                 let (messages, more) = match call(self.connection(), Request::RoomFetch { room_id: Some(id) }).await? {
                     Response::RoomMessages { messages, more } => (messages, more),
@@ -420,8 +463,28 @@ impl Client {
                 };
                 let Some(last) = messages.last().map(|m| m.seq) else { break };
                 for m in &messages {
-                    if m.sender.as_str() != self.username() && room.is_active() {
-                        self.apply_entry(&mut room, &mut local, m);
+                    if m.sender.as_str() != self.username() {
+                        if room.is_active() {
+                            self.apply_entry(&mut room, &mut local, m);
+                        }
+                    } else if m.kind == RoomMessageKind::Commit
+                        && let Some((commit, new_room, mut new_local)) = pending.take()
+                    {
+                        if commit == m.payload {
+                            // Our commit was accepted before a crash: continue from its state.
+                            let before = member_names(&room);
+                            let after = member_names(&new_room);
+                            new_local.unshown = std::mem::take(&mut local.unshown);
+                            for u in before.difference(&after) {
+                                new_local.audio.remove(u);
+                                new_local.video.remove(u);
+                                new_local.unshown.push(format!("[{}] * {u} left", new_room.name()));
+                            }
+                            room = new_room;
+                            local = new_local;
+                        } else {
+                            pending = Some((commit, new_room, new_local));
+                        }
                     }
                 }
                 // Saved before the ack: a crash in between replays entries the
@@ -432,6 +495,10 @@ impl Client {
                     break;
                 }
             }
+            if had_pending {
+                // Adopted above, or never accepted (not in the log): either way done.
+                self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
+            }
             if !room.is_active() {
                 return Ok((room, local));
             }
@@ -439,7 +506,7 @@ impl Client {
             let epoch = room.epoch();
             let before: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
             let Some(commit) = room.commit_pending()? else { return Ok((room, local)) };
-            match self.send_commit(id, &room, epoch, commit).await? {
+            match self.send_commit(id, &room, &local, epoch, commit).await? {
                 Commit::Accepted => {
                     let after: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
                     for u in before.difference(&after) {
@@ -471,7 +538,7 @@ impl Client {
             {
                 let epoch = room.epoch();
                 let commit = room.self_update()?;
-                match self.send_commit(id, &room, epoch, commit).await? {
+                match self.send_commit(id, &room, &local, epoch, commit).await? {
                     Commit::Accepted => {
                         local.sent_since_update = 0;
                         local.last_update_ms = now;

@@ -85,3 +85,41 @@ fn three_users_create_join_send_leave_limit_media() {
         assert_eq!(tree_contains(&data, needle), None, "plaintext {:?} on the server", String::from_utf8_lossy(needle));
     }
 }
+
+/// A client that dies after the relay accepted its commit but before it saved
+/// the new state recovers on its next sync (it finds its commit in the log).
+#[test]
+fn crash_after_commit_is_recovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("server-data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    let carol = User::new(tmp.path(), "carol", &server.addr());
+    for u in [&alice, &bob, &carol] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "crash-room-51d0";
+    alice.ok(&["rooms", "create", room]);
+    bob.ok(&["rooms", "join", room]);
+    carol.ok(&["rooms", "join", room]);
+    bob.ok(&["rooms", "leave", room]);
+    // alice commits bob's removal; the relay accepts it; alice dies before saving.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pqc-client"))
+        .arg("--profile")
+        .arg(&alice.profile)
+        .arg("--server")
+        .arg(&alice.server)
+        .args(["rooms", "send", room, "lost in the crash"])
+        .env("PQC_PASSPHRASE", "passphrase of alice")
+        .env("PQC_TEST_EXIT_AFTER_COMMIT", "1")
+        .env_remove("PQC_PROFILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // The next command recovers the state after the accepted commit.
+    alice.ok(&["rooms", "send", room, "after the crash"]);
+    assert_eq!(alice.ok(&["rooms", "members", room]), "alice\ncarol\n");
+    let got = carol.ok(&["recv"]);
+    assert!(got.ends_with(&format!("[{room}] * bob left\n[{room}] alice: after the crash\n")), "{got}");
+    assert!(alice.ok(&["recv"]).contains("* bob left"));
+}
