@@ -126,13 +126,18 @@ fn provider(probe: &KxProbe) -> Arc<CryptoProvider> {
 
 fn transport(server: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(60)).ok());
+    // The idle timeout in effect is the smaller of the two sides'. Clients ask
+    // for 15 s and send a keep-alive every 5 s, so a server that crashed or
+    // restarted (its new process does not know the old connection) is noticed
+    // within 15 s and the client's command fails or retries instead of hanging.
+    let idle = if server { 60 } else { 15 };
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(idle)).ok());
     if server {
         // Clients never open streams: the server opens the one control stream.
         t.max_concurrent_bidi_streams(0u8.into());
         t.max_concurrent_uni_streams(0u8.into());
     } else {
-        t.keep_alive_interval(Some(Duration::from_secs(15)));
+        t.keep_alive_interval(Some(Duration::from_secs(5)));
     }
     Arc::new(t)
 }
