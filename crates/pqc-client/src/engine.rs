@@ -513,62 +513,94 @@ impl Client {
         wait: Option<Duration>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<usize> {
+        self.receive_with_rooms(out_dir, wait, on_event, None).await
+    }
+
+    /// [`Self::receive`], and with `on_room_line` the rooms too: after the
+    /// mailbox, every room is synced and its lines go to `on_room_line`
+    /// (through [`Self::rooms_receive`]); with `wait`, a room push
+    /// (`Push::RoomMessage`) wakes it like a new envelope does and fetches
+    /// the rooms again. Returns how many events and room lines were shown.
+    pub async fn receive_with_rooms(
+        &mut self,
+        out_dir: &Path,
+        wait: Option<Duration>,
+        on_event: &mut dyn FnMut(Event),
+        mut on_room_line: Option<&mut dyn FnMut(String)>,
+    ) -> Result<usize> {
         let mut count = 0;
         let mut pushes = self.pushes.take();
         let result = async {
+            // What to fetch next: the mailbox, the rooms.
+            let (mut mailbox, mut rooms) = (true, on_room_line.is_some());
             loop {
-                let (envelopes, more) = match call(&self.conn, Request::Fetch).await? {
-                    Response::Envelopes { envelopes, more } => (envelopes, more),
-                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-                };
-                let mut acks = Vec::new();
-                for env in envelopes {
-                    let id = env.id;
-                    match self.handle_envelope(env, out_dir).await {
-                        Ok(Some(ev)) => {
-                            count += 1;
-                            on_event(ev);
-                            acks.push(id);
-                        }
-                        Ok(None) => acks.push(id),
-                        Err(e @ (ClientError::Store(_) | ClientError::Net(_) | ClientError::Io { .. })) => {
-                            // Local or transport trouble: keep the envelope on the server and retry later.
-                            if !acks.is_empty() {
-                                let _ = call(&self.conn, Request::AckEnvelopes { ids: acks }).await;
-                            }
-                            return Err(e);
-                        }
-                        Err(e) => {
-                            on_event(Event::Warning(format!("dropped a message that could not be opened: {e}")));
-                            acks.push(id);
-                        }
-                    }
+                if mailbox {
+                    count += self.drain_mailbox(out_dir, on_event).await?;
                 }
-                if !acks.is_empty() {
-                    call(&self.conn, Request::AckEnvelopes { ids: acks }).await?;
-                }
-                if more {
-                    continue;
+                if rooms && let Some(on_line) = on_room_line.as_deref_mut() {
+                    count += self.rooms_receive(on_line).await?;
                 }
                 let Some(wait) = wait else { return Ok(()) };
                 let Some(rx) = pushes.as_mut() else { return Ok(()) };
                 let deadline = Instant::now() + wait;
-                loop {
+                (mailbox, rooms) = loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, rx.recv()).await {
-                        Ok(Some(Push::NewEnvelope { .. })) => break,
+                        Ok(Some(Push::NewEnvelope { .. })) => break (true, false),
+                        Ok(Some(Push::RoomMessage { .. })) if on_room_line.is_some() => break (false, true),
                         Ok(Some(Push::LowPrekeys { remaining, remaining_kem })) => {
                             self.ensure_prekeys(Some((remaining, remaining_kem))).await?;
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => return Ok(()),
                     }
-                }
+                };
             }
         }
         .await;
         self.pushes = pushes;
         result.map(|()| count)
+    }
+
+    /// Fetches, handles and acknowledges envelopes until the server has no
+    /// more; returns how many events went to `on_event`.
+    async fn drain_mailbox(&mut self, out_dir: &Path, on_event: &mut dyn FnMut(Event)) -> Result<usize> {
+        let mut count = 0;
+        loop {
+            let (envelopes, more) = match call(&self.conn, Request::Fetch).await? {
+                Response::Envelopes { envelopes, more } => (envelopes, more),
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            };
+            let mut acks = Vec::new();
+            for env in envelopes {
+                let id = env.id;
+                match self.handle_envelope(env, out_dir).await {
+                    Ok(Some(ev)) => {
+                        count += 1;
+                        on_event(ev);
+                        acks.push(id);
+                    }
+                    Ok(None) => acks.push(id),
+                    Err(e @ (ClientError::Store(_) | ClientError::Net(_) | ClientError::Io { .. })) => {
+                        // Local or transport trouble: keep the envelope on the server and retry later.
+                        if !acks.is_empty() {
+                            let _ = call(&self.conn, Request::AckEnvelopes { ids: acks }).await;
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        on_event(Event::Warning(format!("dropped a message that could not be opened: {e}")));
+                        acks.push(id);
+                    }
+                }
+            }
+            if !acks.is_empty() {
+                call(&self.conn, Request::AckEnvelopes { ids: acks }).await?;
+            }
+            if !more {
+                return Ok(count);
+            }
+        }
     }
 
     /// Handles one envelope; `Ok(None)` for one already delivered before.

@@ -199,28 +199,28 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         Command::Recv { wait, out } => {
             let out = out.or(config.download_dir.clone()).unwrap_or_else(|| PathBuf::from("."));
             let mut client = Client::login(profile, &opts, &mut notice).await?;
-            let mut stdout = std::io::stdout();
+            // Room messages and events follow the mailbox, and with --wait they
+            // are shown live: `[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`.
             client
-                .receive(&out, wait.map(Duration::from_secs), &mut |ev| {
-                    let line = match ev {
-                        Event::Text { from, text, views: None } => format!("{from}: {text}"),
-                        Event::Text { from, text, views: Some((v, n)) } => format!("{from}: {text} [view {v}/{n}]"),
-                        Event::File { from, path, .. } => format!("file from {from}: {}", path.display()),
-                        Event::Warning(w) => {
-                            eprintln!("warning: {w}");
-                            return;
-                        }
-                    };
-                    let _ = writeln!(stdout, "{line}");
-                    let _ = stdout.flush();
-                })
-                .await?;
-            // Room messages and events: `[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`.
-            client
-                .rooms_receive(&mut |line| {
-                    let _ = writeln!(stdout, "{line}");
-                    let _ = stdout.flush();
-                })
+                .receive_with_rooms(
+                    &out,
+                    wait.map(Duration::from_secs),
+                    &mut |ev| {
+                        let line = match ev {
+                            Event::Text { from, text, views: None } => format!("{from}: {text}"),
+                            Event::Text { from, text, views: Some((v, n)) } => {
+                                format!("{from}: {text} [view {v}/{n}]")
+                            }
+                            Event::File { from, path, .. } => format!("file from {from}: {}", path.display()),
+                            Event::Warning(w) => {
+                                eprintln!("warning: {w}");
+                                return;
+                            }
+                        };
+                        print_line(&line);
+                    },
+                    Some(&mut |line| print_line(&line)),
+                )
                 .await?;
             client.close().await;
         }
@@ -298,4 +298,11 @@ impl Progress {
             eprintln!();
         }
     }
+}
+
+/// One line on stdout, flushed (for `recv --wait` behind a pipe).
+fn print_line(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }

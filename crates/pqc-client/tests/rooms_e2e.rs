@@ -123,3 +123,49 @@ fn crash_after_commit_is_recovered() {
     assert!(got.ends_with(&format!("[{room}] * bob left\n[{room}] alice: after the crash\n")), "{got}");
     assert!(alice.ok(&["recv"]).contains("* bob left"));
 }
+
+/// `recv --wait` wakes on room pushes: room lines show up live, next to
+/// one-to-one messages, without another `recv`.
+#[test]
+fn recv_wait_shows_room_messages_live() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("server-data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    for u in [&alice, &bob] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "live-room-92c4";
+    alice.ok(&["rooms", "create", room]);
+    bob.ok(&["rooms", "join", room]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pqc-client"))
+        .arg("--profile")
+        .arg(&alice.profile)
+        .arg("--server")
+        .arg(&alice.server)
+        .args(["recv", "--wait", "20"])
+        .env("PQC_PASSPHRASE", "passphrase of alice")
+        .env_remove("PQC_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().map(|l| l.unwrap()).unwrap_or_else(|| panic!("recv --wait ended early"));
+    // The catch-up after login: bob's join. alice is now waiting for pushes.
+    assert_eq!(next(), format!("[{room}] * bob joined"));
+    bob.ok(&["rooms", "send", room, "live in the room"]);
+    assert_eq!(next(), format!("[{room}] bob: live in the room"));
+    bob.ok(&["rooms", "video", room, "on"]);
+    assert_eq!(next(), format!("[{room}] * bob video on"));
+    // One-to-one messages still wake it too.
+    bob.ok(&["send", "alice", "direct line"]);
+    assert_eq!(next(), "bob: direct line");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,6 +1,7 @@
 //! `pqc-client chat` driven in a real pseudo-terminal (tmux, 80x24) against
 //! a real `pqc-server`: typing a message, receiving one live without a key
-//! press, quitting with the terminal restored.
+//! press, a room (created in the UI, joined from the command line, lines
+//! live both ways), quitting with the terminal restored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -137,6 +138,19 @@ fn chat_in_a_terminal_sends_receives_live_and_restores_the_terminal() {
     let screen = session.wait_for("bob's live message", 10, |s| s.contains("bob: hi alice, live from bob"));
     assert!(screen.contains("bob: unverified"), "{screen}");
     eprintln!("80x24 screen:\n{screen}");
+
+    // Rooms: alice creates one in the UI; bob joins and writes from the
+    // command line; the join and the message appear live in alice's room.
+    session.line("/create lounge-x");
+    session.wait_for("the created room", 20, |s| s.contains("created room lounge-x") && s.contains("#lounge-x"));
+    bob.ok(&["rooms", "join", "lounge-x"]);
+    bob.ok(&["rooms", "send", "lounge-x", "hello room from bob"]);
+    let screen = session
+        .wait_for("bob's room message", 20, |s| s.contains("* bob joined") && s.contains("bob: hello room from bob"));
+    eprintln!("80x24 room screen:\n{screen}");
+    session.line("hi room");
+    session.wait_for("alice's room line", 20, |s| s.contains("alice: hi room"));
+    assert_eq!(bob.ok(&["recv"]), "[lounge-x] alice: hi room\n");
 
     // Help, then quit: the exit status is 0 and the terminal is back to normal.
     session.keys(&["?"]);

@@ -108,7 +108,7 @@ impl Transfer {
     }
 }
 
-/// Room commands, parsed; executed by the worker once the engine has rooms.
+/// Room commands, parsed; the worker runs them through the engine's rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomCommand {
     /// `/join ROOM`.
@@ -117,10 +117,11 @@ pub enum RoomCommand {
     Leave(Option<String>),
     /// `/create ROOM`.
     Create(String),
-    /// `/audio on|off` in the selected room.
-    Audio(bool),
-    /// `/video on|off` in the selected room.
-    Video(bool),
+    /// `/audio on|off` in the selected room (`None` from the parser; the
+    /// selected room is filled in by the app).
+    Audio(Option<String>, bool),
+    /// `/video on|off` in the selected room (like [`RoomCommand::Audio`]).
+    Video(Option<String>, bool),
 }
 
 /// A parsed input line.
@@ -229,8 +230,8 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "join" => Ok(Command::Room(RoomCommand::Join(one_word("usage: /join ROOM")?))),
         "create" => Ok(Command::Room(RoomCommand::Create(one_word("usage: /create ROOM")?))),
         "leave" => Ok(Command::Room(RoomCommand::Leave(None))),
-        "audio" => Ok(Command::Room(RoomCommand::Audio(on_off(args, "audio")?))),
-        "video" => Ok(Command::Room(RoomCommand::Video(on_off(args, "video")?))),
+        "audio" => Ok(Command::Room(RoomCommand::Audio(None, on_off(args, "audio")?))),
+        "video" => Ok(Command::Room(RoomCommand::Video(None, on_off(args, "video")?))),
         other => Err(format!("unknown command /{other}; type ? for help")),
     }
 }
@@ -269,6 +270,13 @@ pub enum Action {
         /// Contact.
         peer: String,
     },
+    /// Send a text message to a room.
+    RoomSend {
+        /// Room name.
+        room: String,
+        /// Text.
+        text: String,
+    },
     /// A room command.
     Room(RoomCommand),
 }
@@ -276,10 +284,12 @@ pub enum Action {
 /// What the engine worker reports back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
-    /// Logged in: the known contacts, with their history.
+    /// Logged in: the known contacts, with their history, and the rooms.
     Ready {
         /// One entry per contact.
         contacts: Vec<ContactInit>,
+        /// The rooms this profile belongs to.
+        rooms: Vec<String>,
     },
     /// Something was received.
     Received(Event),
@@ -329,6 +339,25 @@ pub enum Update {
         /// The conversation, if any.
         conv: Option<String>,
         /// The text.
+        text: String,
+    },
+    /// A room was created or joined: its conversation is added and selected.
+    RoomOpened {
+        /// Room name.
+        room: String,
+    },
+    /// The room was left: its conversation is removed.
+    RoomLeft {
+        /// Room name.
+        room: String,
+    },
+    /// A line in a room conversation (a message, an event, our own message, an error).
+    RoomLine {
+        /// Room name.
+        room: String,
+        /// How it is shown.
+        kind: LineKind,
+        /// The text (without the `[NAME] ` prefix).
         text: String,
     },
     /// The connection is gone.
@@ -535,6 +564,11 @@ impl App {
         }
     }
 
+    /// The name of the selected conversation if it is a room.
+    fn selected_room(&self) -> Option<String> {
+        self.current().filter(|c| c.kind == ConvKind::Room).map(|c| c.name.clone())
+    }
+
     /// Runs one input line; returns what the engine should do, in order.
     pub fn submit(&mut self, line: &str) -> Vec<Action> {
         self.run_line(line).into_iter().flatten().collect()
@@ -558,10 +592,18 @@ impl App {
                 None
             }
             Command::Text(text) => {
+                if let Some(room) = self.selected_room() {
+                    return Some(vec![Action::RoomSend { room, text }]);
+                }
                 let to = self.selected_contact("nothing was sent")?;
                 Some(vec![Action::Send { to, text, views: None }])
             }
             Command::Views { n, text } => {
+                if self.selected_room().is_some() {
+                    let text = "limited-view messages (/views) are for contacts, not rooms; nothing was sent";
+                    self.note(None, LineKind::Error, text.into());
+                    return None;
+                }
                 let to = self.selected_contact("nothing was sent")?;
                 Some(vec![Action::Send { to, text, views: Some(n) }])
             }
@@ -587,9 +629,12 @@ impl App {
                 let peer = self.selected_contact("nothing to mark")?;
                 Some(vec![Action::MarkVerified { peer }])
             }
-            Command::Room(RoomCommand::Leave(_)) => {
-                let room = self.current().filter(|c| c.kind == ConvKind::Room).map(|c| c.name.clone());
-                Some(vec![Action::Room(RoomCommand::Leave(room))])
+            Command::Room(RoomCommand::Leave(_)) => Some(vec![Action::Room(RoomCommand::Leave(self.selected_room()))]),
+            Command::Room(RoomCommand::Audio(_, on)) => {
+                Some(vec![Action::Room(RoomCommand::Audio(self.selected_room(), on))])
+            }
+            Command::Room(RoomCommand::Video(_, on)) => {
+                Some(vec![Action::Room(RoomCommand::Video(self.selected_room(), on))])
             }
             Command::Room(r) => Some(vec![Action::Room(r)]),
         }
@@ -598,7 +643,7 @@ impl App {
     /// Applies a report from the engine worker.
     pub fn apply(&mut self, update: Update) {
         match update {
-            Update::Ready { contacts } => {
+            Update::Ready { contacts, rooms } => {
                 let me = format!("{}: ", self.me);
                 let me_file = format!("{} sent file ", self.me);
                 for contact in contacts {
@@ -620,6 +665,9 @@ impl App {
                         lines.append(&mut c.lines);
                         c.lines = lines;
                     }
+                }
+                for room in rooms {
+                    self.conv(&room, ConvKind::Room);
                 }
             }
             Update::Received(ev) => self.received(ev),
@@ -652,6 +700,33 @@ impl App {
             }
             Update::Info { conv, text } => self.note(conv.as_deref(), LineKind::Info, text),
             Update::Error { conv, text } => self.note(conv.as_deref(), LineKind::Error, text),
+            Update::RoomOpened { room } => {
+                let i = self.conv(&room, ConvKind::Room);
+                self.select(i);
+            }
+            Update::RoomLeft { room } => {
+                if let Some(i) = self.index_of(&room, ConvKind::Room) {
+                    self.convs.remove(i);
+                    if self.selected > i || self.selected >= self.convs.len() {
+                        self.selected = self.selected.saturating_sub(1);
+                    }
+                }
+            }
+            Update::RoomLine { room, kind, text } => {
+                let i = self.conv(&room, ConvKind::Room);
+                let selected = i == self.selected;
+                if let Some(c) = self.convs.get_mut(i) {
+                    c.push(kind, text.clone());
+                    if kind == LineKind::Outgoing {
+                        c.scroll = 0;
+                    } else if !selected && kind == LineKind::Incoming {
+                        c.unread += 1;
+                    }
+                }
+                if kind == LineKind::Error {
+                    self.notice = Some(ChatLine { kind, text });
+                }
+            }
             Update::Disconnected(why) => {
                 self.conn = ConnState::Disconnected(why.clone());
                 self.note(None, LineKind::Error, format!("disconnected: {why}; restart pqc-client chat to reconnect"));

@@ -7,8 +7,9 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::app::{Action, App, Command, ContactInit, RoomCommand, Update, parse_command};
+use super::app::{Action, App, Command, ContactInit, ConvKind, LineKind, RoomCommand, Update, parse_command};
 use super::ui::{self, wrap};
+use super::worker::split_room_line;
 use crate::engine::Event;
 
 fn render(app: &App, w: u16, h: u16) -> Vec<String> {
@@ -44,6 +45,7 @@ fn app_with_contacts() -> App {
             },
             ContactInit { name: "carol".into(), verified: true, history: vec![] },
         ],
+        rooms: vec![],
     });
     app
 }
@@ -140,7 +142,7 @@ fn commands_become_actions() {
     );
     assert_eq!(type_line(&mut app, "/join lobby"), vec![Action::Room(RoomCommand::Join("lobby".into()))]);
     assert_eq!(type_line(&mut app, "/leave"), vec![Action::Room(RoomCommand::Leave(None))]);
-    assert_eq!(type_line(&mut app, "/audio on"), vec![Action::Room(RoomCommand::Audio(true))]);
+    assert_eq!(type_line(&mut app, "/audio on"), vec![Action::Room(RoomCommand::Audio(None, true))]);
     // Bad input is explained, not sent.
     assert!(type_line(&mut app, "/views many text").is_empty());
     assert!(screen(&app).contains("usage: /views N TEXT"));
@@ -159,7 +161,7 @@ fn parse_command_cases() {
     assert!(parse_command("/views 0 x").is_err());
     assert_eq!(parse_command("/create room1"), Ok(Command::Room(RoomCommand::Create("room1".into()))));
     assert!(parse_command("/join two words").is_err());
-    assert_eq!(parse_command("/video off"), Ok(Command::Room(RoomCommand::Video(false))));
+    assert_eq!(parse_command("/video off"), Ok(Command::Room(RoomCommand::Video(None, false))));
     assert!(parse_command("/video maybe").is_err());
 }
 
@@ -241,4 +243,78 @@ fn typing_editing_and_paste() {
     assert!(app.input.is_empty());
     app.handle_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(app.quit);
+}
+
+fn app_with_room() -> App {
+    let mut app = App::new("alice", "127.0.0.1:8443", "X25519MLKEM768");
+    app.apply(Update::Ready {
+        contacts: vec![ContactInit { name: "bob".into(), verified: false, history: vec![] }],
+        rooms: vec!["lounge".into()],
+    });
+    app
+}
+
+#[test]
+fn rooms_from_start_are_listed_and_room_lines_render() {
+    let mut app = app_with_room();
+    assert_eq!(app.convs.len(), 2);
+    assert_eq!(app.convs[1].kind, ConvKind::Room);
+    // A room line while the contact is selected counts as unread.
+    app.select(0);
+    for line in ["[lounge] * bob joined", "[lounge] bob: hello room"] {
+        let (room, text) = split_room_line(line).unwrap();
+        app.apply(Update::RoomLine { room: room.into(), kind: LineKind::Incoming, text: text.into() });
+    }
+    let rows = render(&app, 80, 24);
+    assert!(rows[2].contains("│#lounge (2)"), "{}", rows[2]);
+    assert!(app.handle_key(key(KeyCode::Tab)).is_empty(), "no limited-view request for a room");
+    let s = screen(&app);
+    assert!(s.contains(" #lounge "), "{s}");
+    assert!(s.contains("* bob joined") && s.contains("bob: hello room"), "{s}");
+    assert!(s.contains("Message #lounge"), "{s}");
+    assert!(!s.contains("#lounge (2)"), "{s}");
+    // Our own message, echoed by the worker after the send.
+    app.apply(Update::RoomLine { room: "lounge".into(), kind: LineKind::Outgoing, text: "alice: hi all".into() });
+    assert!(screen(&app).contains("alice: hi all"));
+    assert_eq!(split_room_line("no prefix"), None);
+    assert_eq!(split_room_line("[a b] x: y"), Some(("a b", "x: y")));
+}
+
+#[test]
+fn room_commands_and_text_in_a_room() {
+    let mut app = app_with_room();
+    assert_eq!(type_line(&mut app, "/join lounge-x"), vec![Action::Room(RoomCommand::Join("lounge-x".into()))]);
+    assert_eq!(type_line(&mut app, "/create newroom"), vec![Action::Room(RoomCommand::Create("newroom".into()))]);
+    // With a contact selected, /leave and /audio carry no room.
+    app.select(0);
+    assert_eq!(type_line(&mut app, "/leave"), vec![Action::Room(RoomCommand::Leave(None))]);
+    assert_eq!(type_line(&mut app, "/video on"), vec![Action::Room(RoomCommand::Video(None, true))]);
+    // The worker opened a room: it is added and selected; text goes to it.
+    app.apply(Update::RoomOpened { room: "lounge-x".into() });
+    app.apply(Update::Info { conv: None, text: "joined room lounge-x".into() });
+    assert_eq!(app.current().map(|c| (c.name.as_str(), c.kind)), Some(("lounge-x", ConvKind::Room)));
+    assert!(screen(&app).contains("joined room lounge-x"));
+    assert_eq!(
+        type_line(&mut app, "hello everyone"),
+        vec![Action::RoomSend { room: "lounge-x".into(), text: "hello everyone".into() }]
+    );
+    assert_eq!(type_line(&mut app, "/audio on"), vec![Action::Room(RoomCommand::Audio(Some("lounge-x".into()), true))]);
+    assert_eq!(
+        type_line(&mut app, "/video off"),
+        vec![Action::Room(RoomCommand::Video(Some("lounge-x".into()), false))]
+    );
+    assert_eq!(type_line(&mut app, "/leave"), vec![Action::Room(RoomCommand::Leave(Some("lounge-x".into())))]);
+    // Limited views and contact commands are refused in a room.
+    assert!(type_line(&mut app, "/views 2 secret").is_empty());
+    let s = screen(&app);
+    assert!(s.contains("limited-view messages (/views)"), "{s}");
+    assert!(type_line(&mut app, "/verify").is_empty());
+    // An error line for the room shows in it.
+    app.apply(Update::RoomLine { room: "lounge-x".into(), kind: LineKind::Error, text: "not sent: boom".into() });
+    assert!(screen(&app).contains("not sent: boom"));
+    // Leaving removes the conversation; the selection stays valid.
+    app.apply(Update::RoomLeft { room: "lounge-x".into() });
+    assert_eq!(app.convs.len(), 2);
+    assert!(app.current().is_some());
+    assert!(app.convs.iter().all(|c| c.name != "lounge-x"));
 }

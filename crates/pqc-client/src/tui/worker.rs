@@ -2,18 +2,21 @@
 //! [`Action`]s one at a time and reports [`Update`]s; on a server push it
 //! fetches, decrypts and acknowledges the mailbox through the engine.
 //!
-//! Rooms: the engine has no room methods yet, so [`room`] answers every
-//! room command with "rooms are not available in this build yet". That
-//! function is the one place to hook them in.
+//! Rooms: room commands go to the engine's room methods ([`room`]); on a
+//! room push (and at start, and after each room command, whose sync may
+//! have picked up lines) the rooms are synced with
+//! [`Client::rooms_receive`] and each `[NAME] …` line becomes an
+//! [`Update::RoomLine`] for that room's conversation.
 
 use std::path::{Path, PathBuf};
 
 use pqc_wire::Push;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::app::{Action, ContactInit, HISTORY_LOAD, RoomCommand, Update};
+use super::app::{Action, ContactInit, HISTORY_LOAD, LineKind, RoomCommand, Update};
 use crate::engine::Client;
 use crate::error::ClientError;
+use crate::rooms::Media;
 
 /// Profile namespace of the "verified" marks: sealed, keyed by contact, the
 /// value is the identity key that was verified (a new key is unverified).
@@ -39,8 +42,9 @@ pub async fn run(
     let send = |u: Update| {
         let _ = tx.send(u);
     };
-    send(Update::Ready { contacts: contacts(&client, &send) });
+    send(Update::Ready { contacts: contacts(&client, &send), rooms: rooms(&client, &send) });
     fetch(&mut client, &out_dir, &send).await;
+    room_fetch(&mut client, &send).await;
     loop {
         tokio::select! {
             a = actions.recv() => match a {
@@ -48,23 +52,29 @@ pub async fn run(
                 None => break,
             },
             p = next_push(&mut pushes) => match p {
-                Some(Push::NewEnvelope { .. }) => {
-                    // One fetch drains the mailbox: drop the pushes already queued.
-                    while let Some(rx) = pushes.as_mut() {
-                        match rx.try_recv() {
-                            Ok(Push::LowPrekeys { remaining, remaining_kem }) => {
+                Some(first) => {
+                    // One fetch drains the mailbox and one room sync all rooms:
+                    // take the pushes already queued with this one.
+                    let (mut mailbox, mut rooms) = (false, false);
+                    let mut next = Some(first);
+                    while let Some(p) = next {
+                        match p {
+                            Push::NewEnvelope { .. } => mailbox = true,
+                            Push::RoomMessage { .. } => rooms = true,
+                            Push::LowPrekeys { remaining, remaining_kem } => {
                                 top_up(&mut client, remaining, remaining_kem, &send).await;
                             }
-                            Ok(_) => {}
-                            Err(_) => break,
+                            _ => {}
                         }
+                        next = pushes.as_mut().and_then(|rx| rx.try_recv().ok());
                     }
-                    fetch(&mut client, &out_dir, &send).await;
+                    if mailbox {
+                        fetch(&mut client, &out_dir, &send).await;
+                    }
+                    if rooms {
+                        room_fetch(&mut client, &send).await;
+                    }
                 }
-                Some(Push::LowPrekeys { remaining, remaining_kem }) => {
-                    top_up(&mut client, remaining, remaining_kem, &send).await;
-                }
-                Some(_) => {}
                 None => {
                     pushes = None;
                     let why = client
@@ -105,6 +115,39 @@ fn contacts(client: &Client, send: &dyn Fn(Update)) -> Vec<ContactInit> {
             ContactInit { verified: is_verified(client, &name), history, name }
         })
         .collect()
+}
+
+fn rooms(client: &Client, send: &dyn Fn(Update)) -> Vec<String> {
+    match client.rooms_list() {
+        Ok(rooms) => rooms.into_iter().map(|r| r.name).collect(),
+        Err(e) => {
+            send(Update::Error { conv: None, text: format!("cannot read the rooms: {e}") });
+            Vec::new()
+        }
+    }
+}
+
+/// Splits a `[NAME] TEXT` line from [`Client::rooms_receive`] into the room and the text.
+pub fn split_room_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (room, text) = rest.split_once("] ")?;
+    Some((room, text))
+}
+
+/// Syncs every room and sends its new lines to the room conversations.
+async fn room_fetch(client: &mut Client, send: &dyn Fn(Update)) {
+    let result = client
+        .rooms_receive(&mut |line| match split_room_line(&line) {
+            Some((room, text)) => {
+                let kind = if text.starts_with("! ") { LineKind::Error } else { LineKind::Incoming };
+                send(Update::RoomLine { room: room.to_string(), kind, text: text.to_string() });
+            }
+            None => send(Update::Info { conv: None, text: line }),
+        })
+        .await;
+    if let Err(e) = result {
+        report(client, None, "receiving room messages failed", &e, send);
+    }
 }
 
 async fn top_up(client: &mut Client, remaining: u32, remaining_kem: u32, send: &dyn Fn(Update)) {
@@ -198,21 +241,77 @@ async fn act(client: &mut Client, action: Action, send: &dyn Fn(Update)) {
             Ok(_) => {}
             Err(e) => report(client, Some(peer), "cannot read limited-view messages", &e, send),
         },
-        Action::Room(cmd) => room(client, cmd, send).await,
+        Action::RoomSend { room, text } => {
+            match client.room_send_text(&room, &text).await {
+                Ok(()) => {
+                    let text = format!("{}: {text}", client.username());
+                    send(Update::RoomLine { room, kind: LineKind::Outgoing, text });
+                }
+                Err(e) => room_error(client, &room, "not sent", &e, send),
+            }
+            // The sync before sending may have picked up lines from others.
+            room_fetch(client, send).await;
+        }
+        Action::Room(cmd) => {
+            room(client, cmd, send).await;
+            room_fetch(client, send).await;
+        }
     }
 }
 
-/// Room commands. HOOK for rooms: once the engine has room methods (create,
-/// join, leave, send to a room, media on/off), call them here and report
-/// with `Update::Info`/`Update::Error`; room messages arriving from the
-/// server should then be sent as updates for `ConvKind::Room` conversations.
-async fn room(_client: &mut Client, cmd: RoomCommand, send: &dyn Fn(Update)) {
-    let what = match cmd {
-        RoomCommand::Join(_) => "/join",
-        RoomCommand::Leave(_) => "/leave",
-        RoomCommand::Create(_) => "/create",
-        RoomCommand::Audio(_) => "/audio",
-        RoomCommand::Video(_) => "/video",
-    };
-    send(Update::Error { conv: None, text: format!("{what}: rooms are not available in this build yet") });
+fn room_error(client: &Client, room: &str, what: &str, e: &ClientError, send: &dyn Fn(Update)) {
+    send(Update::RoomLine { room: room.to_string(), kind: LineKind::Error, text: format!("{what}: {e}") });
+    if let Some(reason) = client.connection().close_reason() {
+        send(Update::Disconnected(reason.to_string()));
+    }
+}
+
+/// Room commands, through the engine's room methods; results are reported
+/// as room conversation updates (opened, left, info and error lines).
+async fn room(client: &mut Client, cmd: RoomCommand, send: &dyn Fn(Update)) {
+    match cmd {
+        RoomCommand::Create(name) => match client.room_create(&name, None).await {
+            Ok(()) => {
+                send(Update::RoomOpened { room: name.clone() });
+                let text = format!("created room {name}; others join it with /join {name}");
+                send(Update::RoomLine { room: name, kind: LineKind::Info, text });
+            }
+            Err(e) => report(client, None, &format!("cannot create room {name}"), &e, send),
+        },
+        RoomCommand::Join(name) => match client.room_join(&name).await {
+            Ok(()) => {
+                send(Update::RoomOpened { room: name.clone() });
+                send(Update::RoomLine {
+                    room: name.clone(),
+                    kind: LineKind::Info,
+                    text: format!("joined room {name}"),
+                });
+            }
+            Err(e) => report(client, None, &format!("cannot join room {name}"), &e, send),
+        },
+        RoomCommand::Leave(Some(name)) => match client.room_leave(&name).await {
+            Ok(()) => {
+                send(Update::RoomLeft { room: name.clone() });
+                send(Update::Info { conv: None, text: format!("left room {name}") });
+            }
+            Err(e) => room_error(client, &name, "cannot leave", &e, send),
+        },
+        RoomCommand::Audio(Some(name), on) => toggle(client, name, Media::Audio, on, send).await,
+        RoomCommand::Video(Some(name), on) => toggle(client, name, Media::Video, on, send).await,
+        RoomCommand::Leave(None) | RoomCommand::Audio(None, _) | RoomCommand::Video(None, _) => {
+            let text = "select a room first (Tab), or /join ROOM".to_string();
+            send(Update::Error { conv: None, text });
+        }
+    }
+}
+
+async fn toggle(client: &mut Client, room: String, media: Media, on: bool, send: &dyn Fn(Update)) {
+    let label = if media == Media::Audio { "audio" } else { "video" };
+    match client.room_toggle(&room, media, on).await {
+        Ok(()) => {
+            let text = format!("your {} is {} in {room}", label, if on { "on" } else { "off" });
+            send(Update::RoomLine { room, kind: LineKind::Info, text });
+        }
+        Err(e) => room_error(client, &room, &format!("{} not changed", label), &e, send),
+    }
 }
