@@ -88,3 +88,22 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+/// Appends a SHA-256 digest of `bytes` (integrity of saved states).
+pub(crate) fn append_digest(mut bytes: Vec<u8>) -> Vec<u8> {
+    let d = pqc_crypto::kdf::sha256(&[&bytes]);
+    bytes.extend_from_slice(&d);
+    bytes
+}
+
+/// Checks and strips the digest added by [`append_digest`].
+pub(crate) fn check_digest<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a [u8], RoomError> {
+    if bytes.len() < 32 {
+        return Err(RoomError::CorruptState(what));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if !pqc_crypto::kdf::ct_eq(&pqc_crypto::kdf::sha256(&[body]), digest) {
+        return Err(RoomError::CorruptState(what));
+    }
+    Ok(body)
+}

@@ -114,7 +114,7 @@ pub(crate) fn credential_with_key(user: &UserId, signer: &MlsSigner) -> Credenti
 }
 
 const MEMBER_STATE_MAGIC: &[u8; 4] = b"PQMM";
-const MEMBER_STATE_VERSION: u16 = 1;
+const MEMBER_STATE_VERSION: u16 = 2;
 const BINDING_CONTEXT: &[u8] = b"pqc-chat/mls-signature-key/v1";
 
 /// A member identity: a user name (MLS basic credential), an Ed25519 MLS
@@ -196,11 +196,13 @@ impl Member {
         w.bytes(self.user.as_str().as_bytes());
         w.raw(self.signer.seed());
         self.provider.write_storage(&mut w)?;
-        Ok(w.0)
+        Ok(crate::codec::append_digest(w.0))
     }
 
-    /// Restores a member saved by [`Member::export_state`].
+    /// Restores a member saved by [`Member::export_state`] (digest-checked
+    /// like [`crate::Room::import_state`]).
     pub fn import_state(bytes: &[u8]) -> Result<Self, RoomError> {
+        let bytes = crate::codec::check_digest(bytes, "member state")?;
         let mut r = Reader::new(bytes, "member state");
         if r.take(4)? != MEMBER_STATE_MAGIC {
             return Err(RoomError::CorruptState("not a member state"));

@@ -171,9 +171,16 @@ fn export_import_round_trip() {
     let mut extra = saved.clone();
     extra.push(0);
     assert!(Room::import_state(&extra).is_err());
-    let mut wrong_version = saved.clone();
+    // A state from another version (with an intact digest) is named as such.
+    let mut wrong_version = saved[..saved.len() - 32].to_vec();
     wrong_version[5] = 9;
+    let digest = pqc_crypto::kdf::sha256(&[&wrong_version]);
+    wrong_version.extend_from_slice(&digest);
     assert!(matches!(Room::import_state(&wrong_version), Err(RoomError::UnsupportedStateVersion(9))));
+    // A changed byte without a matching digest is a corrupt state.
+    let mut flipped = saved.clone();
+    flipped[40] ^= 1;
+    assert!(matches!(Room::import_state(&flipped), Err(RoomError::CorruptState(_))));
 }
 
 #[test]
