@@ -101,6 +101,15 @@ fn header(
     Ok(suite)
 }
 
+/// `version || suite || X25519 part || ML-KEM part`: the layout of public keys and ciphertexts.
+fn encode(suite: HybridKemSuite, x25519: &X25519PublicKey, ml_kem: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 32 + ml_kem.len());
+    out.extend_from_slice(&[HYBRID_KEM_VERSION, suite.id()]);
+    out.extend_from_slice(x25519.as_bytes());
+    out.extend_from_slice(ml_kem);
+    out
+}
+
 /// A hybrid KEM public key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HybridPublicKey {
@@ -132,11 +141,7 @@ impl HybridPublicKey {
 
     /// The encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.suite.public_key_len());
-        out.extend_from_slice(&[HYBRID_KEM_VERSION, self.suite.id()]);
-        out.extend_from_slice(self.x25519.as_bytes());
-        out.extend_from_slice(self.ml_kem.as_bytes());
-        out
+        encode(self.suite, &self.x25519, self.ml_kem.as_bytes())
     }
 
     /// The suite.
@@ -185,11 +190,7 @@ impl HybridCiphertext {
 
     /// The encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.suite.ciphertext_len());
-        out.extend_from_slice(&[HYBRID_KEM_VERSION, self.suite.id()]);
-        out.extend_from_slice(self.x25519.as_bytes());
-        out.extend_from_slice(self.ml_kem.as_bytes());
-        out
+        encode(self.suite, &self.x25519, self.ml_kem.as_bytes())
     }
 
     /// The suite.
