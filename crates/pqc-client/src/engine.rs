@@ -134,9 +134,21 @@ impl core::fmt::Debug for Client {
     }
 }
 
+/// Whether sending again can never succeed, so a queued message is dropped.
+fn is_permanent(e: &ClientError) -> bool {
+    use pqc_wire::ErrorCode as C;
+    match e {
+        ClientError::Refused { code, .. } => {
+            matches!(code, C::UnknownUser | C::Invalid | C::TooLarge | C::Forbidden | C::NotFound | C::BadSignature)
+        }
+        ClientError::IdentityChanged(_) | ClientError::Proto(_) | ClientError::Crypto(_) | ClientError::Wire(_) => true,
+        _ => false,
+    }
+}
+
 pub(crate) fn server_error(resp: Response) -> ClientError {
     match resp {
-        Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
+        Response::Error { code, message } => ClientError::Refused { code, message },
         other => ClientError::Unexpected(format!("{other:?}")),
     }
 }
@@ -350,6 +362,7 @@ impl Client {
         self.profile.put_sealed(ns::OUTBOX, &format!("{seq:020}"), &rec)?;
         match self.flush_outbox().await {
             Ok(_) => Ok(()),
+            Err(e @ ClientError::NotSent { .. }) => Err(e),
             Err(e) => Err(ClientError::Queued(Box::new(e))),
         }
     }
@@ -380,13 +393,28 @@ impl Client {
                 Username::new(std::str::from_utf8(&rest[..n]).map_err(|_| ClientError::Malformed("outbox record"))?)?;
             let content = &rest[n..];
             let max_views = Content::decode(content)?.max_views;
-            let payload = self.encrypt_for(&to, content).await?;
-            match call(&self.conn, Request::Send { to, max_views, payload }).await? {
-                Response::Ack { .. } => {}
-                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            let outcome = async {
+                let payload = self.encrypt_for(&to, content).await?;
+                match call(&self.conn, Request::Send { to: to.clone(), max_views, payload }).await? {
+                    Response::Ack { .. } => Ok(()),
+                    other => Err(ClientError::Unexpected(format!("{other:?}"))),
+                }
             }
-            self.profile.db().delete(ns::OUTBOX, &key)?;
-            sent += 1;
+            .await;
+            match outcome {
+                Ok(()) => {
+                    self.profile.db().delete(ns::OUTBOX, &key)?;
+                    sent += 1;
+                }
+                Err(e) if is_permanent(&e) => {
+                    // Retrying cannot help (no such user, a changed identity
+                    // key, a refused message): drop it so it does not hold up
+                    // the messages queued after it, and say so.
+                    self.profile.db().delete(ns::OUTBOX, &key)?;
+                    return Err(ClientError::NotSent { to: to.as_str().to_string(), source: Box::new(e) });
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(sent)
     }

@@ -60,6 +60,23 @@ pub enum ClientError {
     /// A bad argument or setting.
     #[error("{0}")]
     Usage(String),
+    /// The server answered a request with an error.
+    #[error("server refused: {message}")]
+    Refused {
+        /// The error code.
+        code: pqc_wire::ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A queued message could not be sent and never will be; it was dropped.
+    #[error("{source}; the message to {to} was not sent")]
+    NotSent {
+        /// The recipient.
+        to: String,
+        /// Why.
+        #[source]
+        source: Box<ClientError>,
+    },
     /// Sending failed; the message is kept in the outbox.
     #[error("{0}; the message is queued in the profile and will be sent by the next pqc-client command")]
     Queued(Box<ClientError>),

@@ -65,6 +65,10 @@ fn text_files_limited_views_offline_delivery_and_restart() {
     // Unknown user: clear error, non-zero exit.
     let err = alice.fails(&["send", "nobody", "hi"]);
     assert!(err.contains("no such") || err.contains("unknown"), "{err}");
+    assert!(err.contains("not sent"), "{err}");
+    // The undeliverable message is not left queued in front of later ones.
+    alice.ok(&["send", "bob", "after a failed send"]);
+    assert_eq!(bob.ok(&["recv"]), "alice: after a failed send\n");
 
     // Safety numbers agree on both sides.
     let a = alice.ok(&["verify", "bob"]);
