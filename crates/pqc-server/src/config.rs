@@ -38,7 +38,8 @@ pub struct Limits {
     pub max_frame: usize,
     /// Envelopes queued per recipient.
     pub max_mailbox: u32,
-    /// Largest attachment (bytes).
+    /// Largest attachment as stored, i.e. encrypted (bytes). The default lets
+    /// a 100 MiB file through: clients add a 16-byte tag per 256 KiB chunk.
     pub max_attachment: u64,
     /// Sustained requests per second per connection (burst: twice that).
     pub requests_per_second: u32,
@@ -78,7 +79,7 @@ impl Default for Limits {
         Self {
             max_frame: 1 << 20,
             max_mailbox: 10_000,
-            max_attachment: 100 << 20,
+            max_attachment: (100 << 20) + 64 * 1024,
             requests_per_second: 100,
             max_connections: 1000,
             low_prekeys_threshold: 10,
