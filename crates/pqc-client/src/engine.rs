@@ -432,7 +432,7 @@ impl Client {
             return Err(ClientError::Usage("the message is empty; nothing was sent".into()));
         }
         let content = Content { id: random_array(&mut SystemRng), max_views, body: Body::Text(text.to_string()) };
-        self.record_history(to, true, &format!("{}: {text}", self.me))?;
+        self.record_history(to, &format!("{}: {text}", self.me))?;
         self.queue_and_flush(&to_name, &content).await
     }
 
@@ -507,11 +507,11 @@ impl Client {
                 name: name.clone(),
             }),
         };
-        self.record_history(to, true, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
+        self.record_history(to, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
         self.queue_and_flush(&to_name, &content).await
     }
 
-    fn record_history(&self, conv: &str, _outgoing: bool, line: &str) -> Result<()> {
+    fn record_history(&self, conv: &str, line: &str) -> Result<()> {
         let ts = now_ms();
         let sealed = self.profile.seal("history", conv, line.as_bytes())?;
         self.profile.db().add_history(conv, ts, &sealed)?;
