@@ -30,7 +30,7 @@ use pqc_crypto::rng::{SystemRng, random_array};
 use pqc_rooms::{Event as MlsEvent, Member, Room, RoomAccessKey, RoomError};
 use pqc_wire::{ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind};
 
-use crate::engine::Client;
+use crate::engine::{Client, call, now_ms, server_error};
 use crate::error::{ClientError, Result};
 use crate::profile::ns;
 
@@ -225,28 +225,6 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
 
 fn member_names(room: &Room) -> BTreeSet<String> {
     room.members().iter().map(|u| u.as_str().to_string()).collect()
-}
-
-fn server_error(resp: Response) -> ClientError {
-    match resp {
-        Response::Error { code, message } => ClientError::Server(format!("{message} ({code:?})")),
-        other => ClientError::Unexpected(format!("{other:?}")),
-    }
-}
-
-/// One request; an error answer becomes [`ClientError::Server`].
-async fn call(conn: &pqc_net::Connection, req: Request) -> Result<Response> {
-    match conn.request(req).await? {
-        r @ Response::Error { .. } => Err(server_error(r)),
-        r => Ok(r),
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Outcome of sending a commit.
