@@ -3,9 +3,12 @@
 #   1. messages relayed/s and p50/p99 delivery latency, 100 concurrent E2E clients (pqc-loadtest);
 #   2. the same load through mosquitto over TLS 1.3 with QoS 1 (examples/mqtt_bench.rs);
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
-#   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer.
+#   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
+#   5. a room of ROOM members: server CPU per join and per message to all, relay latency.
 # Release build. Every process started here is stopped on exit (trap); every
-# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB.
+# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB
+# ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
+# the MLS objects; defaults measured for OpenMLS X-Wing at 100 members by the pqc-rooms bench).
 # Needs: mosquitto (apt-get install -y mosquitto), openssl, python3 (free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +19,13 @@ PAYLOAD=${PAYLOAD:-256}
 WINDOW=${WINDOW:-1}
 IDLE=${IDLE:-5000}
 FILE_MIB=${FILE_MIB:-100}
-STEPS=${STEPS:-chat mqtt idle file}
+ROOM=${ROOM:-100}
+ROOM_SENDERS=${ROOM_SENDERS:-10}
+ROOM_MESSAGES=${ROOM_MESSAGES:-100}
+ROOM_PAYLOAD=${ROOM_PAYLOAD:-ROOM_PAYLOAD_DEFAULT}
+ROOM_COMMIT=${ROOM_COMMIT:-ROOM_COMMIT_DEFAULT}
+ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-ROOM_GROUP_INFO_DEFAULT}
+STEPS=${STEPS:-chat mqtt idle file room}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 WORK=$(mktemp -d /tmp/pqc-bench.XXXXXX)
@@ -145,6 +154,15 @@ mibs() { echo "scale=1; $FILE_MIB / $1" | bc -l; }
 SEND_MIBS=$(mibs "$SEND_S"); RECV_MIBS=$(mibs "$RECV_S"); E2E_MIBS=$(mibs "$(echo "$SEND_S + $RECV_S" | bc -l)")
 fi
 
+if step room; then
+echo "== 5. room: $ROOM members, $ROOM_SENDERS senders x $ROOM_MESSAGES messages"
+start_server "$WORK/room"
+timeout 600 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --room "$ROOM" --senders "$ROOM_SENDERS" \
+    --messages "$ROOM_MESSAGES" --payload "$ROOM_PAYLOAD" --commit-bytes "$ROOM_COMMIT" \
+    --group-info-bytes "$ROOM_GROUP_INFO" --server-pid "$SERVER_PID" --duration-limit 540 | tee "$WORK/room.out"
+stop_server
+fi
+
 echo
 echo "== summary ($(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
 printf '%-58s %s\n' "figure" "value"
@@ -168,4 +186,11 @@ printf '%-58s %.2f s\n' "  profile open (Argon2id) per command (whoami)" "$OPEN_
 printf '%-58s %s MiB/s\n' "plain quinn, one stream, same bytes" "$QUINN"
 printf '%-58s %s%% / %s%%\n' "send-file / recv vs plain quinn" \
     "$(echo "scale=0; 100 * $SEND_MIBS / $QUINN" | bc -l)" "$(echo "scale=0; 100 * $RECV_MIBS / $QUINN" | bc -l)"
+fi
+if step room; then
+printf '%-58s %s us\n' "room of $ROOM: server CPU per message to all members" "$(result "$WORK/room.out" cpu_per_msg_us)"
+printf '%-58s %s us\n' "room: server CPU per join (average over sizes 1..$ROOM)" "$(result "$WORK/room.out" cpu_per_join_us)"
+printf '%-58s %s ms\n' "room: relay latency of the last join (all members acked)" "$(result "$WORK/room.out" last_join_ms)"
+printf '%-58s %s/s, %s / %s ms\n' "room: messages to all members, p50 / p99 latency" "$(result "$WORK/room.out" msgs_per_s)" \
+    "$(result "$WORK/room.out" p50_ms)" "$(result "$WORK/room.out" p99_ms)"
 fi

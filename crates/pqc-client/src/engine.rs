@@ -20,7 +20,7 @@ use pqc_crypto::rng::{SystemRng, random_array};
 use pqc_net::{Connection, ServerTrust};
 use pqc_proto::prekey::PreKeyStore;
 use pqc_proto::{
-    IdentityKey, IdentityKeyPair, PreKeyBundle, PreKeyId, Session, SignedPreKeySecrets, WireMessage,
+    IdentityKey, IdentityKeyPair, PeerIdentity, PreKeyBundle, PreKeyId, Session, SignedPreKeySecrets, WireMessage,
     generate_one_time_kem_prekeys, generate_one_time_prekeys, generate_signed_prekeys,
 };
 use pqc_wire::{AttachmentId, Push, Request, Response, Username};
@@ -296,10 +296,25 @@ impl Client {
         }
         let username = Username::new(peer)?;
         match call(&self.conn, Request::GetIdentity { username }).await? {
-            Response::Identity { identity_key } => {
+            Response::Identity { identity_key, .. } => {
                 IdentityKey::from_bytes(&identity_key)?;
                 self.profile.check_contact(peer, &identity_key)?;
                 Ok(identity_key)
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// `peer`'s identity and identity-DH key from the server's directory,
+    /// its signed prekeys blob verified, its identity key checked against
+    /// the pinned one (pinned now if this is the first contact).
+    async fn peer_directory(&mut self, peer: &str) -> Result<PeerIdentity> {
+        let username = Username::new(peer)?;
+        match call(&self.conn, Request::GetIdentity { username }).await? {
+            Response::Identity { identity_key, signed_prekeys } => {
+                let identity = PeerIdentity::from_parts(&identity_key, &signed_prekeys)?;
+                self.profile.check_contact(peer, &identity_key)?;
+                Ok(identity)
             }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
@@ -309,7 +324,7 @@ impl Client {
     pub async fn trust_new_key(&mut self, peer: &str) -> Result<()> {
         let username = Username::new(peer)?;
         match call(&self.conn, Request::GetIdentity { username }).await? {
-            Response::Identity { identity_key } => {
+            Response::Identity { identity_key, .. } => {
                 IdentityKey::from_bytes(&identity_key)?;
                 self.profile.set_contact_key(peer, &identity_key)?;
                 self.profile.save_sessions(peer, &[])?;
@@ -637,7 +652,7 @@ impl Client {
             return Ok(None);
         }
         let from = env.from.as_str().to_string();
-        let (plaintext, sessions) = self.decrypt_from(&from, &env.payload)?;
+        let (plaintext, sessions) = self.decrypt_from(&from, &env.payload).await?;
         let content = Content::decode(&plaintext)?;
         let msg_key = format!("{from}/{}", hex::encode(content.id));
         if self.profile.db().get(ns::DELIVERED, &msg_key)?.is_some() {
@@ -697,7 +712,7 @@ impl Client {
     /// Decrypts a payload from `from`, trying the active session first, then
     /// older ones, then (for a prekey message) a new responder session.
     /// Returns the plaintext and the updated session list, active first.
-    fn decrypt_from(&mut self, from: &str, payload: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<Session>)> {
+    async fn decrypt_from(&mut self, from: &str, payload: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<Session>)> {
         let mut sessions = self.profile.sessions(from)?;
         let mut last_err = None;
         for i in 0..sessions.len() {
@@ -711,9 +726,11 @@ impl Client {
             }
         }
         if let WireMessage::PreKey(msg) = WireMessage::decode(payload)? {
-            self.profile.check_contact(from, &msg.initiator_identity().to_bytes())?;
+            // The message names its initiator by fingerprint only: the
+            // identity comes from the directory, checked against the pinned key.
+            let initiator = self.peer_directory(from).await?;
             let mut store = ProfilePreKeys { profile: &self.profile };
-            let (session, pt) = Session::accept(&self.identity, &mut store, &msg)?;
+            let (session, pt) = Session::accept(&self.identity, &mut store, &msg, &initiator)?;
             sessions.insert(0, session);
             sessions.truncate(MAX_SESSIONS_PER_PEER);
             return Ok((Zeroizing::new(pt), sessions));

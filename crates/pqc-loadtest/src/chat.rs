@@ -7,7 +7,8 @@
 //!    [`ChatConfig::setup_concurrency`] at a time);
 //! 2. handshake: user `2k` fetches the bundle of `2k+1`, starts a session
 //!    (`Session::initiate`) and sends a prekey message; `2k+1` accepts it
-//!    (`Session::accept`) and answers; `2k` decrypts the answer;
+//!    (`Session::accept`, after looking `2k` up in the directory) and
+//!    answers; `2k` decrypts the answer;
 //! 3. messages: every user sends [`ChatConfig::messages`] messages to its
 //!    partner (at most [`ChatConfig::window`] unacknowledged) and, at the same
 //!    time, receives: on each `NewEnvelope` push it fetches, decrypts and
@@ -20,12 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::SystemRng;
-use pqc_proto::{PreKeyBundle, Session, WireMessage};
+use pqc_proto::{PeerIdentity, PreKeyBundle, Session, WireMessage};
 use pqc_wire::{Envelope, ErrorCode, Push, Request, Response, Username};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::user::{SimUser, expect_ok, run_id};
+use crate::user::{SimUser, expect_ok, register_many};
 use crate::{Latencies, LoadError};
 
 /// Parameters of a run.
@@ -121,8 +122,9 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
 
     // 1. Setup.
     let t_setup = Instant::now();
-    let users =
-        tokio::time::timeout_at(deadline, register_all(cfg, 1)).await.map_err(|_| LoadError::TimeLimit(limit))??;
+    let users = tokio::time::timeout_at(deadline, register_many(cfg.server, cfg.clients, cfg.setup_concurrency, 1))
+        .await
+        .map_err(|_| LoadError::TimeLimit(limit))??;
     let setup = t_setup.elapsed();
 
     // 2. Handshakes, all pairs at once.
@@ -198,28 +200,6 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     Ok(report)
 }
 
-/// Registers `cfg.clients` fresh users, `setup_concurrency` at a time.
-pub async fn register_all(cfg: &ChatConfig, one_time: u32) -> Result<Vec<SimUser>, LoadError> {
-    let rid = run_id();
-    let sem = Arc::new(Semaphore::new(cfg.setup_concurrency.max(1)));
-    let mut set = JoinSet::new();
-    for i in 0..cfg.clients {
-        let (sem, server, name) = (sem.clone(), cfg.server, format!("lt{rid}-{i}"));
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            (i, SimUser::register(server, &name, one_time).await)
-        });
-    }
-    let mut slots: Vec<Option<SimUser>> = (0..cfg.clients).map(|_| None).collect();
-    while let Some(r) = set.join_next().await {
-        let (i, user) = r.map_err(|e| LoadError::Usage(format!("registration task failed: {e}")))?;
-        if let Some(slot) = slots.get_mut(i) {
-            *slot = Some(user?);
-        }
-    }
-    Ok(slots.into_iter().flatten().collect())
-}
-
 /// Fetches until at least one envelope is there (push-driven, 250 ms poll as a safety net).
 async fn fetch_some(user: &mut SimUser, deadline: tokio::time::Instant) -> Result<(Vec<Envelope>, bool), LoadError> {
     loop {
@@ -278,7 +258,18 @@ async fn handshake(
     let WireMessage::PreKey(msg) = WireMessage::decode(&first.payload)? else {
         return Err(LoadError::Unexpected("first message is not a prekey message"));
     };
-    let (mut sb, pt) = Session::accept(&b.identity, &mut b.prekeys, &msg)?;
+    // The prekey message names its initiator by fingerprint: b looks a up in
+    // the directory, as the client does.
+    let initiator = match expect_ok(
+        "directory lookup",
+        b.conn.request(Request::GetIdentity { username: a.name.clone() }).await?,
+    )? {
+        Response::Identity { identity_key, signed_prekeys } => {
+            PeerIdentity::from_parts(&identity_key, &signed_prekeys)?
+        }
+        _ => return Err(LoadError::Unexpected("directory lookup")),
+    };
+    let (mut sb, pt) = Session::accept(&b.identity, &mut b.prekeys, &msg, &initiator)?;
     if pt != b"hello" || sb.remote_identity().to_bytes() != a.identity.identity_key().to_bytes() {
         return Err(LoadError::Unexpected("handshake message content or identity"));
     }
@@ -300,7 +291,7 @@ async fn handshake(
 }
 
 /// `t_ns u64 LE || seq u32 LE || zero padding` up to `len` bytes.
-fn plaintext(t: Duration, seq: u32, len: usize) -> Vec<u8> {
+pub(crate) fn plaintext(t: Duration, seq: u32, len: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(len);
     p.extend_from_slice(&u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).to_le_bytes());
     p.extend_from_slice(&seq.to_le_bytes());
@@ -308,7 +299,7 @@ fn plaintext(t: Duration, seq: u32, len: usize) -> Vec<u8> {
     p
 }
 
-fn sent_at(pt: &[u8]) -> Option<Duration> {
+pub(crate) fn sent_at(pt: &[u8]) -> Option<Duration> {
     let b: [u8; 8] = pt.get(..8)?.try_into().ok()?;
     Some(Duration::from_nanos(u64::from_le_bytes(b)))
 }

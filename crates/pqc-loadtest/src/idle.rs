@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::LoadError;
-use crate::chat::{ChatConfig, register_all};
 use crate::rss::vm_rss_kib;
+use crate::user::register_many;
 
 /// Results of an idle run.
 #[derive(Debug)]
@@ -46,10 +46,10 @@ pub async fn run(
 ) -> Result<IdleReport, LoadError> {
     let limit = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
     let rss_before_kib = server_pid.map(vm_rss_kib).transpose()?;
-    let cfg = ChatConfig { server, clients: n, messages: 0, payload: 12, window: 1, setup_concurrency: concurrency };
     let t = Instant::now();
-    let users =
-        tokio::time::timeout_at(deadline, register_all(&cfg, 0)).await.map_err(|_| LoadError::TimeLimit(limit))??;
+    let users = tokio::time::timeout_at(deadline, register_many(server, n, concurrency, 0))
+        .await
+        .map_err(|_| LoadError::TimeLimit(limit))??;
     let setup = t.elapsed();
     let hold_until = (tokio::time::Instant::now() + hold).min(deadline);
     tokio::time::sleep_until(hold_until).await;

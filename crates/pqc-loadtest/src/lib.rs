@@ -13,9 +13,12 @@
 //!   PQXDH-style handshake (pqc-proto `Session`), then send messages to each
 //!   other while receiving through push-driven fetch + ack; reports
 //!   throughput and send→decrypt latency.
+//! - [`room`]: the room benchmark ([`room::run`]): N members join one room
+//!   on the relay one by one, then senders send to everyone; reports the
+//!   server's CPU time per join and per message and relay latencies.
 //! - [`idle`]: idle logged-in connections and the server's resident memory
 //!   ([`idle::run`]).
-//! - [`rss`]: reading `VmRSS` of a process from `/proc`.
+//! - [`rss`]: reading `VmRSS` and CPU time of a process from `/proc`.
 //!
 //! The plain-quinn file transfer baseline is `examples/quinn_transfer.rs`; the
 //! mosquitto (MQTT over TLS, QoS 1) driver is `examples/mqtt_bench.rs`.
@@ -23,6 +26,7 @@
 pub mod chat;
 pub mod error;
 pub mod idle;
+pub mod room;
 pub mod rss;
 pub mod stats;
 pub mod user;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use pqc_loadtest::{LoadError, chat, idle};
+use pqc_loadtest::{LoadError, chat, idle, room};
 
 /// Load test for pqc-server: N simulated clients (each its own QUIC
 /// connection and hybrid identity) do a real E2E handshake in pairs, then
@@ -41,9 +41,22 @@ struct Args {
     /// Idle mode: seconds to hold the connections before measuring.
     #[arg(long, default_value_t = 5)]
     idle_hold: u64,
-    /// Server process id (idle mode reads /proc/PID/status VmRSS).
+    /// Server process id (idle mode reads its VmRSS, room mode its CPU time, from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Room mode: N members join one room, then --senders of them send
+    /// --messages each to everyone (--payload is the MLS ciphertext size).
+    #[arg(long)]
+    room: Option<usize>,
+    /// Room mode: members that send.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Room mode: bytes of each external commit (X-Wing, 100 members: see docs/BENCHMARKS-rooms.md).
+    #[arg(long, default_value_t = 3000)]
+    commit_bytes: usize,
+    /// Room mode: bytes of the sealed GroupInfo stored per epoch.
+    #[arg(long, default_value_t = 4000)]
+    group_info_bytes: usize,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +109,9 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
         );
         return Ok(if r.connections == n { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
+    if let Some(members) = args.room {
+        return room_main(&args, members, deadline).await;
+    }
     let cfg = chat::ChatConfig {
         server: args.server,
         clients: args.clients,
@@ -142,4 +158,62 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
         ms(r.latency.max()),
     );
     Ok(if r.delivered == expected && !r.timed_out { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) -> Result<ExitCode, LoadError> {
+    let cfg = room::RoomConfig {
+        server: args.server,
+        members,
+        senders: args.senders,
+        messages: args.messages,
+        payload: args.payload,
+        commit_bytes: args.commit_bytes,
+        group_info_bytes: args.group_info_bytes,
+        setup_concurrency: args.setup_concurrency,
+        server_pid: args.server_pid,
+    };
+    let mut r = room::run(&cfg, deadline).await?;
+    let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
+    println!(
+        "room of {} members; {} senders x {} messages of {} B; commits {} B, GroupInfo {} B",
+        cfg.members, cfg.senders, cfg.messages, cfg.payload, cfg.commit_bytes, cfg.group_info_bytes
+    );
+    println!("setup (connect + register): {:.2} s", r.setup.as_secs_f64());
+    println!(
+        "joins: {}, relay latency (join sent -> every member acked the commit): {}; last join {:.2} ms",
+        r.joins,
+        r.join_latency.summary_ms(),
+        r.last_join.as_secs_f64() * 1e3
+    );
+    println!("server CPU per join: {} us (average over room sizes 1..{})", us(r.cpu_per_join_us()), cfg.members - 1);
+    println!(
+        "messages: {} sent, {} of {} deliveries in {:.2} s{}",
+        r.sent,
+        r.deliveries,
+        r.expected_deliveries,
+        r.elapsed.as_secs_f64(),
+        if r.timed_out { " (TIME LIMIT REACHED)" } else { "" }
+    );
+    println!("throughput: {:.0} messages/s to {} members", r.messages_per_s(), cfg.members - 1);
+    println!("delivery latency (send -> fetched): {}", r.latency.summary_ms());
+    println!("server CPU per message (to all members): {} us", us(r.cpu_per_message_us()));
+    let total_errors: u64 = r.errors.values().sum();
+    println!("errors: {total_errors}");
+    for (k, v) in &r.errors {
+        println!("  {k}: {v}");
+    }
+    println!(
+        "RESULT mode=room members={} sent={} deliveries={} msgs_per_s={:.0} p50_ms={} p99_ms={} cpu_per_msg_us={} cpu_per_join_us={} last_join_ms={:.3} errors={total_errors}",
+        cfg.members,
+        r.sent,
+        r.deliveries,
+        r.messages_per_s(),
+        ms(r.latency.quantile(0.5)),
+        ms(r.latency.quantile(0.99)),
+        us(r.cpu_per_message_us()),
+        us(r.cpu_per_join_us()),
+        r.last_join.as_secs_f64() * 1e3,
+    );
+    Ok(if r.deliveries == r.expected_deliveries && !r.timed_out { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -12,7 +12,9 @@ use pqc_proto::{
     generate_signed_prekeys,
 };
 use pqc_wire::{Push, Request, Response, Username};
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinSet;
 
 use crate::LoadError;
 
@@ -78,6 +80,34 @@ impl SimUser {
         }
         Ok(Self { name, conn: Arc::new(conn), pushes, identity, prekeys })
     }
+}
+
+/// Registers `n` fresh users named `lt<run id>-<i>` (see [`SimUser::register`]),
+/// `concurrency` at a time; returned in index order.
+pub async fn register_many(
+    server: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    one_time: u32,
+) -> Result<Vec<SimUser>, LoadError> {
+    let rid = run_id();
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let (sem, name) = (sem.clone(), format!("lt{rid}-{i}"));
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, SimUser::register(server, &name, one_time).await)
+        });
+    }
+    let mut slots: Vec<Option<SimUser>> = (0..n).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, user) = r.map_err(|e| LoadError::Usage(format!("registration task failed: {e}")))?;
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = Some(user?);
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
 }
 
 /// A short random run id (hex), so each run registers fresh usernames.

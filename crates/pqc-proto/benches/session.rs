@@ -17,6 +17,9 @@ fn bench(c: &mut Criterion) {
     let mut store = InMemoryPreKeyStore::new();
     store.add_signed_prekeys(secrets);
     let ik = bob.identity_key().to_bytes();
+    let (_, alice_signed) = generate_signed_prekeys(&alice, PreKeyId(1), PreKeyId(1), &mut rng).unwrap();
+    let alice_ik = alice.identity_key().to_bytes();
+    let alice_peer = PeerIdentity::from_parts(&alice_ik, &alice_signed).unwrap();
     // Bundle without one-time prekeys so the responder bench can repeat.
     let bundle = PreKeyBundle::from_parts(&ik, &signed, None, None).unwrap();
 
@@ -32,8 +35,13 @@ fn bench(c: &mut Criterion) {
     let mut s = Session::initiate(&alice, &bundle, &mut rng).unwrap();
     let first = s.encrypt(b"hi", &mut rng).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&first).unwrap() else { panic!() };
+    // Includes verifying the initiator's directory entry (its signed prekeys
+    // blob, which certifies its identity-DH key), as a client does for a new peer.
     c.bench_function("responder set-up (accept + first decrypt)", |b| {
-        b.iter(|| black_box(Session::accept(&bob, &mut store, &pm).unwrap()))
+        b.iter(|| {
+            let peer = PeerIdentity::from_parts(&alice_ik, &alice_signed).unwrap();
+            black_box(Session::accept(&bob, &mut store, &pm, &peer).unwrap())
+        })
     });
 
     // Established session, steady state inside a chain.
@@ -41,7 +49,7 @@ fn bench(c: &mut Criterion) {
         let mut a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
         let w = a.encrypt(b"hi", &mut rng).unwrap();
         let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
-        let (mut b, _) = Session::accept(&bob, &mut store, &pm).unwrap();
+        let (mut b, _) = Session::accept(&bob, &mut store, &pm, &alice_peer).unwrap();
         let w = b.encrypt(b"ok", &mut rng).unwrap();
         a.decrypt(&w).unwrap();
         (a, b)
@@ -54,7 +62,7 @@ fn bench(c: &mut Criterion) {
         let mut x = Session::initiate(&alice, &bundle, &mut rng).unwrap();
         let w = x.encrypt(b"hi", &mut rng).unwrap();
         let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
-        let (mut y, _) = Session::accept(&bob, &mut store, &pm).unwrap();
+        let (mut y, _) = Session::accept(&bob, &mut store, &pm, &alice_peer).unwrap();
         let w = y.encrypt(b"ok", &mut rng).unwrap();
         x.decrypt(&w).unwrap();
         bsess = y;
@@ -68,6 +76,25 @@ fn bench(c: &mut Criterion) {
                 black_box(bsess.decrypt(m).unwrap());
             }
             start.elapsed()
+        })
+    });
+
+    // A conversation that changes direction on every message: each message
+    // starts a new chain (X25519 ratchet step) and carries a PQ chunk; the
+    // ML-KEM-768 keygen / encapsulation / decapsulation happen about once
+    // per 30 messages and are included, amortised.
+    let (mut p, mut q) = {
+        let mut x = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+        let w = x.encrypt(b"hi", &mut rng).unwrap();
+        let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
+        let (y, _) = Session::accept(&bob, &mut store, &pm, &alice_peer).unwrap();
+        (x, y)
+    };
+    c.bench_function("alternating 1 KiB (encrypt + decrypt, new chain each message)", |b| {
+        b.iter(|| {
+            let w = q.encrypt(&pt, &mut rng).unwrap();
+            black_box(p.decrypt(&w).unwrap());
+            std::mem::swap(&mut p, &mut q);
         })
     });
 

@@ -99,6 +99,15 @@ pub enum ProtoError {
     /// The peer encapsulated to a post-quantum ratchet key this session no longer holds.
     #[error("the peer answered post-quantum ratchet key {0}, which this session no longer holds")]
     UnknownRatchetKemKey(u32),
+    /// A prekey message names another initiator than the identity given for its sender.
+    #[error(
+        "this prekey message was made by another identity than the one known for its sender: the sender's key \
+         changed or the server substituted it; compare safety numbers before trusting the new key"
+    )]
+    WrongInitiator,
+    /// A ratchet message used a post-quantum secret this session never made.
+    #[error("the peer mixed post-quantum ratchet secret {0} into its keys, which this session never sent")]
+    UnknownRatchetSecret(u32),
     /// A prekey message arrived for a session that was set up by another prekey message.
     #[error("this prekey message belongs to a different session with this peer")]
     WrongSession,

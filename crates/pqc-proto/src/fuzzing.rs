@@ -25,7 +25,7 @@ pub fn fuzz_decode_message(data: &[u8]) {
 }
 
 /// Prekey blobs: each blob decoder on the whole input, then
-/// [`PreKeyBundle::from_parts`] on the input split as
+/// [`crate::PeerIdentity::from_parts`] and [`PreKeyBundle::from_parts`] on the input split as
 /// `u16 len || identity key || u16 len || signed blob || (flag || u16 len || blob)?` twice.
 pub fn fuzz_decode_prekey_bundle(data: &[u8]) {
     let _ = decode_signed_prekeys(data);
@@ -40,6 +40,7 @@ pub fn fuzz_decode_prekey_bundle(data: &[u8]) {
     let Some(signed) = part(&mut r) else { return };
     let otk = if r.u8().ok() == Some(1) { part(&mut r) } else { None };
     let otkem = if r.u8().ok() == Some(1) { part(&mut r) } else { None };
+    let _ = crate::PeerIdentity::from_parts(&ik, &signed);
     let _ = PreKeyBundle::from_parts(&ik, &signed, otk.as_deref(), otkem.as_deref());
 }
 
@@ -100,6 +101,8 @@ mod tests {
         let (secrets, signed) = generate_signed_prekeys(&bob, PreKeyId(1), PreKeyId(2), &mut rng).unwrap();
         let (otk, otk_blobs) = generate_one_time_prekeys(&bob, PreKeyId(10), 1, &mut rng).unwrap();
         let (otkem, otkem_blobs) = generate_one_time_kem_prekeys(&bob, PreKeyId(20), 1, &mut rng).unwrap();
+        let (_, alice_signed) = generate_signed_prekeys(&alice, PreKeyId(1), PreKeyId(2), &mut rng).unwrap();
+        let alice_peer = crate::PeerIdentity::from_parts(&alice.identity_key().to_bytes(), &alice_signed).unwrap();
         let ik = bob.identity_key().to_bytes();
         write("proto_prekey_bundle", "signed_blob", &signed);
         write("proto_prekey_bundle", "one_time_blob", &otk_blobs[0].1);
@@ -120,15 +123,31 @@ mod tests {
         let first = a.encrypt(b"hi", &mut rng).unwrap();
         write("proto_message", "prekey_message", &first);
         let WireMessage::PreKey(pm) = WireMessage::decode(&first).unwrap() else { panic!() };
-        let (mut b, _) = Session::accept(&bob, &mut store, &pm).unwrap();
+        let (mut b, _) = Session::accept(&bob, &mut store, &pm, &alice_peer).unwrap();
         let b0 = b.encrypt(b"first of chain", &mut rng).unwrap();
         let b1 = b.encrypt(b"second", &mut rng).unwrap();
         a.decrypt(&b0).unwrap();
         a.decrypt(&b1).unwrap();
         write("proto_message", "chain_start", &b0);
-        write("proto_message", "chain_ct", &b1);
+        write("proto_message", "chain_key_chunk", &b1);
+        // Converse until messages carry ciphertext chunks and a mixed-secret id.
+        let (mut ct_chunk, mut mixed) = (None, None);
+        for i in 0..200 {
+            let (from, to) = if i % 2 == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            let w = from.encrypt(b"m", &mut rng).unwrap();
+            to.decrypt(&w).unwrap();
+            let flags = w.get(2 + 32 + 4 + 4).copied().unwrap_or(0);
+            if flags & 0x02 != 0 && ct_chunk.is_none() {
+                ct_chunk = Some(w.clone());
+            }
+            if flags & 0x04 != 0 && mixed.is_none() {
+                mixed = Some(w.clone());
+            }
+        }
+        write("proto_message", "chain_ct_chunk", &ct_chunk.unwrap());
+        write("proto_message", "chain_mixed", &mixed.unwrap());
         let mut small = b1.clone();
-        // A header without KEM fields: rebuild by hand (dh, pn, n, flags = 0) + a 16-byte tag.
+        // A header without PQ fields: rebuild by hand (dh, pn, n, flags = 0) + a 16-byte tag.
         small.truncate(2 + 32 + 4 + 4);
         small.push(0);
         small.extend_from_slice(&[0u8; 20]);

@@ -2,9 +2,15 @@
 //!
 //! An identity is a hybrid Ed25519 + ML-DSA-65 signing key. Because a signing
 //! key cannot do Diffie-Hellman, each identity also holds a long-term X25519
-//! *identity-DH* key, certified once by the signing key (context
-//! [`CTX_IDENTITY_DH`]). The certificate travels in every prekey message so a
-//! responder can check that the initiator's DH key belongs to its identity.
+//! *identity-DH* key. The identity-DH key is bound to the signing key by the
+//! device's signed prekeys blob (which carries it, signed), and in the stored
+//! identity by a certificate (context [`CTX_IDENTITY_DH`]).
+//!
+//! A peer's public identity is a [`PeerIdentity`]: both public keys, checked
+//! against each other. A prekey message names its initiator only by
+//! [`PeerIdentity::fingerprint`]; the responder gets the initiator's
+//! identity key and signed prekeys blob from the server (or its contacts)
+//! and builds the [`PeerIdentity`] with [`PeerIdentity::from_parts`].
 
 use pqc_crypto::rng::CryptoRng;
 use pqc_crypto::sign::{HYBRID_PUBLIC_LEN, HYBRID_SECRET_LEN, HYBRID_SIGNATURE_LEN, HybridSignature};
@@ -12,8 +18,11 @@ use pqc_crypto::sign::{HybridSigningKey, HybridVerifyingKey};
 use pqc_crypto::x25519::{X25519KeyPair, X25519PublicKey, X25519Secret};
 use zeroize::Zeroizing;
 
+use pqc_crypto::kdf::sha256;
+
 use crate::codec::Reader;
 use crate::error::{ProtoError, Result};
+use crate::prekey::{CTX_SIGNED_PREKEYS, decode_signed_prekeys};
 
 /// Signature context of the identity-DH certificate.
 pub const CTX_IDENTITY_DH: &[u8] = b"pqc-chat/v1/identity-dh";
@@ -21,6 +30,8 @@ pub const CTX_IDENTITY_DH: &[u8] = b"pqc-chat/v1/identity-dh";
 pub const IDENTITY_KEY_PAIR_VERSION: u8 = 1;
 /// Length of an encoded [`IdentityKey`].
 pub const IDENTITY_KEY_LEN: usize = HYBRID_PUBLIC_LEN;
+/// Hash label of a [`PeerIdentity::fingerprint`].
+pub const LABEL_IDENTITY_FINGERPRINT: &[u8] = b"pqc-chat/v1/identity-fingerprint";
 
 /// A device's public identity key (Ed25519 + ML-DSA-65). This is what users
 /// compare as a safety number.
@@ -52,6 +63,45 @@ impl IdentityKey {
     /// Checks an identity-DH certificate.
     pub(crate) fn verify_identity_dh(&self, dh: &X25519PublicKey, certificate: &[u8]) -> Result<()> {
         self.verify("identity-DH certificate", dh.as_bytes(), CTX_IDENTITY_DH, certificate)
+    }
+}
+
+/// A device's public identity as a peer sees it: the hybrid identity key
+/// and the X25519 identity-DH key that identity signed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PeerIdentity {
+    key: IdentityKey,
+    dh: X25519PublicKey,
+}
+
+impl PeerIdentity {
+    /// From what the server's directory returns for a user: the identity key
+    /// (`HybridVerifyingKey::to_bytes()`) and the user's signed prekeys blob,
+    /// whose signature is verified and which carries the identity-DH key.
+    ///
+    /// The caller still decides whether it trusts the identity key for this
+    /// user (safety numbers).
+    pub fn from_parts(identity_key: &[u8], signed_prekeys: &[u8]) -> Result<Self> {
+        let key = IdentityKey::from_bytes(identity_key)?;
+        let blob = decode_signed_prekeys(signed_prekeys)?;
+        key.verify("signed prekeys blob", blob.signed, CTX_SIGNED_PREKEYS, blob.signature)?;
+        Ok(Self { key, dh: blob.identity_dh })
+    }
+
+    /// The hybrid identity key (what safety numbers are computed from).
+    pub fn identity_key(&self) -> &IdentityKey {
+        &self.key
+    }
+
+    /// The identity-DH public key.
+    pub fn identity_dh(&self) -> &X25519PublicKey {
+        &self.dh
+    }
+
+    /// `SHA-256("pqc-chat/v1/identity-fingerprint" || identity key || identity-DH key)`:
+    /// how a prekey message names its initiator.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        sha256(&[LABEL_IDENTITY_FINGERPRINT, &self.key.to_bytes(), self.dh.as_bytes()])
     }
 }
 
@@ -88,8 +138,9 @@ impl IdentityKeyPair {
         &self.dh.secret
     }
 
-    pub(crate) fn identity_dh_certificate(&self) -> &[u8] {
-        &self.dh_certificate
+    /// The public half, as peers see it.
+    pub fn peer_identity(&self) -> PeerIdentity {
+        PeerIdentity { key: self.public.clone(), dh: self.dh.public }
     }
 
     pub fn sign<R: CryptoRng + ?Sized>(&self, msg: &[u8], ctx: &[u8], rng: &mut R) -> Result<Vec<u8>> {

@@ -12,11 +12,13 @@
 //!   fetcher verifies them with [`PreKeyBundle::from_parts`].
 //! - Handshake: PQXDH-style, from `DH(IKdh_A, SPK_B)`, `DH(EK_A, IKdh_B)`,
 //!   `DH(EK_A, SPK_B)`, optionally `DH(EK_A, OPK_B)`, and an ML-KEM-1024
-//!   encapsulation, keyed over a transcript hash of both full identity keys.
+//!   encapsulation, keyed over a transcript hash of both full identities.
+//!   The prekey message names its initiator by a 32-byte fingerprint
+//!   ([`PeerIdentity::fingerprint`]); the responder supplies the identity.
 //! - Double Ratchet (AES-256-GCM, header as associated data) with a sparse
-//!   ML-KEM-768 ratchet mixed into the root key on every direction change
-//!   that follows a fresh KEM key, which is attached at least every
-//!   [`session::PQ_INTERVAL`] messages.
+//!   ML-KEM-768 ratchet whose keys and ciphertexts travel in 40-byte chunks,
+//!   one per message, and whose secrets are mixed into the root key at the
+//!   next direction change (see [`session`]).
 //! - Encrypted, versioned saved sessions ([`Session::pickle`]).
 //!
 //! The byte layouts, labels and security claims are in `docs/PROTOCOL.md`,
@@ -44,7 +46,7 @@ pub mod session;
 mod codec;
 
 pub use error::{ProtoError, Result};
-pub use identity::{IdentityKey, IdentityKeyPair};
+pub use identity::{IdentityKey, IdentityKeyPair, PeerIdentity};
 pub use ids::{DeviceId, PreKeyId, UserId};
 pub use message::{KemPreKeyRef, PreKeyMessage, RatchetMessage, WireMessage};
 pub use prekey::{

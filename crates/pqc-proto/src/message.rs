@@ -4,13 +4,11 @@
 //! dispatches on them. Layouts are in `docs/PROTOCOL.md`, "1:1 sessions".
 
 use pqc_crypto::aead::TAG_LEN;
-use pqc_crypto::ml_kem::{MlKemCiphertext, MlKemLevel, MlKemPublicKey};
-use pqc_crypto::sign::HYBRID_SIGNATURE_LEN;
+use pqc_crypto::ml_kem::{MlKemCiphertext, MlKemLevel};
 use pqc_crypto::x25519::X25519PublicKey;
 
 use crate::codec::{Reader, put_u32, put_vec32};
 use crate::error::{ProtoError, Result};
-use crate::identity::{IDENTITY_KEY_LEN, IdentityKey};
 use crate::ids::PreKeyId;
 use crate::prekey::PREKEY_KEM_LEVEL;
 
@@ -25,8 +23,52 @@ pub const RATCHET_KEM_LEVEL: MlKemLevel = MlKemLevel::MlKem768;
 /// Largest inner message a prekey message may carry (1 MiB + headers).
 pub const MAX_MESSAGE_LEN: usize = (1 << 20) + 4096;
 
-const FLAG_KEM_PK: u8 = 0x01;
-const FLAG_KEM_CT: u8 = 0x02;
+/// Bytes of post-quantum ratchet data one message carries at most.
+pub const PQ_CHUNK_LEN: usize = 40;
+
+const FLAG_CHUNK: u8 = 0x01;
+const FLAG_CHUNK_CT: u8 = 0x02;
+const FLAG_MIXED: u8 = 0x04;
+
+/// What a chunk of the post-quantum ratchet carries a piece of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkKind {
+    /// The sender's ML-KEM-768 ratchet public key.
+    PublicKey,
+    /// The sender's ML-KEM-768 ciphertext to the receiver's ratchet key.
+    Ciphertext,
+}
+
+impl ChunkKind {
+    /// Length of the whole object the chunks of this kind cut up.
+    pub(crate) fn total_len(self) -> usize {
+        match self {
+            Self::PublicKey => RATCHET_KEM_LEVEL.public_key_len(),
+            Self::Ciphertext => RATCHET_KEM_LEVEL.ciphertext_len(),
+        }
+    }
+
+    /// How many chunks the object takes.
+    pub(crate) fn count(self) -> usize {
+        self.total_len().div_ceil(PQ_CHUNK_LEN)
+    }
+
+    /// The byte range of chunk `index` in the object, if it exists.
+    pub(crate) fn range(self, index: usize) -> Option<std::ops::Range<usize>> {
+        let start = index.checked_mul(PQ_CHUNK_LEN)?;
+        (start < self.total_len()).then(|| start..(start + PQ_CHUNK_LEN).min(self.total_len()))
+    }
+}
+
+/// One piece of an ML-KEM public key or ciphertext of the sparse ratchet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PqChunk {
+    pub(crate) kind: ChunkKind,
+    /// The ratchet key's id (for a ciphertext: the id of the key it was made for).
+    pub(crate) id: u32,
+    pub(crate) index: u8,
+    pub(crate) data: Vec<u8>,
+}
 
 /// The authenticated (cleartext) header of a ratchet message.
 #[derive(Clone, Debug)]
@@ -34,8 +76,9 @@ pub(crate) struct Header {
     pub(crate) dh: X25519PublicKey,
     pub(crate) pn: u32,
     pub(crate) n: u32,
-    pub(crate) kem_pk: Option<(u32, MlKemPublicKey)>,
-    pub(crate) kem_ct: Option<(u32, MlKemCiphertext)>,
+    /// The id of the sender's ratchet key whose KEM secret this chain's root step mixed in.
+    pub(crate) mixed: Option<u32>,
+    pub(crate) chunk: Option<PqChunk>,
 }
 
 /// Writes `version || type || header` (everything the AEAD authenticates besides the session's transcript hash).
@@ -44,22 +87,25 @@ pub(crate) fn encode_header(
     dh: &X25519PublicKey,
     pn: u32,
     n: u32,
-    kem_pk: Option<(u32, &MlKemPublicKey)>,
-    kem_ct: Option<(u32, &MlKemCiphertext)>,
+    mixed: Option<u32>,
+    chunk: Option<&PqChunk>,
 ) {
     out.extend_from_slice(&[MESSAGE_VERSION, TYPE_MESSAGE]);
     out.extend_from_slice(dh.as_bytes());
     put_u32(out, pn);
     put_u32(out, n);
-    let flags = if kem_pk.is_some() { FLAG_KEM_PK } else { 0 } | if kem_ct.is_some() { FLAG_KEM_CT } else { 0 };
-    out.push(flags);
-    if let Some((id, pk)) = kem_pk {
-        put_u32(out, id);
-        out.extend_from_slice(pk.as_bytes());
+    let mut flags = if mixed.is_some() { FLAG_MIXED } else { 0 };
+    if let Some(c) = chunk {
+        flags |= FLAG_CHUNK | if c.kind == ChunkKind::Ciphertext { FLAG_CHUNK_CT } else { 0 };
     }
-    if let Some((id, ct)) = kem_ct {
+    out.push(flags);
+    if let Some(id) = mixed {
         put_u32(out, id);
-        out.extend_from_slice(ct.as_bytes());
+    }
+    if let Some(c) = chunk {
+        put_u32(out, c.id);
+        out.push(c.index);
+        out.extend_from_slice(&c.data);
     }
 }
 
@@ -84,18 +130,20 @@ impl RatchetMessage {
         let pn = r.u32()?;
         let n = r.u32()?;
         let flags = r.u8()?;
-        if flags & !(FLAG_KEM_PK | FLAG_KEM_CT) != 0 {
+        if flags & !(FLAG_CHUNK | FLAG_CHUNK_CT | FLAG_MIXED) != 0 {
             return Err(ProtoError::malformed(WHAT, "unknown header flags"));
         }
-        let kem_pk = if flags & FLAG_KEM_PK != 0 {
+        if flags & FLAG_CHUNK_CT != 0 && flags & FLAG_CHUNK == 0 {
+            return Err(ProtoError::malformed(WHAT, "chunk kind without a chunk"));
+        }
+        let mixed = if flags & FLAG_MIXED != 0 { Some(r.u32()?) } else { None };
+        let chunk = if flags & FLAG_CHUNK != 0 {
+            let kind = if flags & FLAG_CHUNK_CT != 0 { ChunkKind::Ciphertext } else { ChunkKind::PublicKey };
             let id = r.u32()?;
-            Some((id, MlKemPublicKey::from_bytes(RATCHET_KEM_LEVEL, r.bytes(RATCHET_KEM_LEVEL.public_key_len())?)?))
-        } else {
-            None
-        };
-        let kem_ct = if flags & FLAG_KEM_CT != 0 {
-            let id = r.u32()?;
-            Some((id, MlKemCiphertext::from_bytes(RATCHET_KEM_LEVEL, r.bytes(RATCHET_KEM_LEVEL.ciphertext_len())?)?))
+            let index = r.u8()?;
+            let range =
+                kind.range(usize::from(index)).ok_or(ProtoError::malformed(WHAT, "chunk index out of range"))?;
+            Some(PqChunk { kind, id, index, data: r.bytes(range.len())?.to_vec() })
         } else {
             None
         };
@@ -106,7 +154,7 @@ impl RatchetMessage {
         }
         let header_bytes = bytes.get(..header_len).ok_or(ProtoError::Truncated { what: WHAT })?.to_vec();
         r.finish()?;
-        Ok(Self { header: Header { dh, pn, n, kem_pk, kem_ct }, header_bytes, ciphertext: ciphertext.to_vec() })
+        Ok(Self { header: Header { dh, pn, n, mixed, chunk }, header_bytes, ciphertext: ciphertext.to_vec() })
     }
 
     /// Re-encodes the message (identical to the bytes it was decoded from).
@@ -137,9 +185,8 @@ pub enum KemPreKeyRef {
 /// message until it has received a reply.
 #[derive(Clone, Debug)]
 pub struct PreKeyMessage {
-    pub(crate) identity: IdentityKey,
-    pub(crate) identity_dh: X25519PublicKey,
-    pub(crate) certificate: Vec<u8>,
+    /// [`crate::PeerIdentity::fingerprint`] of the initiator.
+    pub(crate) initiator: [u8; 32],
     pub(crate) ek: X25519PublicKey,
     pub(crate) spk_id: PreKeyId,
     pub(crate) kem: KemPreKeyRef,
@@ -152,9 +199,7 @@ pub struct PreKeyMessage {
 
 /// Fields an initiator writes into the prefix of its prekey messages.
 pub(crate) struct PreKeyFields<'a> {
-    pub(crate) identity: &'a IdentityKey,
-    pub(crate) identity_dh: &'a X25519PublicKey,
-    pub(crate) certificate: &'a [u8],
+    pub(crate) initiator: [u8; 32],
     pub(crate) ek: &'a X25519PublicKey,
     pub(crate) spk_id: PreKeyId,
     pub(crate) kem: KemPreKeyRef,
@@ -164,11 +209,9 @@ pub(crate) struct PreKeyFields<'a> {
 
 impl PreKeyFields<'_> {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + IDENTITY_KEY_LEN + 32 + HYBRID_SIGNATURE_LEN + 32 + 14 + 1568);
+        let mut out = Vec::with_capacity(2 + 32 + 32 + 14 + PREKEY_KEM_LEVEL.ciphertext_len());
         out.extend_from_slice(&[MESSAGE_VERSION, TYPE_PREKEY_MESSAGE]);
-        out.extend_from_slice(&self.identity.to_bytes());
-        out.extend_from_slice(self.identity_dh.as_bytes());
-        out.extend_from_slice(self.certificate);
+        out.extend_from_slice(&self.initiator);
         out.extend_from_slice(self.ek.as_bytes());
         put_u32(&mut out, self.spk_id.0);
         match self.kem {
@@ -203,15 +246,13 @@ pub(crate) fn wrap_prekey(prefix: &[u8], inner: &[u8]) -> Result<Vec<u8>> {
 
 impl PreKeyMessage {
     /// Decodes a prekey message; rejects unknown versions, types and trailing bytes.
-    /// Signatures are checked later, by [`crate::Session::accept`].
+    /// The initiator is checked later, by [`crate::Session::accept`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         const WHAT: &str = "prekey message";
         let mut r = Reader::new(WHAT, bytes);
         r.version(MESSAGE_VERSION)?;
         r.expect_type(TYPE_PREKEY_MESSAGE)?;
-        let identity = IdentityKey::from_bytes(r.bytes(IDENTITY_KEY_LEN)?)?;
-        let identity_dh = X25519PublicKey::from_bytes(r.bytes(32)?)?;
-        let certificate = r.bytes(HYBRID_SIGNATURE_LEN)?.to_vec();
+        let initiator = r.array()?;
         let ek = X25519PublicKey::from_bytes(r.bytes(32)?)?;
         let spk_id = PreKeyId(r.u32()?);
         let kem = match r.u8()? {
@@ -226,7 +267,7 @@ impl PreKeyMessage {
         r.finish()?;
         let message = RatchetMessage::decode(inner)?;
         let prefix = bytes.get(..prefix_len).ok_or(ProtoError::Truncated { what: WHAT })?.to_vec();
-        Ok(Self { identity, identity_dh, certificate, ek, spk_id, kem, one_time, kem_ct, prefix, message })
+        Ok(Self { initiator, ek, spk_id, kem, one_time, kem_ct, prefix, message })
     }
 
     /// Re-encodes the message.
@@ -234,9 +275,11 @@ impl PreKeyMessage {
         wrap_prekey(&self.prefix, &self.message.encode())
     }
 
-    /// The initiator's identity key: check that you trust it for the sender.
-    pub fn initiator_identity(&self) -> &IdentityKey {
-        &self.identity
+    /// The initiator's [`crate::PeerIdentity::fingerprint`]: look up (or
+    /// fetch) the sender's identity and pass it to [`crate::Session::accept`],
+    /// which checks that it matches.
+    pub fn initiator_fingerprint(&self) -> &[u8; 32] {
+        &self.initiator
     }
 
     /// Id of the responder's signed X25519 prekey that was used.

@@ -29,8 +29,8 @@ fn set_up_both_ways() {
     let WireMessage::PreKey(pm) = WireMessage::decode(&wire).unwrap() else { panic!() };
     assert_eq!(pm.kem_prekey(), KemPreKeyRef::LastResort(PreKeyId(1)));
     assert_eq!(pm.one_time_prekey_id(), None);
-    assert_eq!(pm.initiator_identity(), bob_dev.identity.identity_key());
-    let (mut a2, pt) = Session::accept(&alice_dev.identity, &mut alice_dev.store, &pm).unwrap();
+    assert_eq!(pm.initiator_fingerprint(), &bob_dev.peer().fingerprint());
+    let (mut a2, pt) = Session::accept(&alice_dev.identity, &mut alice_dev.store, &pm, &bob_dev.peer()).unwrap();
     assert_eq!(pt, b"from bob");
     assert_eq!(a2.remote_identity(), bob_dev.identity.identity_key());
     send(&mut a2, &mut b2, &mut r, b"reply");
@@ -39,7 +39,7 @@ fn set_up_both_ways() {
     let mut b3 = Session::initiate(&bob_dev.identity, &bundle, &mut r).unwrap();
     let wire = b3.encrypt(b"second", &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&wire).unwrap() else { panic!() };
-    assert!(Session::accept(&alice_dev.identity, &mut alice_dev.store, &pm).is_ok());
+    assert!(Session::accept(&alice_dev.identity, &mut alice_dev.store, &pm, &bob_dev.peer()).is_ok());
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn prekey_messages_repeat_until_reply_and_arrive_out_of_order() {
     let w: Vec<Vec<u8>> = (0..3).map(|i| alice.encrypt(format!("p{i}").as_bytes(), &mut r).unwrap()).collect();
     // Bob sees the third first.
     let WireMessage::PreKey(pm) = WireMessage::decode(&w[2]).unwrap() else { panic!() };
-    let (mut bob, pt) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).unwrap();
+    let (mut bob, pt) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).unwrap();
     assert_eq!(pt, b"p2");
     assert_eq!(bob.decrypt(&w[0]).unwrap(), b"p0");
     assert_eq!(bob.decrypt(&w[1]).unwrap(), b"p1");
@@ -189,9 +189,9 @@ fn one_time_prekey_reuse_rejected() {
     let mut alice = Session::initiate(&alice_dev.identity, &bundle, &mut r).unwrap();
     let w = alice.encrypt(b"hi", &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
-    Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).unwrap();
+    Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).unwrap();
     // Replay of the same prekey message.
-    let err = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).err().unwrap();
+    let err = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).err().unwrap();
     assert!(matches!(err, ProtoError::OneTimePreKeyUnavailable { id: PreKeyId(200), .. }), "{err}");
     // A different initiator using the same (already consumed) bundle.
     let mallory = Device::new(&mut r, 0);
@@ -199,7 +199,7 @@ fn one_time_prekey_reuse_rejected() {
     let w = m.encrypt(b"hi", &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
     assert!(matches!(
-        Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm),
+        Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &mallory.peer()),
         Err(ProtoError::OneTimePreKeyUnavailable { .. })
     ));
 }
@@ -214,7 +214,10 @@ fn failed_accept_does_not_consume_one_time_prekeys() {
     let last = w.len() - 1;
     w[last] ^= 1;
     let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
-    assert_eq!(Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).err(), Some(ProtoError::DecryptionFailed));
+    assert_eq!(
+        Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).err(),
+        Some(ProtoError::DecryptionFailed)
+    );
     assert_eq!(bob_dev.store.one_time_counts(), (1, 1));
 }
 
@@ -282,19 +285,35 @@ fn bad_bundle_signatures_rejected() {
 }
 
 #[test]
-fn forged_identity_dh_certificate_rejected() {
-    let (mut alice, _, _, mut bob_dev, mut r) = pair(14);
-    let _ = &mut alice;
-    let mut r2 = rng(15);
-    let alice_dev = Device::new(&mut r2, 0);
-    let mut a = Session::initiate(&alice_dev.identity, &bob_dev.bundle(None), &mut r).unwrap();
-    let mut w = a.encrypt(b"hi", &mut r).unwrap();
-    // The certificate follows version, type, identity key (1986) and identity-DH key (32).
-    w[2 + 1986 + 32 + 10] ^= 1;
+fn prekey_message_from_another_identity_rejected() {
+    let mut r = rng(14);
+    let alice_dev = Device::new(&mut r, 0);
+    let mut bob_dev = Device::new(&mut r, 1);
+    let mallory = Device::new(&mut r, 0);
+    let mut a = Session::initiate(&alice_dev.identity, &bob_dev.bundle(Some(0)), &mut r).unwrap();
+    let w = a.encrypt(b"hi", &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&w).unwrap() else { panic!() };
+    // Bob expects the sender to be mallory (say, the server substituted the directory entry).
+    assert_eq!(
+        Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &mallory.peer()).err(),
+        Some(ProtoError::WrongInitiator)
+    );
+    // An altered fingerprint (it follows the version and type bytes) does not match either.
+    let mut t = w.clone();
+    t[2 + 7] ^= 1;
+    let WireMessage::PreKey(tm) = WireMessage::decode(&t).unwrap() else { panic!() };
+    assert_eq!(
+        Session::accept(&bob_dev.identity, &mut bob_dev.store, &tm, &alice_dev.peer()).err(),
+        Some(ProtoError::WrongInitiator)
+    );
+    // Nothing was consumed: the genuine message still starts the session.
+    let (_, pt) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).unwrap();
+    assert_eq!(pt, b"hi");
+    // A directory entry whose signed prekeys blob was not signed by the identity key is refused.
+    let ik = alice_dev.identity.identity_key().to_bytes();
     assert!(matches!(
-        Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm),
-        Err(ProtoError::BadSignature { what: "identity-DH certificate" })
+        PeerIdentity::from_parts(&ik, &mallory.signed_blob),
+        Err(ProtoError::BadSignature { what: "signed prekeys blob" })
     ));
 }
 
@@ -341,7 +360,7 @@ fn pickle_round_trip_and_wrong_key() {
 }
 
 #[test]
-fn post_compromise_security_after_one_pq_exchange() {
+fn stolen_state_stops_decrypting_after_the_ratchet_moves_on() {
     let (mut alice, mut bob, _, _, mut r) = pair(18);
     for i in 0..5 {
         send(&mut bob, &mut alice, &mut r, format!("b{i}").as_bytes());
@@ -357,45 +376,60 @@ fn post_compromise_security_after_one_pq_exchange() {
     assert_eq!(eve.decrypt(&w).unwrap(), b"still readable");
     assert_eq!(alice.decrypt(&w).unwrap(), b"still readable");
 
-    // One exchange: Alice sends (fresh X25519 ratchet key and fresh ML-KEM-768
-    // key), Bob replies (encapsulating to it, mixing the secret into the root).
-    send(&mut alice, &mut bob, &mut r, b"new chain with fresh KEM key");
+    // Alice answers with a fresh ratchet key; from Bob's next chain on the
+    // copy is locked out. (Against an attacker who can also break X25519,
+    // healing needs a completed post-quantum exchange: see the unit test
+    // `post_compromise_security_against_an_attacker_who_breaks_x25519`.)
+    send(&mut alice, &mut bob, &mut r, b"new chain");
     let reply = bob.encrypt(b"healed", &mut r).unwrap();
-    assert!(eve.decrypt(&reply).is_err(), "the stolen state decrypted a message after the PQ exchange");
+    assert!(eve.decrypt(&reply).is_err(), "the stolen state decrypted a message after the ratchet step");
     assert_eq!(alice.decrypt(&reply).unwrap(), b"healed");
-    for i in 0..20 {
-        let w = if i % 3 == 0 {
-            alice.encrypt(b"later a", &mut r).unwrap()
-        } else {
-            bob.encrypt(b"later b", &mut r).unwrap()
-        };
+    for i in 0..200 {
         if i % 3 == 0 {
-            assert!(bob.decrypt(&w).is_ok());
+            send(&mut alice, &mut bob, &mut r, b"later a");
         } else {
+            let w = bob.encrypt(b"later b", &mut r).unwrap();
             assert!(eve.decrypt(&w).is_err());
-            assert!(alice.decrypt(&w).is_ok());
+            assert_eq!(alice.decrypt(&w).unwrap(), b"later b");
         }
     }
+    assert!(alice.pq_ratchet_steps() > 0 && bob.pq_ratchet_steps() == alice.pq_ratchet_steps());
+}
+
+/// Overhead of a ratchet message: everything but the plaintext.
+fn overhead(wire: &[u8], plaintext_len: usize) -> usize {
+    wire.len() - plaintext_len
 }
 
 #[test]
-fn pq_ratchet_key_attached_every_50_messages() {
+fn pq_ratchet_progresses_in_conversations_bursts_and_loss() {
+    // Alternating: exchanges keep completing, every message stays small.
     let (mut alice, mut bob, _, _, mut r) = pair(19);
     send(&mut bob, &mut alice, &mut r, b"x");
-    let mut sizes = Vec::new();
-    for _ in 0..120 {
-        let w = alice.encrypt(b"m", &mut r).unwrap();
-        sizes.push(w.len());
-        bob.decrypt(&w).unwrap();
+    let mut max = 0;
+    for i in 0..600 {
+        let (from, to) = if i % 2 == 0 { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+        let w = from.encrypt(b"m", &mut r).unwrap();
+        max = max.max(overhead(&w, 1));
+        to.decrypt(&w).unwrap();
     }
-    let big: Vec<usize> = sizes.iter().enumerate().filter(|(_, s)| **s > 2000).map(|(i, _)| i).collect();
-    assert_eq!(big, vec![0, 50, 100]);
-    // Bob's next chain carries a ciphertext in every message.
-    for _ in 0..3 {
-        let w = bob.encrypt(b"m", &mut r).unwrap();
-        assert!(w.len() > 1088);
-        alice.decrypt(&w).unwrap();
+    assert!(max <= 59 + 4 + 5 + 40, "a message had {max} bytes of overhead");
+    // Each side streams a key (30 chunks) and answers the other's (28 chunks):
+    // at least one exchange per direction every ~60 messages a side.
+    assert!(alice.pq_ratchet_steps() >= 8, "only {} PQ steps in 600 messages", alice.pq_ratchet_steps());
+    assert_eq!(alice.pq_ratchet_steps(), bob.pq_ratchet_steps());
+
+    // Bursts with a third of the messages lost: slower, but it still completes.
+    let (mut alice, mut bob, _, _, mut r) = pair(21);
+    for i in 0..3000u32 {
+        let (from, to) = if (i / 9) % 2 == 0 { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+        let w = from.encrypt(b"m", &mut r).unwrap();
+        if r.next_u32() % 3 == 0 && i % 9 != 8 {
+            continue;
+        }
+        to.decrypt(&w).unwrap();
     }
+    assert!(alice.pq_ratchet_steps() >= 4, "only {} PQ steps with loss", alice.pq_ratchet_steps());
 }
 
 #[test]
@@ -407,23 +441,27 @@ fn print_sizes() {
     let pt = [0u8; 100];
     let first = alice.encrypt(&pt, &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&first).unwrap() else { panic!() };
-    let (mut bob, _) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).unwrap();
-    let b0 = bob.encrypt(&pt, &mut r).unwrap(); // new chain: KEM ct + KEM pk
-    let b1 = bob.encrypt(&pt, &mut r).unwrap(); // same chain: KEM ct
-    alice.decrypt(&b0).unwrap();
-    alice.decrypt(&b1).unwrap();
-    let a0 = alice.encrypt(&pt, &mut r).unwrap();
-    let a1 = alice.encrypt(&pt, &mut r).unwrap();
-    bob.decrypt(&a0).unwrap();
-    bob.decrypt(&a1).unwrap();
-    println!("prekey message (100-byte plaintext): {} bytes total, {} overhead", first.len(), first.len() - 100);
-    println!("first message of a chain (KEM pk + ct): {} bytes overhead", b0.len() - 100);
-    println!("later message of a chain with a KEM ct: {} bytes overhead", b1.len() - 100);
-    println!("first message of a chain (KEM pk + ct), other side: {} bytes overhead", a0.len() - 100);
-    println!("later message of a chain (KEM ct): {} bytes overhead", a1.len() - 100);
+    let (mut bob, _) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).unwrap();
+    let mut total = 0usize;
+    let mut sizes = std::collections::BTreeMap::new();
+    let n = 1000;
+    for i in 0..n {
+        let (from, to) = if i % 2 == 0 { (&mut bob, &mut alice) } else { (&mut alice, &mut bob) };
+        let w = from.encrypt(&pt, &mut r).unwrap();
+        let o = overhead(&w, pt.len());
+        total += o;
+        *sizes.entry(o).or_insert(0usize) += 1;
+        to.decrypt(&w).unwrap();
+    }
+    let average = total as f64 / n as f64;
+    println!("prekey message (100-byte plaintext): {} bytes total, {} overhead", first.len(), overhead(&first, 100));
+    println!("normal messages, alternating, {n} messages: average overhead {average:.1} bytes");
+    println!("  overhead in bytes -> messages: {sizes:?}");
     println!("signed prekeys blob: {} bytes", bob_dev.signed_blob.len());
     println!("one-time prekey blob: {} bytes", bob_dev.otk_blobs[0].1.len());
     println!("one-time KEM prekey blob: {} bytes", bob_dev.otkem_blobs[0].1.len());
-    // Minimal message: no KEM fields.
-    assert!(first.len() > 7000);
+    // Targets: within 10 % of libsignal's (about 101 bytes per normal message,
+    // about 1767 bytes for a prekey message).
+    assert!(average <= 101.0 * 1.1, "average overhead {average:.1} bytes");
+    assert!(overhead(&first, 100) <= 1767 * 11 / 10, "prekey message overhead {}", overhead(&first, 100));
 }

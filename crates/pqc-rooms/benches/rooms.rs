@@ -82,6 +82,15 @@ fn bench(c: &mut Criterion) {
         g.bench_function("external_join", |b| b.iter(|| Room::join_external(&joiner, &sealed, &key).unwrap()));
         let (_, commit) = Room::join_external(&joiner, &sealed, &key).unwrap();
         let saved = other.export_state().unwrap();
+        // Sizes the relay stores and forwards (pqc-loadtest --room uses them).
+        let mut sender = Room::import_state(&saved).unwrap();
+        let app_256 = sender.encrypt(&[0x42u8; 256]).unwrap();
+        eprintln!(
+            "sizes, room of {n}: sealed GroupInfo {} B, external commit {} B, application message of 256 B text {} B",
+            sealed.len(),
+            commit.len(),
+            app_256.len()
+        );
         g.bench_function("process_external_commit", |b| {
             b.iter_batched(
                 || Room::import_state(&saved).unwrap(),

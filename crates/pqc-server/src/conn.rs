@@ -375,8 +375,8 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 Err(e) => store_err(e),
             }
         }
-        Request::GetIdentity { username } => match shared.db(move |st| st.identity_key(&username)).await {
-            Ok(Some(identity_key)) => Response::Identity { identity_key },
+        Request::GetIdentity { username } => match shared.db(move |st| st.directory_entry(&username)).await {
+            Ok(Some(e)) => Response::Identity { identity_key: e.identity_key, signed_prekeys: e.signed_prekeys },
             Ok(None) => Response::error(ErrorCode::UnknownUser, "no such user"),
             Err(e) => store_err(e),
         },
@@ -487,6 +487,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             let max = if max_participants == 0 { shared.default_max_participants.max(1) } else { max_participants };
             match shared.db(move |st| st.room_create(&room_id, &user, max, &group_info)).await {
                 Ok(()) => {
+                    shared.room_membership_changed(&room_id);
                     tracing::info!(conn_id = s.conn_id, room = %room_id, max, "room created");
                     Response::Ok
                 }
@@ -504,6 +505,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             let u = user.clone();
             match shared.db(move |st| st.room_join(&room_id, &u, epoch, &commit, &group_info)).await {
                 Ok(seq) => {
+                    shared.room_membership_changed(&room_id);
                     notify_room(shared, room_id, &user).await;
                     Response::RoomSent { seq }
                 }
@@ -532,7 +534,10 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             }
         }
         Request::RoomLeave { room_id } => match shared.db(move |st| st.room_leave(&room_id, &user)).await {
-            Ok(()) => Response::Ok,
+            Ok(()) => {
+                shared.room_membership_changed(&room_id);
+                Response::Ok
+            }
             Err(e) => store_err(e),
         },
         Request::RoomFetch { room_id } => {
@@ -558,12 +563,8 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
 
 /// Pushes `RoomMessage` to the room's connected members other than `sender`.
 async fn notify_room(shared: &Shared, room_id: RoomId, sender: &Username) {
-    match shared.db(move |st| st.room_members(&room_id)).await {
-        Ok(members) => {
-            for m in members.iter().filter(|m| *m != sender) {
-                shared.push(m, &Push::RoomMessage { room_id });
-            }
-        }
+    match shared.room_members(room_id).await {
+        Ok(members) => shared.push_many(&members, Some(sender), &Push::RoomMessage { room_id }),
         Err(e) => tracing::warn!("cannot list room members for a push: {e}"),
     }
 }

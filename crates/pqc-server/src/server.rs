@@ -8,7 +8,7 @@ use std::time::Duration;
 use pqc_net::{CertFingerprint, ServerTls};
 use pqc_store::StoreError;
 use pqc_store::server::SqliteServerStore;
-use pqc_wire::{Push, Username};
+use pqc_wire::{Push, RoomId, Username};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -17,6 +17,19 @@ use crate::metrics::{Metrics, inc};
 use crate::{ServerError, conn, status};
 
 type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<Push>)>>;
+
+/// Most rooms whose member lists are cached; past it the cache starts over.
+const MAX_CACHED_ROOMS: usize = 10_000;
+
+/// Member lists of rooms, cached for pushes (the database stays the truth).
+/// Every change of a room's membership bumps `generation`, and a list read
+/// from the database is cached only if no change happened while it was
+/// being read, so a stale list can never be cached.
+#[derive(Default)]
+struct RoomMembers {
+    generation: u64,
+    rooms: HashMap<RoomId, Arc<[Username]>>,
+}
 
 /// What a finished store operation does once its batch's fate is known: it
 /// answers its caller with its result, or with the commit error.
@@ -67,6 +80,7 @@ fn run_database(mut store: SqliteServerStore, jobs: std::sync::mpsc::Receiver<Jo
 pub(crate) struct Shared {
     jobs: std::sync::mpsc::Sender<Job>,
     online: Mutex<Online>,
+    room_members: Mutex<RoomMembers>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
     /// Participant limit of a room created with limit 0.
@@ -116,11 +130,45 @@ impl Shared {
 
     /// Pushes to every connection of `user`.
     pub(crate) fn push(&self, user: &Username, p: &Push) {
-        if let Some(v) = self.online.lock().unwrap_or_else(PoisonError::into_inner).get(user) {
-            for (_, tx) in v {
+        self.push_many(std::slice::from_ref(user), None, p);
+    }
+
+    /// Pushes to every connection of each of `users` but `except`, under one lock.
+    pub(crate) fn push_many(&self, users: &[Username], except: Option<&Username>, p: &Push) {
+        let online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        for user in users.iter().filter(|u| Some(*u) != except) {
+            for (_, tx) in online.get(user).into_iter().flatten() {
                 let _ = tx.send(p.clone());
             }
         }
+    }
+
+    /// The members of `room`, from the cache or else the database.
+    pub(crate) async fn room_members(&self, room: RoomId) -> Result<Arc<[Username]>, StoreError> {
+        let generation = {
+            let cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(m) = cache.rooms.get(&room) {
+                return Ok(m.clone());
+            }
+            cache.generation
+        };
+        use pqc_store::server::ServerStore;
+        let members: Arc<[Username]> = self.db(move |st| st.room_members(&room)).await?.into();
+        let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.generation == generation {
+            if cache.rooms.len() >= MAX_CACHED_ROOMS {
+                cache.rooms.clear();
+            }
+            cache.rooms.insert(room, members.clone());
+        }
+        Ok(members)
+    }
+
+    /// Forgets the cached members of `room`: call after its membership changed.
+    pub(crate) fn room_membership_changed(&self, room: &RoomId) {
+        let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.rooms.remove(room);
     }
 }
 
@@ -208,6 +256,7 @@ impl Server {
         let shared = Arc::new(Shared {
             jobs,
             online: Mutex::new(HashMap::new()),
+            room_members: Mutex::new(RoomMembers::default()),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,

@@ -35,12 +35,25 @@ pub struct AttachmentMeta {
     pub complete: bool,
 }
 
+/// What the directory tells about a user: its identity key and its current
+/// signed prekeys blob (empty if none was uploaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    /// `HybridVerifyingKey` bytes.
+    pub identity_key: Vec<u8>,
+    /// The signed prekeys blob.
+    pub signed_prekeys: Vec<u8>,
+}
+
 /// Storage used by the relay server. Every method is one transaction.
 pub trait ServerStore: Send {
     /// Creates an account.
     fn create_account(&mut self, user: &Username, identity_key: &[u8]) -> Result<(), StoreError>;
     /// An account's identity key.
     fn identity_key(&mut self, user: &Username) -> Result<Option<Vec<u8>>, StoreError>;
+    /// An account's directory entry: identity key and current signed prekeys
+    /// blob (empty if none was uploaded). Consumes nothing.
+    fn directory_entry(&mut self, user: &Username) -> Result<Option<DirectoryEntry>, StoreError>;
     /// Replaces the signed prekey blob and adds (or replaces by id) one-time prekeys.
     fn upload_prekeys(
         &mut self,
@@ -127,7 +140,7 @@ pub trait ServerStore: Send {
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -200,10 +213,42 @@ CREATE TABLE room_log (
 );
 ";
 
+/// Pruning a room log after an acknowledgement needs the lowest cursor of
+/// the room's members: an index makes that one lookup instead of a scan of
+/// every member on every acknowledgement.
+const MIGRATION_3: &str = "
+CREATE INDEX room_members_by_cursor ON room_members(room_id, cursor);
+";
+
 /// SQLite implementation of [`ServerStore`].
 #[derive(Debug)]
 pub struct SqliteServerStore {
     conn: Connection,
+}
+
+/// Statements through rusqlite's per-connection cache: each SQL text is
+/// compiled once and reused, which the hot paths (enqueue, fetch, ack, room
+/// append and ack) run thousands of times a second.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
 }
 
 fn user(s: String) -> Result<Username, StoreError> {
@@ -246,6 +291,7 @@ impl SqliteServerStore {
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit (an envelope before its Ack) is fsynced.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -272,6 +318,12 @@ impl SqliteServerStore {
             tx.pragma_update(None, "user_version", 2)?;
             tx.commit()?;
         }
+        if v < 3 {
+            let tx = self.conn.savepoint()?;
+            tx.execute_batch(MIGRATION_3)?;
+            tx.pragma_update(None, "user_version", 3)?;
+            tx.commit()?;
+        }
         Ok(())
     }
 
@@ -282,7 +334,7 @@ impl SqliteServerStore {
 
     fn counts(conn: &Connection, user: &Username) -> Result<PrekeyCounts, StoreError> {
         let c = |kind: i64| -> Result<u32, StoreError> {
-            let n: i64 = conn.query_row(
+            let n: i64 = conn.row(
                 "SELECT COUNT(*) FROM one_time_prekeys WHERE username = ?1 AND kind = ?2",
                 params![user.as_str(), kind],
                 |r| r.get(0),
@@ -295,11 +347,9 @@ impl SqliteServerStore {
     /// `(max_participants, epoch, next_seq)` of a room.
     fn room_row(conn: &Connection, room: &RoomId) -> Result<Option<(u32, u64, u64)>, StoreError> {
         let row: Option<(i64, i64, i64)> = conn
-            .query_row(
-                "SELECT max_participants, epoch, next_seq FROM rooms WHERE room_id = ?1",
-                params![&room.0[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .row("SELECT max_participants, epoch, next_seq FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         Ok(row.map(|(m, e, n)| {
             (u32::try_from(m).unwrap_or(u32::MAX), u64::try_from(e).unwrap_or(0), u64::try_from(n).unwrap_or(1))
@@ -308,7 +358,7 @@ impl SqliteServerStore {
 
     fn is_member(conn: &Connection, room: &RoomId, user: &Username) -> Result<bool, StoreError> {
         Ok(conn
-            .query_row(
+            .row(
                 "SELECT 1 FROM room_members WHERE room_id = ?1 AND username = ?2",
                 params![&room.0[..], user.as_str()],
                 |_| Ok(()),
@@ -327,17 +377,17 @@ impl SqliteServerStore {
         payload: &[u8],
         group_info: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        conn.execute(
+        conn.exec(
             "INSERT INTO room_log (room_id, seq, sender, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![&room.0[..], i64_of(seq)?, sender.as_str(), kind.to_u8(), payload],
         )?;
         let bump = i64::from(kind == RoomMessageKind::Commit);
-        conn.execute(
+        conn.exec(
             "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + ?2 WHERE room_id = ?1",
             params![&room.0[..], bump],
         )?;
         if let Some(gi) = group_info {
-            conn.execute("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
+            conn.exec("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
         Ok(())
     }
@@ -345,22 +395,18 @@ impl SqliteServerStore {
     /// Deletes the entries every member has read.
     fn room_prune(conn: &Connection, room: &RoomId) -> Result<u32, StoreError> {
         let min: Option<i64> =
-            conn.query_row("SELECT MIN(cursor) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| {
-                r.get(0)
-            })?;
+            conn.row("SELECT MIN(cursor) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
         let n = match min {
-            Some(m) => {
-                conn.execute("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room.0[..], m])?
-            }
+            Some(m) => conn.exec("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room.0[..], m])?,
             // Nobody left to read it.
-            None => conn.execute("DELETE FROM room_log WHERE room_id = ?1", params![&room.0[..]])?,
+            None => conn.exec("DELETE FROM room_log WHERE room_id = ?1", params![&room.0[..]])?,
         };
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     fn account_exists(conn: &Connection, user: &Username) -> Result<bool, StoreError> {
         Ok(conn
-            .query_row("SELECT 1 FROM accounts WHERE username = ?1", params![user.as_str()], |_| Ok(()))
+            .row("SELECT 1 FROM accounts WHERE username = ?1", params![user.as_str()], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -368,7 +414,7 @@ impl SqliteServerStore {
 
 impl ServerStore for SqliteServerStore {
     fn create_account(&mut self, user: &Username, identity_key: &[u8]) -> Result<(), StoreError> {
-        let r = self.conn.execute(
+        let r = self.conn.exec(
             "INSERT INTO accounts (username, identity_key) VALUES (?1, ?2)",
             params![user.as_str(), identity_key],
         );
@@ -384,7 +430,19 @@ impl ServerStore for SqliteServerStore {
     fn identity_key(&mut self, user: &Username) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn directory_entry(&mut self, user: &Username) -> Result<Option<DirectoryEntry>, StoreError> {
+        Ok(self
+            .conn
+            .row(
+                "SELECT a.identity_key, COALESCE(p.signed_prekeys, x'') FROM accounts a
+                 LEFT JOIN prekeys p ON p.username = a.username WHERE a.username = ?1",
+                params![user.as_str()],
+                |r| Ok(DirectoryEntry { identity_key: r.get(0)?, signed_prekeys: r.get(1)? }),
+            )
             .optional()?)
     }
 
@@ -399,13 +457,13 @@ impl ServerStore for SqliteServerStore {
         if !Self::account_exists(&tx, user)? {
             return Err(StoreError::UnknownUser);
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO prekeys (username, signed_prekeys) VALUES (?1, ?2)
              ON CONFLICT(username) DO UPDATE SET signed_prekeys = excluded.signed_prekeys",
             params![user.as_str(), signed_prekeys],
         )?;
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO one_time_prekeys (username, kind, key_id, key) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (kind, list) in [(0i64, one_time), (1i64, one_time_kem)] {
@@ -422,16 +480,16 @@ impl ServerStore for SqliteServerStore {
     fn take_prekey_bundle(&mut self, user: &Username) -> Result<Option<(PrekeyBundle, PrekeyCounts)>, StoreError> {
         let tx = self.conn.savepoint()?;
         let identity_key: Option<Vec<u8>> = tx
-            .query_row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .row("SELECT identity_key FROM accounts WHERE username = ?1", params![user.as_str()], |r| r.get(0))
             .optional()?;
         let Some(identity_key) = identity_key else { return Err(StoreError::UnknownUser) };
         let signed: Option<Vec<u8>> = tx
-            .query_row("SELECT signed_prekeys FROM prekeys WHERE username = ?1", params![user.as_str()], |r| r.get(0))
+            .row("SELECT signed_prekeys FROM prekeys WHERE username = ?1", params![user.as_str()], |r| r.get(0))
             .optional()?;
         let Some(signed_prekeys) = signed else { return Ok(None) };
         let take = |kind: i64| -> Result<Option<(PreKeyId, Vec<u8>)>, StoreError> {
             let row: Option<(u32, Vec<u8>)> = tx
-                .query_row(
+                .row(
                     "SELECT key_id, key FROM one_time_prekeys WHERE username = ?1 AND kind = ?2
                      ORDER BY key_id LIMIT 1",
                     params![user.as_str(), kind],
@@ -439,7 +497,7 @@ impl ServerStore for SqliteServerStore {
                 )
                 .optional()?;
             if let Some((id, _)) = &row {
-                tx.execute(
+                tx.exec(
                     "DELETE FROM one_time_prekeys WHERE username = ?1 AND kind = ?2 AND key_id = ?3",
                     params![user.as_str(), kind, id],
                 )?;
@@ -466,11 +524,11 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::UnknownUser);
         }
         let n: i64 =
-            tx.query_row("SELECT COUNT(*) FROM envelopes WHERE recipient = ?1", params![to.as_str()], |r| r.get(0))?;
+            tx.row("SELECT COUNT(*) FROM envelopes WHERE recipient = ?1", params![to.as_str()], |r| r.get(0))?;
         if n >= i64::from(max_mailbox) {
             return Err(StoreError::MailboxFull);
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO envelopes (recipient, sender, max_views, views_left, payload) VALUES (?1, ?2, ?3, ?3, ?4)",
             params![to.as_str(), from.as_str(), max_views, payload],
         )?;
@@ -484,7 +542,7 @@ impl ServerStore for SqliteServerStore {
         let mut out = Vec::new();
         let mut more = false;
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "SELECT id, sender, max_views, views_left, payload FROM envelopes WHERE recipient = ?1 ORDER BY id",
             )?;
             let mut rows = st.query(params![user.as_str()])?;
@@ -509,10 +567,10 @@ impl ServerStore for SqliteServerStore {
         for e in &out {
             match e.views_left {
                 Some(0) => {
-                    tx.execute("DELETE FROM envelopes WHERE id = ?1", params![i64_of(e.id.0)?])?;
+                    tx.exec("DELETE FROM envelopes WHERE id = ?1", params![i64_of(e.id.0)?])?;
                 }
                 Some(v) => {
-                    tx.execute("UPDATE envelopes SET views_left = ?2 WHERE id = ?1", params![i64_of(e.id.0)?, v])?;
+                    tx.exec("UPDATE envelopes SET views_left = ?2 WHERE id = ?1", params![i64_of(e.id.0)?, v])?;
                 }
                 None => {}
             }
@@ -525,7 +583,7 @@ impl ServerStore for SqliteServerStore {
         let tx = self.conn.savepoint()?;
         let mut n = 0u32;
         {
-            let mut st = tx.prepare("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
+            let mut st = tx.prepare_cached("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
             for id in ids {
                 n += u32::try_from(st.execute(params![i64_of(id.0)?, user.as_str()])?).unwrap_or(0);
             }
@@ -535,12 +593,12 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn queued_total(&mut self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))?;
+        let n: i64 = self.conn.row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.exec(
             "INSERT INTO attachments (id, sender, recipient, total_len, received, complete) VALUES (?1, ?2, ?3, ?4, 0, 0)",
             params![i64_of(m.id.0)?, m.from.as_str(), m.to.as_str(), i64_of(m.total_len)?],
         )?;
@@ -550,7 +608,7 @@ impl ServerStore for SqliteServerStore {
     fn attachment(&mut self, id: AttachmentId) -> Result<Option<AttachmentMeta>, StoreError> {
         let row: Option<(String, String, i64, i64, bool)> = self
             .conn
-            .query_row(
+            .row(
                 "SELECT sender, recipient, total_len, received, complete FROM attachments WHERE id = ?1",
                 params![i64_of(id.0)?],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -572,11 +630,9 @@ impl ServerStore for SqliteServerStore {
     fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
         let tx = self.conn.savepoint()?;
         let row: Option<(i64, i64, bool)> = tx
-            .query_row(
-                "SELECT total_len, received, complete FROM attachments WHERE id = ?1",
-                params![i64_of(id.0)?],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .row("SELECT total_len, received, complete FROM attachments WHERE id = ?1", params![i64_of(id.0)?], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let Some((total, received, complete)) = row else { return Err(StoreError::NotFound) };
         if complete {
@@ -592,18 +648,18 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::Invalid("chunk goes past the announced total length".into()));
         }
         if !data.is_empty() {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
                 params![i64_of(id.0)?, received, data],
             )?;
-            tx.execute("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, new])?;
+            tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, new])?;
         }
         tx.commit()?;
         Ok(u64::try_from(new).unwrap_or(0))
     }
 
     fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let n = self.conn.exec(
             "UPDATE attachments SET complete = 1 WHERE id = ?1 AND received = total_len",
             params![i64_of(id.0)?],
         )?;
@@ -616,7 +672,7 @@ impl ServerStore for SqliteServerStore {
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError> {
         let start = offset;
         let end = offset.saturating_add(u64::from(max_len));
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT offset, data FROM attachment_chunks WHERE attachment_id = ?1
              AND offset < ?3 AND offset + length(data) > ?2 ORDER BY offset",
         )?;
@@ -636,8 +692,8 @@ impl ServerStore for SqliteServerStore {
 
     fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError> {
         let tx = self.conn.savepoint()?;
-        tx.execute("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
-        let n = tx.execute("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
+        tx.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
+        let n = tx.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
         tx.commit()?;
         Ok(n > 0)
     }
@@ -647,11 +703,11 @@ impl ServerStore for SqliteServerStore {
         if Self::room_row(&tx, room)?.is_some() {
             return Err(StoreError::RoomExists);
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO rooms (room_id, owner, max_participants, group_info) VALUES (?1, ?2, ?3, ?4)",
             params![&room.0[..], owner.as_str(), max, group_info],
         )?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, 0)",
             params![&room.0[..], owner.as_str()],
         )?;
@@ -662,7 +718,7 @@ impl ServerStore for SqliteServerStore {
     fn room_info(&mut self, room: &RoomId) -> Result<(Vec<u8>, u64), StoreError> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
-            .query_row("SELECT group_info, epoch FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
+            .row("SELECT group_info, epoch FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
@@ -684,7 +740,7 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::Invalid("already a member of this room".into()));
         }
         let members: i64 =
-            tx.query_row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
+            tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
         let members = u32::try_from(members).unwrap_or(u32::MAX);
         if members >= max {
             return Err(StoreError::RoomFull { members, max });
@@ -693,7 +749,7 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::EpochConflict { current, sent: epoch });
         }
         Self::room_push(&tx, room, seq, user, RoomMessageKind::Commit, commit, Some(group_info))?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)",
             params![&room.0[..], user.as_str(), i64_of(seq)?],
         )?;
@@ -726,7 +782,8 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn room_members(&mut self, room: &RoomId) -> Result<Vec<Username>, StoreError> {
-        let mut st = self.conn.prepare("SELECT username FROM room_members WHERE room_id = ?1 ORDER BY username")?;
+        let mut st =
+            self.conn.prepare_cached("SELECT username FROM room_members WHERE room_id = ?1 ORDER BY username")?;
         let rows = st.query_map(params![&room.0[..]], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for r in rows {
@@ -737,7 +794,7 @@ impl ServerStore for SqliteServerStore {
 
     fn room_leave(&mut self, room: &RoomId, user: &Username) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
-        let n = tx.execute(
+        let n = tx.exec(
             "DELETE FROM room_members WHERE room_id = ?1 AND username = ?2",
             params![&room.0[..], user.as_str()],
         )?;
@@ -756,7 +813,7 @@ impl ServerStore for SqliteServerStore {
         max_bytes: usize,
     ) -> Result<(Vec<RoomMessage>, bool), StoreError> {
         let filter: Option<Vec<u8>> = room.map(|r| r.0.to_vec());
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT l.room_id, l.seq, l.sender, l.kind, l.payload FROM room_log l
              JOIN room_members m ON m.room_id = l.room_id AND m.username = ?1
              WHERE l.seq > m.cursor AND (?2 IS NULL OR l.room_id = ?2)
@@ -791,7 +848,7 @@ impl ServerStore for SqliteServerStore {
         if seq >= next {
             return Err(StoreError::Invalid(format!("acknowledged seq {seq} was never sent")));
         }
-        let n = tx.execute(
+        let n = tx.exec(
             "UPDATE room_members SET cursor = MAX(cursor, ?3) WHERE room_id = ?1 AND username = ?2",
             params![&room.0[..], user.as_str(), i64_of(seq)?],
         )?;
@@ -845,6 +902,22 @@ mod tests {
         s.enqueue(&u("bob"), &u("alice"), None, b"three", 10).unwrap();
         s.rollback_batch().unwrap();
         assert_eq!(s.queued_total().unwrap(), 2);
+    }
+
+    #[test]
+    fn directory_entry_has_the_current_signed_prekeys_and_consumes_nothing() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        assert_eq!(s.directory_entry(&u("carol")).unwrap(), None);
+        s.create_account(&u("carol"), b"ik").unwrap();
+        let entry =
+            |ik: &[u8], sp: &[u8]| Some(DirectoryEntry { identity_key: ik.to_vec(), signed_prekeys: sp.to_vec() });
+        assert_eq!(s.directory_entry(&u("carol")).unwrap(), entry(b"ik", b""));
+        let otk = vec![(PreKeyId(1), b"otk".to_vec())];
+        s.upload_prekeys(&u("carol"), b"signed-1", &otk, &otk).unwrap();
+        s.upload_prekeys(&u("carol"), b"signed-2", &[], &[]).unwrap();
+        assert_eq!(s.directory_entry(&u("carol")).unwrap(), entry(b"ik", b"signed-2"));
+        let (bundle, counts) = s.take_prekey_bundle(&u("carol")).unwrap().unwrap();
+        assert!(bundle.one_time.is_some() && counts.one_time == 0);
     }
 
     #[test]
@@ -931,7 +1004,7 @@ mod tests {
             s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"ct", None).unwrap();
         }
         let mut s = SqliteServerStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
     }
 

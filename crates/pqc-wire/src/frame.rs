@@ -47,7 +47,8 @@ pub enum Request {
         /// Whose bundle.
         username: Username,
     },
-    /// Fetches a user's identity key. → `Identity`.
+    /// Fetches a user's directory entry: identity key and signed prekeys blob
+    /// (which certifies the identity-DH key). Consumes nothing. → `Identity`.
     GetIdentity {
         /// Whose key.
         username: Username,
@@ -482,6 +483,8 @@ pub enum Response {
     Identity {
         /// `HybridVerifyingKey` bytes.
         identity_key: Vec<u8>,
+        /// The user's current signed prekeys blob (empty if none was uploaded).
+        signed_prekeys: Vec<u8>,
     },
     /// Answer to `Send`: the envelope is durably stored.
     Ack {
@@ -915,7 +918,7 @@ impl ServerFrame {
                         one_time: r.option(read_prekey)?,
                         one_time_kem: r.option(read_prekey)?,
                     }),
-                    T_R_IDENTITY => Response::Identity { identity_key: r.bytes()? },
+                    T_R_IDENTITY => Response::Identity { identity_key: r.bytes()?, signed_prekeys: r.bytes()? },
                     T_R_ACK => Response::Ack { id: EnvelopeId::read(&mut r)? },
                     T_R_ENVELOPES => Response::Envelopes { envelopes: r.list(16, read_envelope)?, more: r.bool()? },
                     T_R_DELETED => Response::Deleted { count: r.u32()? },
@@ -1005,7 +1008,10 @@ impl ServerFrame {
                         w.option(b.one_time.as_ref(), write_prekey);
                         w.option(b.one_time_kem.as_ref(), write_prekey);
                     }
-                    Response::Identity { identity_key } => w.bytes(identity_key),
+                    Response::Identity { identity_key, signed_prekeys } => {
+                        w.bytes(identity_key);
+                        w.bytes(signed_prekeys);
+                    }
                     Response::Ack { id } => id.write(&mut w),
                     Response::Envelopes { envelopes, more } => {
                         w.list(envelopes, write_envelope);

@@ -87,7 +87,7 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
             one_time: Some((PreKeyId(4), vec![3; 4])),
             one_time_kem: None,
         }),
-        Response::Identity { identity_key: vec![1; 3] },
+        Response::Identity { identity_key: vec![1; 3], signed_prekeys: vec![2; 5] },
         Response::Ack { id: EnvelopeId(77) },
         Response::Envelopes { envelopes: vec![env.clone(), env], more: true },
         Response::Deleted { count: 2 },

@@ -30,6 +30,11 @@ impl Device {
         Self { identity, store, signed_blob, otk_blobs, otkem_blobs }
     }
 
+    /// The identity a peer gets from the server's directory for this device.
+    pub fn peer(&self) -> PeerIdentity {
+        PeerIdentity::from_parts(&self.identity.identity_key().to_bytes(), &self.signed_blob).unwrap()
+    }
+
     /// What the server would hand out, with the `i`-th one-time blobs if asked.
     pub fn bundle(&self, one_time: Option<usize>) -> PreKeyBundle {
         let ik = self.identity.identity_key().to_bytes();
@@ -48,7 +53,7 @@ pub fn pair(seed: u8) -> (Session, Session, Device, Device, ChaCha20Rng) {
     let mut alice = Session::initiate(&alice_dev.identity, &bundle, &mut r).unwrap();
     let first = alice.encrypt(b"hello bob", &mut r).unwrap();
     let WireMessage::PreKey(pm) = WireMessage::decode(&first).unwrap() else { panic!("expected a prekey message") };
-    let (bob, pt) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm).unwrap();
+    let (bob, pt) = Session::accept(&bob_dev.identity, &mut bob_dev.store, &pm, &alice_dev.peer()).unwrap();
     assert_eq!(pt, b"hello bob");
     (alice, bob, alice_dev, bob_dev, r)
 }
