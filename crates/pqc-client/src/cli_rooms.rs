@@ -51,6 +51,14 @@ pub enum RoomsCommand {
         /// The text.
         text: String,
     },
+    /// Encrypt a file once and send it to the room (with a progress bar on a
+    /// terminal); the members at this moment can download it with `recv`.
+    SendFile {
+        /// Room name.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// Tell the room your microphone is on or off.
     Audio {
         /// Room name.
@@ -106,6 +114,12 @@ pub async fn run(client: &mut Client, cmd: RoomsCommand) -> Result<()> {
             }
         }
         RoomsCommand::Send { name, text } => client.room_send_text(&name, &text).await?,
+        RoomsCommand::SendFile { name, path } => {
+            use std::io::IsTerminal;
+            let mut bar = crate::Progress::new(std::io::stderr().is_terminal());
+            client.room_send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
+            bar.finish();
+        }
         RoomsCommand::Audio { name, state } => client.room_toggle(&name, Media::Audio, state == OnOff::On).await?,
         RoomsCommand::Video { name, state } => client.room_toggle(&name, Media::Video, state == OnOff::On).await?,
     }

@@ -467,8 +467,26 @@ impl Client {
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
-        use tokio::io::AsyncReadExt;
         let to_name = Username::new(to)?;
+        let begin = |total_len| Request::AttachmentBegin { to: to_name.clone(), total_len };
+        let file = self.upload_file(&begin, path, name, progress).await?;
+        let plain_len = file.plain_len;
+        let content = Content { id: random_array(&mut SystemRng), max_views: None, body: Body::File(file) };
+        self.record_history(to, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
+        self.queue_and_flush(&to_name, &content).await
+    }
+
+    /// Encrypts the file at `path` with a fresh key in chunks and uploads it
+    /// to a new attachment (`begin(encrypted length)` is the request that
+    /// creates it); returns the reference to send end to end.
+    pub(crate) async fn upload_file(
+        &mut self,
+        begin: &dyn Fn(u64) -> Request,
+        path: &Path,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<FileRef> {
+        use tokio::io::AsyncReadExt;
         let name = name.to_string();
         let mut file = tokio::fs::File::open(path)
             .await
@@ -477,7 +495,7 @@ impl Client {
         let key: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(&mut SystemRng));
         let cipher = FileCipher::new(&key, plain_len, CHUNK)?;
         let total = cipher_len(plain_len, CHUNK);
-        let id = match call(&self.conn, Request::AttachmentBegin { to: to_name.clone(), total_len: total }).await? {
+        let id = match call(&self.conn, begin(total)).await? {
             Response::AttachmentCreated { id } => id,
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
@@ -509,21 +527,7 @@ impl Client {
             progress(done, total);
         }
         call(&self.conn, Request::AttachmentFinish { id }).await?;
-        let content = Content {
-            id: random_array(&mut SystemRng),
-            max_views: None,
-            body: Body::File(FileRef {
-                attachment: id.0,
-                cipher_len: total,
-                plain_len,
-                chunk: CHUNK,
-                key,
-                sha256: hasher.finish(),
-                name: name.clone(),
-            }),
-        };
-        self.record_history(to, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
-        self.queue_and_flush(&to_name, &content).await
+        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk: CHUNK, key, sha256: hasher.finish(), name })
     }
 
     fn record_history(&self, conv: &str, line: &str) -> Result<()> {
@@ -581,7 +585,7 @@ impl Client {
                     count += self.drain_mailbox(out_dir, on_event).await?;
                 }
                 if rooms && let Some(on_line) = on_room_line.as_deref_mut() {
-                    count += self.rooms_receive(on_line).await?;
+                    count += self.rooms_receive(out_dir, on_line).await?;
                 }
                 let Some(wait) = wait else { return Ok(()) };
                 let Some(rx) = pushes.as_mut() else { return Ok(()) };
@@ -740,7 +744,9 @@ impl Client {
         ))))
     }
 
-    async fn download(&mut self, from: &str, f: &FileRef, out_dir: &Path) -> Result<PathBuf> {
+    /// Downloads, decrypts and checks an announced file into `out_dir` (under
+    /// its sanitised name); returns where it was saved.
+    pub(crate) async fn download(&mut self, from: &str, f: &FileRef, out_dir: &Path) -> Result<PathBuf> {
         use tokio::io::AsyncWriteExt;
         tokio::fs::create_dir_all(out_dir)
             .await
@@ -803,7 +809,7 @@ impl Client {
         Ok(path)
     }
 
-    async fn ack_attachment(&mut self, id: AttachmentId) -> Result<()> {
+    pub(crate) async fn ack_attachment(&mut self, id: AttachmentId) -> Result<()> {
         call(&self.conn, Request::AttachmentAck { id }).await.map(|_| ())
     }
 

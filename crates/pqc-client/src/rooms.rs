@@ -24,12 +24,14 @@
 //! [`SELF_UPDATE_AFTER_MS`] old commits one first.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use pqc_crypto::kdf::hkdf_sha256;
 use pqc_crypto::rng::{SystemRng, random_array};
 use pqc_rooms::{Event as MlsEvent, Member, Room, RoomAccessKey, RoomError};
-use pqc_wire::{ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind};
+use pqc_wire::{AttachmentId, ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind};
 
+use crate::content::{Body, Content};
 use crate::engine::{Client, call, now_ms, server_error};
 use crate::error::{ClientError, Result};
 use crate::profile::ns;
@@ -99,10 +101,14 @@ const CONTENT_VERSION: u8 = 1;
 const C_TEXT: u8 = 1;
 const C_AUDIO: u8 = 2;
 const C_VIDEO: u8 = 3;
+const C_FILE: u8 = 4;
 
 enum RoomContent {
     Text(String),
     Toggle(Media, bool),
+    /// A file announcement: an encoded [`Content`] whose body is a file
+    /// (the 1:1 codec: attachment id, key, size, hash, name).
+    File(Vec<u8>),
 }
 
 impl RoomContent {
@@ -117,6 +123,11 @@ impl RoomContent {
                 let t = if *m == Media::Audio { C_AUDIO } else { C_VIDEO };
                 vec![CONTENT_VERSION, t, u8::from(*on)]
             }
+            Self::File(c) => {
+                let mut v = vec![CONTENT_VERSION, C_FILE];
+                v.extend_from_slice(c);
+                v
+            }
         }
     }
 
@@ -127,6 +138,10 @@ impl RoomContent {
             )),
             [CONTENT_VERSION, C_AUDIO, on @ (0 | 1)] => Ok(Self::Toggle(Media::Audio, *on == 1)),
             [CONTENT_VERSION, C_VIDEO, on @ (0 | 1)] => Ok(Self::Toggle(Media::Video, *on == 1)),
+            [CONTENT_VERSION, C_FILE, rest @ ..] => match Content::decode(rest)?.body {
+                Body::File(_) => Ok(Self::File(rest.to_vec())),
+                Body::Text(_) => Err(ClientError::Malformed("room file announcement")),
+            },
             _ => Err(ClientError::Malformed("room message content (newer client?)")),
         }
     }
@@ -141,9 +156,11 @@ struct RoomLocal {
     last_update_ms: i64,
     /// Lines not yet shown by `recv`.
     unshown: Vec<String>,
+    /// Files announced in the room, not downloaded yet: `(sender, encoded Content)`.
+    files: Vec<(String, Vec<u8>)>,
 }
 
-const LOCAL_VERSION: u8 = 1;
+const LOCAL_VERSION: u8 = 2;
 
 fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -191,7 +208,8 @@ fn put_strings<'a>(v: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Str
     }
 }
 
-/// Saved record: `version | len32 room state | audio | video | sent | last | unshown`.
+/// Saved record: `version | len32 room state | audio | video | sent | last | unshown | files`
+/// (`files` since version 2: `u32 count || (sender || len32 content)*`).
 fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     let mut v = vec![LOCAL_VERSION];
     v.extend_from_slice(&u32::try_from(state.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -201,22 +219,37 @@ fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     v.extend_from_slice(&l.sent_since_update.to_be_bytes());
     v.extend_from_slice(&l.last_update_ms.to_be_bytes());
     put_strings(&mut v, l.unshown.iter());
+    v.extend_from_slice(&u32::try_from(l.files.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for (sender, content) in &l.files {
+        put_str(&mut v, sender);
+        v.extend_from_slice(&u32::try_from(content.len()).unwrap_or(u32::MAX).to_be_bytes());
+        v.extend_from_slice(content);
+    }
     v
 }
 
 fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
     let mut r = Rd(b);
-    if r.take(1)? != [LOCAL_VERSION] {
+    let version = r.take(1)?;
+    if version != [LOCAL_VERSION] && version != [1] {
         return Err(ClientError::Malformed("saved room record (unknown version; upgrade the client)"));
     }
     let room = Room::import_state(r.bytes()?)?;
-    let local = RoomLocal {
+    let mut local = RoomLocal {
         audio: r.strings()?.into_iter().collect(),
         video: r.strings()?.into_iter().collect(),
         sent_since_update: r.u32()?,
         last_update_ms: r.i64()?,
         unshown: r.strings()?,
+        files: Vec::new(),
     };
+    if version == [LOCAL_VERSION] {
+        let n = r.u32()?;
+        for _ in 0..n {
+            let sender = r.string()?;
+            local.files.push((sender, r.bytes()?.to_vec()));
+        }
+    }
     if !r.0.is_empty() {
         return Err(ClientError::Malformed("saved room record (trailing bytes)"));
     }
@@ -408,6 +441,7 @@ impl Client {
                         let state = if on { "on" } else { "off" };
                         local.unshown.push(format!("[{name}] * {} {} {state}", sender.as_str(), media.label()));
                     }
+                    Ok(RoomContent::File(c)) => local.files.push((sender.as_str().to_string(), c)),
                     Err(e) => tracing::warn!(sender = %m.sender, "room message content: {e}"),
                 },
                 MlsEvent::MemberJoined(u) => local.unshown.push(format!("[{name}] * {} joined", u.as_str())),
@@ -560,6 +594,21 @@ impl Client {
         self.room_send_content(name, RoomContent::Text(text.to_string())).await
     }
 
+    /// Encrypts the file once with a fresh key, uploads it as a room file
+    /// (readable by the current members only) and sends its key and name to
+    /// the room end to end. `progress(done, total)` follows the upload.
+    pub async fn room_send_file(&mut self, name: &str, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let id = room_id_for(name)?;
+        self.load_room_named(name)?;
+        // Sync first, so the file goes to the members as they are now.
+        self.room_sync(id).await?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+        let begin = |total_len| Request::RoomAttachmentBegin { room_id: id, total_len };
+        let file = self.upload_file(&begin, path, &file_name, progress).await?;
+        let content = Content { id: random_array(&mut SystemRng), max_views: None, body: Body::File(file) };
+        self.room_send_content(name, RoomContent::File(content.encode().to_vec())).await
+    }
+
     /// Announces this user's audio or video state to the room.
     pub async fn room_toggle(&mut self, name: &str, media: Media, on: bool) -> Result<()> {
         self.room_send_content(name, RoomContent::Toggle(media, on)).await
@@ -617,8 +666,10 @@ impl Client {
     }
 
     /// Syncs every room and hands the lines to show (`[NAME] SENDER: TEXT`,
-    /// `[NAME] * SENDER joined`…) to `on_line`, in room order. Returns how many.
-    pub async fn rooms_receive(&mut self, on_line: &mut dyn FnMut(String)) -> Result<usize> {
+    /// `[NAME] * SENDER joined`…) to `on_line`, in room order; files sent to
+    /// a room are downloaded into `out_dir` (`[NAME] file from SENDER: PATH`).
+    /// Returns how many lines.
+    pub async fn rooms_receive(&mut self, out_dir: &Path, on_line: &mut dyn FnMut(String)) -> Result<usize> {
         let mut n = 0;
         let records = self.profile().list_sealed(ns::ROOM)?;
         for (_, rec) in records {
@@ -631,7 +682,7 @@ impl Client {
                     continue;
                 }
             };
-            if local.unshown.is_empty() {
+            if local.unshown.is_empty() && local.files.is_empty() {
                 continue;
             }
             let lines = std::mem::take(&mut local.unshown);
@@ -640,8 +691,33 @@ impl Client {
                 n += 1;
                 on_line(l);
             }
+            while let Some((sender, content)) = local.files.first().cloned() {
+                let line = self.receive_room_file(room.name(), &sender, &content, out_dir).await;
+                // Saved as handled before the server is told, so a crash
+                // never downloads it twice; a failed download is reported, not retried.
+                local.files.remove(0);
+                self.save_room(&id, &room, &local)?;
+                if let Ok(Body::File(f)) = Content::decode(&content).map(|c| c.body) {
+                    let _ = self.ack_attachment(AttachmentId(f.attachment)).await;
+                }
+                n += 1;
+                on_line(line);
+            }
         }
         Ok(n)
+    }
+
+    /// Downloads one room file; the line to show.
+    async fn receive_room_file(&mut self, room: &str, sender: &str, content: &[u8], out_dir: &Path) -> String {
+        let result = match Content::decode(content).map(|c| c.body) {
+            Ok(Body::File(f)) => self.download(sender, &f, out_dir).await,
+            Ok(Body::Text(_)) => Err(ClientError::Malformed("room file announcement")),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(path) => format!("[{room}] file from {sender}: {}", path.display()),
+            Err(e) => format!("[{room}] ! a file from {sender} could not be downloaded: {e}"),
+        }
     }
 }
 

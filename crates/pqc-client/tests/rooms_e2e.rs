@@ -1,6 +1,6 @@
 //! Rooms end to end with real processes: a `pqc-server` and `pqc-client`
 //! processes with separate profiles (create, join while others are offline,
-//! ordered catch-up, leave, participant limit, audio/video events).
+//! ordered catch-up, leave, participant limit, audio/video events, a file).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -79,9 +79,30 @@ fn three_users_create_join_send_leave_limit_media() {
     assert_eq!(alice.ok(&["recv"]), format!("[{room}] * dave joined\n[{room}] dave: dave arrives\n"));
     assert_eq!(bob.ok(&["recv"]), "");
 
-    // The server's data folder holds neither the room name nor any message.
+    // A file to the room, encrypted once: the members download it.
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, b"room file secret contents").unwrap();
+    alice.ok(&["rooms", "send-file", room, file.to_str().unwrap()]);
+    for u in [&carol, &dave] {
+        let out = tmp.path().join(format!("{}-downloads", u.name));
+        let got = u.ok(&["recv", "--out", out.to_str().unwrap()]);
+        let saved = out.join("notes.txt");
+        assert!(got.ends_with(&format!("[{room}] file from alice: {}\n", saved.display())), "{got}");
+        assert_eq!(std::fs::read(&saved).unwrap(), b"room file secret contents");
+    }
+    // bob, who left before it was sent, gets nothing.
+    assert_eq!(bob.ok(&["recv"]), "");
+
+    // The server's data folder holds neither the room name nor any message or file.
     server.stop();
-    for needle in [room.as_bytes(), b"hi from bob", b"carol here", b"after bob left", b"dave arrives"] {
+    for needle in [
+        room.as_bytes(),
+        b"hi from bob",
+        b"carol here",
+        b"after bob left",
+        b"dave arrives",
+        b"room file secret contents",
+    ] {
         assert_eq!(tree_contains(&data, needle), None, "plaintext {:?} on the server", String::from_utf8_lossy(needle));
     }
 }

@@ -51,11 +51,12 @@ struct Args {
     /// Room mode: members that send.
     #[arg(long, default_value_t = 1)]
     senders: usize,
-    /// Room mode: bytes of each external commit (X-Wing, 100 members: see docs/BENCHMARKS-rooms.md).
-    #[arg(long, default_value_t = 3000)]
+    /// Room mode: bytes of each external commit [default: OpenMLS X-Wing, 100 members,
+    /// as `cargo bench -p pqc-rooms --bench rooms` prints].
+    #[arg(long, default_value_t = 49_626)]
     commit_bytes: usize,
-    /// Room mode: bytes of the sealed GroupInfo stored per epoch.
-    #[arg(long, default_value_t = 4000)]
+    /// Room mode: bytes of the sealed GroupInfo stored per epoch [default: X-Wing, 100 members].
+    #[arg(long, default_value_t = 146_345)]
     group_info_bytes: usize,
 }
 

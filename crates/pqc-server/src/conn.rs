@@ -7,7 +7,7 @@ use pqc_crypto::rng::{Rng, SystemRng};
 use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
 use pqc_net::{NetError, ServerTls, write_frame};
 use pqc_store::StoreError;
-use pqc_store::server::{AttachmentMeta, ServerStore};
+use pqc_store::server::{AttachmentMeta, Audience, ServerStore};
 use pqc_wire::{
     AttachmentId, CHALLENGE_LEN, ClientFrame, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push, REGISTER_CONTEXT,
     Request, Response, RoomId, RoomMessageKind, ServerFrame, Username, WireError, login_transcript,
@@ -413,12 +413,8 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             Err(e) => store_err(e),
         },
         Request::AttachmentBegin { to, total_len } => {
-            if total_len > limits.max_attachment {
-                inc(&shared.metrics.refused_too_large);
-                return Response::error(
-                    ErrorCode::TooLarge,
-                    format!("attachment of {total_len} bytes exceeds the limit of {} bytes", limits.max_attachment),
-                );
+            if let Err(r) = check_attachment_size(shared, total_len) {
+                return r;
             }
             let t = to.clone();
             match shared.db(move |st| st.identity_key(&t)).await {
@@ -426,13 +422,18 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 Ok(None) => return Response::error(ErrorCode::UnknownUser, "no such recipient"),
                 Err(e) => return store_err(e),
             }
-            let meta =
-                AttachmentMeta { id: random_attachment_id(), from: user, to, total_len, received: 0, complete: false };
-            let id = meta.id;
-            match shared.db(move |st| st.attachment_begin(&meta)).await {
-                Ok(()) => Response::AttachmentCreated { id },
-                Err(e) => store_err(e),
+            begin_attachment(shared, user, Audience::User(to), total_len).await
+        }
+        Request::RoomAttachmentBegin { room_id, total_len } => {
+            if let Err(r) = check_attachment_size(shared, total_len) {
+                return r;
             }
+            match shared.room_members(room_id).await {
+                Ok(m) if m.contains(&user) => {}
+                Ok(_) => return store_err(StoreError::NotAMember),
+                Err(e) => return store_err(e),
+            }
+            begin_attachment(shared, user, Audience::Room(room_id), total_len).await
         }
         Request::AttachmentChunk { id, offset, data } => {
             if let Err(r) = attachment_for(shared, id, &user, Role::Sender).await {
@@ -472,10 +473,16 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             }
         }
         Request::AttachmentAck { id } => {
-            if let Err(r) = attachment_for(shared, id, &user, Role::Recipient).await {
-                return r;
-            }
-            match shared.db(move |st| st.attachment_delete(id)).await {
+            let meta = match attachment_for(shared, id, &user, Role::Recipient).await {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
+            let done = match meta.to {
+                Audience::User(_) => shared.db(move |st| st.attachment_delete(id)).await,
+                // A room file goes once its last reader is done with it.
+                Audience::Room(_) => shared.db(move |st| st.attachment_reader_done(id, &user)).await,
+            };
+            match done {
                 Ok(d) => Response::Deleted { count: u32::from(d) },
                 Err(e) => store_err(e),
             }
@@ -561,6 +568,27 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
     }
 }
 
+/// Refuses an attachment over the size limit.
+fn check_attachment_size(shared: &Shared, total_len: u64) -> Result<(), Response> {
+    if total_len > shared.limits.max_attachment {
+        inc(&shared.metrics.refused_too_large);
+        return Err(Response::error(
+            ErrorCode::TooLarge,
+            format!("attachment of {total_len} bytes exceeds the limit of {} bytes", shared.limits.max_attachment),
+        ));
+    }
+    Ok(())
+}
+
+async fn begin_attachment(shared: &Shared, from: Username, to: Audience, total_len: u64) -> Response {
+    let meta = AttachmentMeta { id: random_attachment_id(), from, to, total_len, received: 0, complete: false };
+    let id = meta.id;
+    match shared.db(move |st| st.attachment_begin(&meta)).await {
+        Ok(()) => Response::AttachmentCreated { id },
+        Err(e) => store_err(e),
+    }
+}
+
 /// Pushes `RoomMessage` to the room's connected members other than `sender`.
 async fn notify_room(shared: &Shared, room_id: RoomId, sender: &Username) {
     match shared.room_members(room_id).await {
@@ -594,10 +622,20 @@ async fn attachment_for(
         Ok(None) => return Err(Response::error(ErrorCode::NotFound, "no such attachment")),
         Err(e) => return Err(store_err(e)),
     };
+    let is_recipient = match &meta.to {
+        Audience::User(to) => to == user,
+        Audience::Room(_) => {
+            let u = user.clone();
+            match shared.db(move |st| st.attachment_is_reader(id, &u)).await {
+                Ok(r) => r,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    };
     let ok = match role {
         Role::Sender => &meta.from == user,
-        Role::Recipient => &meta.to == user,
-        Role::Either => &meta.from == user || &meta.to == user,
+        Role::Recipient => is_recipient,
+        Role::Either => &meta.from == user || is_recipient,
     };
     if ok {
         Ok(meta)
@@ -606,7 +644,7 @@ async fn attachment_for(
             ErrorCode::Forbidden,
             match role {
                 Role::Sender => "only the sender may upload this attachment",
-                _ => "only the named recipient may download this attachment",
+                _ => "only its recipient (for a room file: a member when it was sent) may download this attachment",
             },
         ))
     }

@@ -320,6 +320,43 @@ async fn attachments_resume_download_ack_and_permissions() {
 }
 
 #[tokio::test]
+async fn room_files_are_for_the_members_at_upload_and_go_after_the_last_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let (alice, bob, carol, dave) = (User::new("alice"), User::new("bob"), User::new("carol"), User::new("dave"));
+    let (ca, cb, cc, cd) =
+        (alice.register(&h).await, bob.register(&h).await, carol.register(&h).await, dave.register(&h).await);
+    let room = RoomId([5; 16]);
+    let create = Request::RoomCreate { room_id: room, max_participants: 10, group_info: vec![1; 10] };
+    assert_eq!(ca.request(create).await.unwrap(), Response::Ok);
+    for (epoch, c) in [(0, &cb), (1, &cc)] {
+        let join = Request::RoomJoin { room_id: room, epoch, commit: vec![2; 10], group_info: vec![3; 10] };
+        assert!(matches!(c.request(join).await.unwrap(), Response::RoomSent { .. }));
+    }
+    // dave is no member: no room file from him.
+    let begin = Request::RoomAttachmentBegin { room_id: room, total_len: 4 };
+    assert_eq!(code(cd.request(begin.clone()).await.unwrap()), ErrorCode::Forbidden);
+    let Response::AttachmentCreated { id } = ca.request(begin).await.unwrap() else { panic!() };
+    ca.request(Request::AttachmentChunk { id, offset: 0, data: b"blob".to_vec() }).await.unwrap();
+    assert!(matches!(ca.request(Request::AttachmentFinish { id }).await.unwrap(), Response::AttachmentStatus { .. }));
+    // dave joins after the upload: he may not read it; bob and carol may.
+    let join = Request::RoomJoin { room_id: room, epoch: 2, commit: vec![2; 10], group_info: vec![3; 10] };
+    assert!(matches!(cd.request(join).await.unwrap(), Response::RoomSent { .. }));
+    let get = Request::AttachmentGet { id, offset: 0, max_len: 100 };
+    assert_eq!(code(cd.request(get.clone()).await.unwrap()), ErrorCode::Forbidden);
+    for c in [&cb, &cc] {
+        assert!(
+            matches!(c.request(get.clone()).await.unwrap(), Response::AttachmentData { data, .. } if data == b"blob")
+        );
+    }
+    assert_eq!(cb.request(Request::AttachmentAck { id }).await.unwrap(), Response::Deleted { count: 0 });
+    assert_eq!(code(cb.request(get.clone()).await.unwrap()), ErrorCode::Forbidden, "bob is done with it");
+    assert_eq!(cc.request(Request::AttachmentAck { id }).await.unwrap(), Response::Deleted { count: 1 });
+    assert_eq!(code(cc.request(get).await.unwrap()), ErrorCode::NotFound);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_frames_close_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let h = start(dir.path(), |c| c.limits.max_frame = 64 * 1024).await;

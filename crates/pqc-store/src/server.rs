@@ -18,6 +18,15 @@ pub struct PrekeyCounts {
     pub one_time_kem: u32,
 }
 
+/// Who may download an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// One user.
+    User(Username),
+    /// The members of a room when the upload finished (its readers), but the sender.
+    Room(RoomId),
+}
+
 /// Metadata of an attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachmentMeta {
@@ -25,8 +34,8 @@ pub struct AttachmentMeta {
     pub id: AttachmentId,
     /// Uploader.
     pub from: Username,
-    /// The only user allowed to download.
-    pub to: Username,
+    /// Who may download it.
+    pub to: Audience,
     /// Announced size.
     pub total_len: u64,
     /// Bytes stored so far.
@@ -88,8 +97,14 @@ pub trait ServerStore: Send {
     fn attachment(&mut self, id: AttachmentId) -> Result<Option<AttachmentMeta>, StoreError>;
     /// Appends a chunk at `offset` (must equal the bytes received); returns the new total.
     fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError>;
-    /// Marks the upload complete (all bytes present).
+    /// Marks the upload complete (all bytes present). For a room attachment,
+    /// the room's members other than the sender become its readers.
     fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError>;
+    /// Whether `user` is a reader of the room attachment `id`.
+    fn attachment_is_reader(&mut self, id: AttachmentId, user: &Username) -> Result<bool, StoreError>;
+    /// `user` is done with the room attachment `id`; deletes the attachment
+    /// when no reader is left. Returns whether it was deleted.
+    fn attachment_reader_done(&mut self, id: AttachmentId, user: &Username) -> Result<bool, StoreError>;
     /// Reads up to `max_len` bytes at `offset`.
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError>;
     /// Deletes an attachment and its bytes.
@@ -215,9 +230,17 @@ CREATE TABLE room_log (
 
 /// Pruning a room log after an acknowledgement needs the lowest cursor of
 /// the room's members: an index makes that one lookup instead of a scan of
-/// every member on every acknowledgement.
+/// every member on every acknowledgement. Room files: an attachment may
+/// belong to a room, readable by the members it lists as readers.
 const MIGRATION_3: &str = "
 CREATE INDEX room_members_by_cursor ON room_members(room_id, cursor);
+ALTER TABLE attachments ADD COLUMN room_id BLOB;
+CREATE TABLE attachment_readers (
+    attachment_id INTEGER NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
+    username TEXT NOT NULL,
+    PRIMARY KEY (attachment_id, username)
+);
+CREATE INDEX attachment_readers_by_user ON attachment_readers(username);
 ";
 
 /// SQLite implementation of [`ServerStore`].
@@ -390,6 +413,16 @@ impl SqliteServerStore {
             conn.exec("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
         Ok(())
+    }
+
+    /// Deletes a finished room attachment that has no reader left.
+    fn prune_room_attachment(conn: &Connection, id: AttachmentId) -> Result<bool, StoreError> {
+        let n = conn.exec(
+            "DELETE FROM attachments WHERE id = ?1 AND room_id IS NOT NULL AND complete = 1
+             AND NOT EXISTS (SELECT 1 FROM attachment_readers WHERE attachment_id = ?1)",
+            params![i64_of(id.0)?],
+        )?;
+        Ok(n > 0)
     }
 
     /// Deletes the entries every member has read.
@@ -598,27 +631,37 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
+        // A room attachment has no single recipient: the column holds "".
+        let (recipient, room): (&str, Option<&[u8]>) = match &m.to {
+            Audience::User(u) => (u.as_str(), None),
+            Audience::Room(r) => ("", Some(&r.0[..])),
+        };
         self.conn.exec(
-            "INSERT INTO attachments (id, sender, recipient, total_len, received, complete) VALUES (?1, ?2, ?3, ?4, 0, 0)",
-            params![i64_of(m.id.0)?, m.from.as_str(), m.to.as_str(), i64_of(m.total_len)?],
+            "INSERT INTO attachments (id, sender, recipient, room_id, total_len, received, complete)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+            params![i64_of(m.id.0)?, m.from.as_str(), recipient, room, i64_of(m.total_len)?],
         )?;
         Ok(())
     }
 
     fn attachment(&mut self, id: AttachmentId) -> Result<Option<AttachmentMeta>, StoreError> {
-        let row: Option<(String, String, i64, i64, bool)> = self
+        type Row = (String, String, Option<Vec<u8>>, i64, i64, bool);
+        let row: Option<Row> = self
             .conn
             .row(
-                "SELECT sender, recipient, total_len, received, complete FROM attachments WHERE id = ?1",
+                "SELECT sender, recipient, room_id, total_len, received, complete FROM attachments WHERE id = ?1",
                 params![i64_of(id.0)?],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
-        row.map(|(from, to, total, received, complete)| {
+        row.map(|(from, to, room, total, received, complete)| {
             Ok(AttachmentMeta {
                 id,
                 from: user_of(from)?,
-                to: user_of(to)?,
+                to: match room {
+                    Some(r) => Audience::Room(room_id_of(r)?),
+                    None => Audience::User(user_of(to)?),
+                },
                 total_len: u64::try_from(total).unwrap_or(0),
                 received: u64::try_from(received).unwrap_or(0),
                 complete,
@@ -659,14 +702,48 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError> {
-        let n = self.conn.exec(
-            "UPDATE attachments SET complete = 1 WHERE id = ?1 AND received = total_len",
+        let tx = self.conn.savepoint()?;
+        let n = tx.exec(
+            "UPDATE attachments SET complete = 1 WHERE id = ?1 AND received = total_len AND complete = 0",
             params![i64_of(id.0)?],
         )?;
         if n == 0 {
-            return Err(StoreError::Invalid("attachment not fully uploaded".into()));
+            return Err(StoreError::Invalid("attachment not fully uploaded, or already finished".into()));
         }
+        tx.exec(
+            "INSERT INTO attachment_readers (attachment_id, username)
+             SELECT a.id, m.username FROM attachments a JOIN room_members m ON m.room_id = a.room_id
+             WHERE a.id = ?1 AND m.username != a.sender",
+            params![i64_of(id.0)?],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    fn attachment_is_reader(&mut self, id: AttachmentId, user: &Username) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .row(
+                "SELECT 1 FROM attachment_readers WHERE attachment_id = ?1 AND username = ?2",
+                params![i64_of(id.0)?, user.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn attachment_reader_done(&mut self, id: AttachmentId, user: &Username) -> Result<bool, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let n = tx.exec(
+            "DELETE FROM attachment_readers WHERE attachment_id = ?1 AND username = ?2",
+            params![i64_of(id.0)?, user.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let deleted = Self::prune_room_attachment(&tx, id)?;
+        tx.commit()?;
+        Ok(deleted)
     }
 
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError> {
@@ -802,6 +879,17 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::NotAMember);
         }
         Self::room_prune(&tx, room)?;
+        // The leaver no longer reads the room's files; drop those nobody else reads.
+        tx.exec(
+            "DELETE FROM attachment_readers WHERE username = ?2
+             AND attachment_id IN (SELECT id FROM attachments WHERE room_id = ?1)",
+            params![&room.0[..], user.as_str()],
+        )?;
+        tx.exec(
+            "DELETE FROM attachments WHERE room_id = ?1 AND complete = 1
+             AND NOT EXISTS (SELECT 1 FROM attachment_readers r WHERE r.attachment_id = attachments.id)",
+            params![&room.0[..]],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -921,6 +1009,34 @@ mod tests {
     }
 
     #[test]
+    fn room_attachments_are_read_by_the_members_at_finish_and_deleted_after_the_last() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        let r = RoomId([9; 16]);
+        s.room_create(&r, &u("alice"), 10, b"gi").unwrap();
+        s.room_join(&r, &u("bob"), 0, b"c1", b"gi1").unwrap();
+        s.room_join(&r, &u("carol"), 1, b"c2", b"gi2").unwrap();
+        let id = AttachmentId(77);
+        let m =
+            AttachmentMeta { id, from: u("alice"), to: Audience::Room(r), total_len: 3, received: 0, complete: false };
+        s.attachment_begin(&m).unwrap();
+        assert_eq!(s.attachment(id).unwrap().unwrap().to, Audience::Room(r));
+        s.attachment_append(id, 0, b"abc").unwrap();
+        s.attachment_finish(id).unwrap();
+        // dave joins after the upload: not a reader.
+        s.room_join(&r, &u("dave"), 2, b"c3", b"gi3").unwrap();
+        assert!(s.attachment_is_reader(id, &u("bob")).unwrap());
+        assert!(!s.attachment_is_reader(id, &u("alice")).unwrap(), "the sender is no reader");
+        assert!(!s.attachment_is_reader(id, &u("dave")).unwrap());
+        assert!(!s.attachment_reader_done(id, &u("bob")).unwrap());
+        assert!(matches!(s.attachment_reader_done(id, &u("bob")), Err(StoreError::NotFound)));
+        assert_eq!(s.attachment_read(id, 0, 10).unwrap(), b"abc");
+        // carol leaves instead of downloading: the last reader is gone, so is the file.
+        s.room_leave(&r, &u("carol")).unwrap();
+        assert_eq!(s.attachment(id).unwrap(), None);
+        assert!(s.attachment_read(id, 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
     fn envelopes_views_and_ack() {
         let mut s = SqliteServerStore::open_in_memory().unwrap();
         s.create_account(&u("bob"), b"k").unwrap();
@@ -1012,7 +1128,14 @@ mod tests {
     fn attachments_in_chunks() {
         let mut s = SqliteServerStore::open_in_memory().unwrap();
         let id = AttachmentId(42);
-        let m = AttachmentMeta { id, from: u("a"), to: u("b"), total_len: 10, received: 0, complete: false };
+        let m = AttachmentMeta {
+            id,
+            from: u("a"),
+            to: Audience::User(u("b")),
+            total_len: 10,
+            received: 0,
+            complete: false,
+        };
         s.attachment_begin(&m).unwrap();
         assert_eq!(s.attachment_append(id, 0, b"0123").unwrap(), 4);
         assert!(s.attachment_append(id, 0, b"0123").is_err());

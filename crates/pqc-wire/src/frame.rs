@@ -174,6 +174,16 @@ pub enum Request {
         /// Last sequence number processed.
         seq: u64,
     },
+    /// Starts uploading an encrypted file for a room (members only); then
+    /// `AttachmentChunk` / `AttachmentFinish` as for a 1:1 file. Every member
+    /// at the time of `AttachmentFinish` but the sender may download it; it is
+    /// deleted once each has sent `AttachmentAck` (or left). → `AttachmentCreated`.
+    RoomAttachmentBegin {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// Encrypted size in bytes.
+        total_len: u64,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -219,6 +229,9 @@ impl fmt::Debug for Request {
             Self::RoomLeave { room_id } => write!(f, "RoomLeave({room_id})"),
             Self::RoomFetch { room_id } => write!(f, "RoomFetch({room_id:?})"),
             Self::RoomAck { room_id, seq } => write!(f, "RoomAck({room_id}, {seq})"),
+            Self::RoomAttachmentBegin { room_id, total_len } => {
+                write!(f, "RoomAttachmentBegin({room_id}, {total_len} bytes)")
+            }
         }
     }
 }
@@ -666,6 +679,7 @@ const T_ROOM_SEND: u8 = 0x13;
 const T_ROOM_LEAVE: u8 = 0x14;
 const T_ROOM_FETCH: u8 = 0x15;
 const T_ROOM_ACK: u8 = 0x16;
+const T_ROOM_ATT_BEGIN: u8 = 0x17;
 
 const T_HELLO: u8 = 0x40;
 
@@ -770,6 +784,7 @@ impl ClientFrame {
             T_ROOM_LEAVE => Request::RoomLeave { room_id: RoomId::read(&mut r)? },
             T_ROOM_FETCH => Request::RoomFetch { room_id: r.option(RoomId::read)? },
             T_ROOM_ACK => Request::RoomAck { room_id: RoomId::read(&mut r)?, seq: r.u64()? },
+            T_ROOM_ATT_BEGIN => Request::RoomAttachmentBegin { room_id: RoomId::read(&mut r)?, total_len: r.u64()? },
             other => return Err(WireError::UnknownType(other)),
         };
         r.finish()?;
@@ -801,6 +816,7 @@ impl ClientFrame {
             Request::RoomLeave { .. } => T_ROOM_LEAVE,
             Request::RoomFetch { .. } => T_ROOM_FETCH,
             Request::RoomAck { .. } => T_ROOM_ACK,
+            Request::RoomAttachmentBegin { .. } => T_ROOM_ATT_BEGIN,
         };
         let mut w = start(t);
         self.id.write(&mut w);
@@ -867,6 +883,10 @@ impl ClientFrame {
             Request::RoomAck { room_id, seq } => {
                 room_id.write(&mut w);
                 w.u64(*seq);
+            }
+            Request::RoomAttachmentBegin { room_id, total_len } => {
+                room_id.write(&mut w);
+                w.u64(*total_len);
             }
         }
         w.into_inner()

@@ -49,6 +49,7 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
         Request::RoomCreate { room_id: RoomId([1; 16]), max_participants: 3, group_info: vec![7; 40] },
         Request::RoomJoin { room_id: RoomId([1; 16]), epoch: 2, commit: vec![8; 30], group_info: vec![9; 20] },
         Request::RoomGetInfo { room_id: RoomId([1; 16]) },
+        Request::RoomAttachmentBegin { room_id: RoomId([3; 16]), total_len: 1 << 20 },
         Request::RoomSend {
             room_id: RoomId([1; 16]),
             epoch: 3,

@@ -161,7 +161,7 @@ pub enum Command {
 pub const HELP: &[(&str, &str)] = &[
     ("TEXT", "send to the selected conversation"),
     ("/msg NAME TEXT", "send to NAME (opens the conversation)"),
-    ("/file PATH", "send a file to the selected contact"),
+    ("/file PATH", "send a file to the selected contact or room"),
     ("/views N TEXT", "message that can be viewed N times"),
     ("/verify", "show the safety number of the contact"),
     ("/verified", "mark the contact verified (after comparing)"),
@@ -252,6 +252,13 @@ pub enum Action {
     SendFile {
         /// Recipient.
         to: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Send a file to a room (encrypted once, key shared through the group).
+    RoomSendFile {
+        /// Room name.
+        room: String,
         /// The file.
         path: PathBuf,
     },
@@ -614,12 +621,16 @@ impl App {
                 Some(actions)
             }
             Command::File(path) => {
-                let to = self.selected_contact("no file was sent")?;
+                let room = self.selected_room();
+                let to = if room.is_some() { String::new() } else { self.selected_contact("no file was sent")? };
                 if self.transfer.is_some() {
                     self.note(None, LineKind::Error, "a file is being sent already; wait for it to finish".into());
                     return None;
                 }
-                Some(vec![Action::SendFile { to, path }])
+                Some(vec![match room {
+                    Some(room) => Action::RoomSendFile { room, path },
+                    None => Action::SendFile { to, path },
+                }])
             }
             Command::Verify => {
                 let peer = self.selected_contact("nothing to verify")?;

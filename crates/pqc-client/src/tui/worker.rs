@@ -44,11 +44,11 @@ pub async fn run(
     };
     send(Update::Ready { contacts: contacts(&client, &send), rooms: rooms(&client, &send) });
     fetch(&mut client, &out_dir, &send).await;
-    room_fetch(&mut client, &send).await;
+    room_fetch(&mut client, &out_dir, &send).await;
     loop {
         tokio::select! {
             a = actions.recv() => match a {
-                Some(a) => act(&mut client, a, &send).await,
+                Some(a) => act(&mut client, a, &out_dir, &send).await,
                 None => break,
             },
             p = next_push(&mut pushes) => match p {
@@ -72,7 +72,7 @@ pub async fn run(
                         fetch(&mut client, &out_dir, &send).await;
                     }
                     if rooms {
-                        room_fetch(&mut client, &send).await;
+                        room_fetch(&mut client, &out_dir, &send).await;
                     }
                 }
                 None => {
@@ -135,9 +135,9 @@ pub fn split_room_line(line: &str) -> Option<(&str, &str)> {
 }
 
 /// Syncs every room and sends its new lines to the room conversations.
-async fn room_fetch(client: &mut Client, send: &dyn Fn(Update)) {
+async fn room_fetch(client: &mut Client, out_dir: &Path, send: &dyn Fn(Update)) {
     let result = client
-        .rooms_receive(&mut |line| match split_room_line(&line) {
+        .rooms_receive(out_dir, &mut |line| match split_room_line(&line) {
             Some((room, text)) => {
                 let kind = if text.starts_with("! ") { LineKind::Error } else { LineKind::Incoming };
                 send(Update::RoomLine { room: room.to_string(), kind, text: text.to_string() });
@@ -178,7 +178,7 @@ fn expand_home(path: PathBuf) -> PathBuf {
     }
 }
 
-async fn act(client: &mut Client, action: Action, send: &dyn Fn(Update)) {
+async fn act(client: &mut Client, action: Action, out_dir: &Path, send: &dyn Fn(Update)) {
     match action {
         Action::Send { to, text, views } => match client.send_text(&to, &text, views).await {
             Ok(_) => {
@@ -241,6 +241,26 @@ async fn act(client: &mut Client, action: Action, send: &dyn Fn(Update)) {
             Ok(_) => {}
             Err(e) => report(client, Some(peer), "cannot read limited-view messages", &e, send),
         },
+        Action::RoomSendFile { room, path } => {
+            let path = expand_home(path);
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let progress_name = name.clone();
+            let result = client
+                .room_send_file(&room, &path, &mut |done, total| {
+                    send(Update::Progress { name: progress_name.clone(), done, total });
+                })
+                .await;
+            send(Update::TransferDone);
+            match result {
+                Ok(()) => {
+                    let text = format!("{} sent file {name} ({size} bytes)", client.username());
+                    send(Update::RoomLine { room, kind: LineKind::Outgoing, text });
+                }
+                Err(e) => room_error(client, &room, "file not sent", &e, send),
+            }
+            room_fetch(client, out_dir, send).await;
+        }
         Action::RoomSend { room, text } => {
             match client.room_send_text(&room, &text).await {
                 Ok(()) => {
@@ -250,11 +270,11 @@ async fn act(client: &mut Client, action: Action, send: &dyn Fn(Update)) {
                 Err(e) => room_error(client, &room, "not sent", &e, send),
             }
             // The sync before sending may have picked up lines from others.
-            room_fetch(client, send).await;
+            room_fetch(client, out_dir, send).await;
         }
         Action::Room(cmd) => {
             room(client, cmd, send).await;
-            room_fetch(client, send).await;
+            room_fetch(client, out_dir, send).await;
         }
     }
 }
