@@ -120,6 +120,17 @@ impl Incoming {
         Self { id, bytes: vec![0; kind.total_len()], have: 0 }
     }
 
+    /// Adds `c` to the object being reassembled in `slot` (a newer id starts
+    /// over, an older one is ignored); returns the object once complete.
+    fn reassemble(slot: &mut Option<Self>, c: &PqChunk) -> Option<Self> {
+        let assembly = match &mut *slot {
+            Some(a) if a.id == c.id => a,
+            Some(a) if a.id > c.id => return None,
+            empty => empty.insert(Self::new(c.id, c.kind)),
+        };
+        if assembly.add(c) { slot.take() } else { None }
+    }
+
     /// Stores a chunk; returns whether the object is complete.
     fn add(&mut self, c: &PqChunk) -> bool {
         let index = usize::from(c.index);
@@ -578,18 +589,10 @@ impl Session {
         if c.id <= self.peer_kem_max {
             return;
         }
-        let assembly = match &mut self.pk_in {
-            Some(a) if a.id == c.id => a,
-            Some(a) if a.id > c.id => return,
-            slot => slot.insert(Incoming::new(c.id, ChunkKind::PublicKey)),
-        };
-        if !assembly.add(c) {
-            return;
-        }
-        let done = self.pk_in.take();
+        let Some(done) = Incoming::reassemble(&mut self.pk_in, c) else { return };
         self.peer_kem_max = c.id;
         // A key that does not parse came from a broken peer (it authenticated): skip it.
-        if let Some(pk) = done.and_then(|a| MlKemPublicKey::from_bytes(RATCHET_KEM_LEVEL, &a.bytes).ok()) {
+        if let Ok(pk) = MlKemPublicKey::from_bytes(RATCHET_KEM_LEVEL, &done.bytes) {
             self.peer_kem = Some((c.id, pk));
         }
     }
@@ -602,21 +605,15 @@ impl Session {
         if c.id <= self.mixed_max || !self.own_kem.iter().any(|(id, _)| *id == c.id) {
             return;
         }
-        let assembly = match &mut self.ct_in {
-            Some(a) if a.id == c.id => a,
-            Some(a) if a.id > c.id => return,
-            slot => slot.insert(Incoming::new(c.id, ChunkKind::Ciphertext)),
-        };
-        if !assembly.add(c) {
-            return;
-        }
-        let done = self.ct_in.take();
+        let Some(done) = Incoming::reassemble(&mut self.ct_in, c) else { return };
         self.mixed_max = c.id;
-        let ss = done.and_then(|a| {
-            let ct = MlKemCiphertext::from_bytes(RATCHET_KEM_LEVEL, &a.bytes).ok()?;
-            let sk = self.own_kem.iter().find(|(id, _)| *id == c.id).map(|(_, sk)| sk)?;
-            sk.decapsulate(&ct).ok()
-        });
+        let ct = MlKemCiphertext::from_bytes(RATCHET_KEM_LEVEL, &done.bytes).ok();
+        let sk = self.own_kem.iter().find(|(id, _)| *id == c.id).map(|(_, sk)| sk);
+        // A ciphertext that does not parse or decapsulate came from a broken peer: skip it.
+        let ss = match (ct, sk) {
+            (Some(ct), Some(sk)) => sk.decapsulate(&ct).ok(),
+            _ => None,
+        };
         self.own_kem.retain(|(id, _)| *id > c.id);
         if let Some(ss) = ss {
             self.pending_mix = Some((c.id, Key32(*ss)));

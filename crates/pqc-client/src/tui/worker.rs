@@ -188,15 +188,8 @@ async fn act(client: &mut Client, action: Action, out_dir: &Path, send: &dyn Fn(
             Err(e) => report(client, Some(to), "not sent", &e, send),
         },
         Action::SendFile { to, path } => {
-            let path = expand_home(path);
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let progress_name = name.clone();
-            let result = client
-                .send_file(&to, &path, &mut |done, total| {
-                    send(Update::Progress { name: progress_name.clone(), done, total });
-                })
-                .await;
+            let (path, name, size) = file_to_send(path);
+            let result = client.send_file(&to, &path, &mut progress_to(&name, send)).await;
             send(Update::TransferDone);
             match result {
                 Ok(_) => {
@@ -242,15 +235,8 @@ async fn act(client: &mut Client, action: Action, out_dir: &Path, send: &dyn Fn(
             Err(e) => report(client, Some(peer), "cannot read limited-view messages", &e, send),
         },
         Action::RoomSendFile { room, path } => {
-            let path = expand_home(path);
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let progress_name = name.clone();
-            let result = client
-                .room_send_file(&room, &path, &mut |done, total| {
-                    send(Update::Progress { name: progress_name.clone(), done, total });
-                })
-                .await;
+            let (path, name, size) = file_to_send(path);
+            let result = client.room_send_file(&room, &path, &mut progress_to(&name, send)).await;
             send(Update::TransferDone);
             match result {
                 Ok(()) => {
@@ -277,6 +263,19 @@ async fn act(client: &mut Client, action: Action, out_dir: &Path, send: &dyn Fn(
             room_fetch(client, out_dir, send).await;
         }
     }
+}
+
+/// The file's full path, its name and its size (0 if unreadable: sending reports why).
+fn file_to_send(path: PathBuf) -> (PathBuf, String, u64) {
+    let path = expand_home(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    (path, name, size)
+}
+
+/// A progress callback that updates the status bar for `name`.
+fn progress_to<'a>(name: &'a str, send: &'a dyn Fn(Update)) -> impl FnMut(u64, u64) + 'a {
+    move |done, total| send(Update::Progress { name: name.to_string(), done, total })
 }
 
 fn room_error(client: &Client, room: &str, what: &str, e: &ClientError, send: &dyn Fn(Update)) {
