@@ -176,6 +176,8 @@ pub fn fuzz_decode(bytes: &[u8]) {
         let again = Content::decode(&c.encode());
         debug_assert!(again.is_ok());
     }
+    // The same bytes as a room message's content (text, audio/video, file).
+    crate::rooms::fuzz_room_content(bytes);
 }
 
 /// Makes a sender-chosen file name safe to create inside the output folder:
