@@ -153,23 +153,8 @@ struct Skipped {
     mk: Key32,
 }
 
-/// An established (or half-established) 1:1 session with one peer device.
-/// No `Debug`, no `Clone`: save it with [`Session::pickle`].
-pub struct Session {
-    /// Transcript hash of the handshake, bound into every message's AEAD.
-    ad: [u8; 32],
-    /// SHA-256 of the prekey message prefix that created this session.
-    handshake_id: [u8; 32],
-    remote: IdentityKey,
-    root: Key32,
-    dhs: X25519KeyPair,
-    dhr: Option<X25519PublicKey>,
-    send: Option<Chain>,
-    /// Id of our ratchet key whose KEM secret the current sending chain mixed in.
-    send_mixed: Option<u32>,
-    pn: u32,
-    recv: Option<Chain>,
-    pending_prekey: Option<Vec<u8>>,
+/// State of the sparse post-quantum ratchet (see the module docs).
+struct PqRatchet {
     /// Our ratchet keys' secrets, oldest first, until answered.
     own_kem: VecDeque<(u32, MlKemSecretKey)>,
     next_kem_id: u32,
@@ -193,6 +178,46 @@ pub struct Session {
     mixed_max: u32,
     /// Root steps that mixed in a post-quantum secret, both directions.
     pq_steps: u64,
+}
+
+impl PqRatchet {
+    fn new() -> Self {
+        Self {
+            own_kem: VecDeque::new(),
+            next_kem_id: 1,
+            kem_out: None,
+            pk_in: None,
+            peer_kem: None,
+            peer_kem_max: 0,
+            ct_out: None,
+            encapsulated: VecDeque::new(),
+            ct_in: None,
+            pending_mix: None,
+            mixed_max: 0,
+            pq_steps: 0,
+        }
+    }
+}
+
+/// An established (or half-established) 1:1 session with one peer device.
+/// No `Debug`, no `Clone`: save it with [`Session::pickle`].
+pub struct Session {
+    /// Transcript hash of the handshake, bound into every message's AEAD.
+    ad: [u8; 32],
+    /// SHA-256 of the prekey message prefix that created this session.
+    handshake_id: [u8; 32],
+    remote: IdentityKey,
+    root: Key32,
+    dhs: X25519KeyPair,
+    dhr: Option<X25519PublicKey>,
+    send: Option<Chain>,
+    /// Id of our ratchet key whose KEM secret the current sending chain mixed in.
+    send_mixed: Option<u32>,
+    pn: u32,
+    recv: Option<Chain>,
+    pending_prekey: Option<Vec<u8>>,
+    /// The sparse post-quantum ratchet.
+    pq: PqRatchet,
     skipped: VecDeque<Skipped>,
     retired: VecDeque<[u8; 32]>,
     /// Every root step's inputs, for the post-compromise test's attacker model.
@@ -334,18 +359,7 @@ impl Session {
             pn: 0,
             recv: None,
             pending_prekey: Some(prefix),
-            own_kem: VecDeque::new(),
-            next_kem_id: 1,
-            kem_out: None,
-            pk_in: None,
-            peer_kem: None,
-            peer_kem_max: 0,
-            ct_out: None,
-            encapsulated: VecDeque::new(),
-            ct_in: None,
-            pending_mix: None,
-            mixed_max: 0,
-            pq_steps: 0,
+            pq: PqRatchet::new(),
             skipped: VecDeque::new(),
             retired: VecDeque::new(),
             #[cfg(test)]
@@ -430,18 +444,7 @@ impl Session {
             pn: 0,
             recv: None,
             pending_prekey: None,
-            own_kem: VecDeque::new(),
-            next_kem_id: 1,
-            kem_out: None,
-            pk_in: None,
-            peer_kem: None,
-            peer_kem_max: 0,
-            ct_out: None,
-            encapsulated: VecDeque::new(),
-            ct_in: None,
-            pending_mix: None,
-            mixed_max: 0,
-            pq_steps: 0,
+            pq: PqRatchet::new(),
             skipped: VecDeque::new(),
             retired: VecDeque::new(),
             #[cfg(test)]
@@ -472,7 +475,7 @@ impl Session {
     /// (ML-KEM-768) secret so far, both directions counted: each one heals
     /// the session against an attacker who had copied its state before.
     pub fn pq_ratchet_steps(&self) -> u64 {
-        self.pq_steps
+        self.pq.pq_steps
     }
 
     /// A 32-byte value both sides of this session share (the handshake
@@ -485,12 +488,12 @@ impl Session {
         let dhr = self.dhr.ok_or(ProtoError::malformed("session", "no peer ratchet key yet"))?;
         let next = X25519KeyPair::generate(rng)?;
         let dh = next.secret.diffie_hellman(&dhr)?;
-        let (root, ck) = kdf_rk(&self.root, &dh, self.pending_mix.as_ref().map(|(_, ss)| &ss.0))?;
+        let (root, ck) = kdf_rk(&self.root, &dh, self.pq.pending_mix.as_ref().map(|(_, ss)| &ss.0))?;
         #[cfg(test)]
         self.root_log
-            .push(tests::RootStep { dh: *dh, kem: self.pending_mix.as_ref().map(|(id, ss)| (*id, ss.0, true)) });
-        self.send_mixed = self.pending_mix.take().map(|(id, _)| id);
-        self.pq_steps += u64::from(self.send_mixed.is_some());
+            .push(tests::RootStep { dh: *dh, kem: self.pq.pending_mix.as_ref().map(|(id, ss)| (*id, ss.0, true)) });
+        self.send_mixed = self.pq.pending_mix.take().map(|(id, _)| id);
+        self.pq.pq_steps += u64::from(self.send_mixed.is_some());
         self.root = root;
         self.dhs = next;
         self.send = Some(Chain { ck, n: 0 });
@@ -502,30 +505,30 @@ impl Session {
     /// secret in, else a piece of our newest ratchet key (a fresh key once
     /// the peer has answered the previous one).
     fn next_pq_chunk<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<Option<PqChunk>> {
-        if self.ct_out.is_none()
-            && let Some((id, pk)) = self.peer_kem.take()
+        if self.pq.ct_out.is_none()
+            && let Some((id, pk)) = self.pq.peer_kem.take()
         {
             let (ct, ss) = pk.encapsulate(rng)?;
-            self.encapsulated.push_back((id, Key32(*ss)));
-            while self.encapsulated.len() > MAX_ENCAPSULATED {
-                self.encapsulated.pop_front();
+            self.pq.encapsulated.push_back((id, Key32(*ss)));
+            while self.pq.encapsulated.len() > MAX_ENCAPSULATED {
+                self.pq.encapsulated.pop_front();
             }
-            self.ct_out = Some(Outgoing { id, bytes: ct.as_bytes().to_vec(), next: 0 });
+            self.pq.ct_out = Some(Outgoing { id, bytes: ct.as_bytes().to_vec(), next: 0 });
         }
-        if let Some(out) = &mut self.ct_out {
+        if let Some(out) = &mut self.pq.ct_out {
             return Ok(out.next_chunk(ChunkKind::Ciphertext));
         }
-        if self.kem_out.is_none() {
+        if self.pq.kem_out.is_none() {
             let (sk, pk) = MlKemSecretKey::generate(RATCHET_KEM_LEVEL, rng)?;
-            let id = self.next_kem_id;
-            self.next_kem_id = id.checked_add(1).ok_or(ProtoError::CounterExhausted)?;
-            self.own_kem.push_back((id, sk));
-            while self.own_kem.len() > MAX_OWN_KEM_KEYS {
-                self.own_kem.pop_front();
+            let id = self.pq.next_kem_id;
+            self.pq.next_kem_id = id.checked_add(1).ok_or(ProtoError::CounterExhausted)?;
+            self.pq.own_kem.push_back((id, sk));
+            while self.pq.own_kem.len() > MAX_OWN_KEM_KEYS {
+                self.pq.own_kem.pop_front();
             }
-            self.kem_out = Some(Outgoing { id, bytes: pk.as_bytes().to_vec(), next: 0 });
+            self.pq.kem_out = Some(Outgoing { id, bytes: pk.as_bytes().to_vec(), next: 0 });
         }
-        Ok(self.kem_out.as_mut().and_then(|o| o.next_chunk(ChunkKind::PublicKey)))
+        Ok(self.pq.kem_out.as_mut().and_then(|o| o.next_chunk(ChunkKind::PublicKey)))
     }
 
     /// Encrypts `plaintext` into wire bytes (a prekey message while
@@ -586,37 +589,37 @@ impl Session {
     }
 
     fn receive_key_chunk(&mut self, c: &PqChunk) {
-        if c.id <= self.peer_kem_max {
+        if c.id <= self.pq.peer_kem_max {
             return;
         }
-        let Some(done) = Incoming::reassemble(&mut self.pk_in, c) else { return };
-        self.peer_kem_max = c.id;
+        let Some(done) = Incoming::reassemble(&mut self.pq.pk_in, c) else { return };
+        self.pq.peer_kem_max = c.id;
         // A key that does not parse came from a broken peer (it authenticated): skip it.
         if let Ok(pk) = MlKemPublicKey::from_bytes(RATCHET_KEM_LEVEL, &done.bytes) {
-            self.peer_kem = Some((c.id, pk));
+            self.pq.peer_kem = Some((c.id, pk));
         }
     }
 
     fn receive_ciphertext_chunk(&mut self, c: &PqChunk) {
         // The peer answers our key: it has all of it, the next message may carry a fresh one.
-        if self.kem_out.as_ref().is_some_and(|o| o.id <= c.id) {
-            self.kem_out = None;
+        if self.pq.kem_out.as_ref().is_some_and(|o| o.id <= c.id) {
+            self.pq.kem_out = None;
         }
-        if c.id <= self.mixed_max || !self.own_kem.iter().any(|(id, _)| *id == c.id) {
+        if c.id <= self.pq.mixed_max || !self.pq.own_kem.iter().any(|(id, _)| *id == c.id) {
             return;
         }
-        let Some(done) = Incoming::reassemble(&mut self.ct_in, c) else { return };
-        self.mixed_max = c.id;
+        let Some(done) = Incoming::reassemble(&mut self.pq.ct_in, c) else { return };
+        self.pq.mixed_max = c.id;
         let ct = MlKemCiphertext::from_bytes(RATCHET_KEM_LEVEL, &done.bytes).ok();
-        let sk = self.own_kem.iter().find(|(id, _)| *id == c.id).map(|(_, sk)| sk);
+        let sk = self.pq.own_kem.iter().find(|(id, _)| *id == c.id).map(|(_, sk)| sk);
         // A ciphertext that does not parse or decapsulate came from a broken peer: skip it.
         let ss = match (ct, sk) {
             (Some(ct), Some(sk)) => sk.decapsulate(&ct).ok(),
             _ => None,
         };
-        self.own_kem.retain(|(id, _)| *id > c.id);
+        self.pq.own_kem.retain(|(id, _)| *id > c.id);
         if let Some(ss) = ss {
-            self.pending_mix = Some((c.id, Key32(*ss)));
+            self.pq.pending_mix = Some((c.id, Key32(*ss)));
         }
     }
 
@@ -690,6 +693,7 @@ impl Session {
         let kem_ss = match h.mixed {
             Some(id) => {
                 let ss = self
+                    .pq
                     .encapsulated
                     .iter()
                     .find(|(k, _)| *k == id)
@@ -721,7 +725,7 @@ impl Session {
         }
         #[cfg(test)]
         self.root_log.push(tests::RootStep { dh: *dh_out, kem: kem_ss.as_ref().map(|(id, ss)| (*id, ss.0, false)) });
-        self.pq_steps += u64::from(kem_ss.is_some());
+        self.pq.pq_steps += u64::from(kem_ss.is_some());
         self.root = root;
         self.recv = Some(Chain { ck: next, n: next_n });
         if let Some(c) = self.send.take() {
@@ -729,9 +733,9 @@ impl Session {
         }
         if let Some((id, _)) = kem_ss {
             // The peer has this secret: stop streaming its ciphertext, forget it.
-            self.encapsulated.retain(|(k, _)| *k > id);
-            if self.ct_out.as_ref().is_some_and(|o| o.id <= id) {
-                self.ct_out = None;
+            self.pq.encapsulated.retain(|(k, _)| *k > id);
+            if self.pq.ct_out.as_ref().is_some_and(|o| o.id <= id) {
+                self.pq.ct_out = None;
             }
         }
         self.push_skipped(skipped);
@@ -781,32 +785,32 @@ impl Session {
         if let Some(p) = &self.pending_prekey {
             put_vec32(&mut o, p)?;
         }
-        put_u32(&mut o, self.next_kem_id);
-        put_len(&mut o, self.own_kem.len())?;
-        for (id, sk) in &self.own_kem {
+        put_u32(&mut o, self.pq.next_kem_id);
+        put_len(&mut o, self.pq.own_kem.len())?;
+        for (id, sk) in &self.pq.own_kem {
             put_u32(&mut o, *id);
             o.extend_from_slice(sk.as_bytes());
         }
-        put_opt(&mut o, self.kem_out.as_ref(), put_outgoing);
-        put_opt(&mut o, self.pk_in.as_ref(), put_incoming);
-        put_opt(&mut o, self.peer_kem.as_ref(), |o, (id, pk)| {
+        put_opt(&mut o, self.pq.kem_out.as_ref(), put_outgoing);
+        put_opt(&mut o, self.pq.pk_in.as_ref(), put_incoming);
+        put_opt(&mut o, self.pq.peer_kem.as_ref(), |o, (id, pk)| {
             put_u32(o, *id);
             o.extend_from_slice(pk.as_bytes());
         });
-        put_u32(&mut o, self.peer_kem_max);
-        put_opt(&mut o, self.ct_out.as_ref(), put_outgoing);
-        put_len(&mut o, self.encapsulated.len())?;
-        for (id, ss) in &self.encapsulated {
+        put_u32(&mut o, self.pq.peer_kem_max);
+        put_opt(&mut o, self.pq.ct_out.as_ref(), put_outgoing);
+        put_len(&mut o, self.pq.encapsulated.len())?;
+        for (id, ss) in &self.pq.encapsulated {
             put_u32(&mut o, *id);
             o.extend_from_slice(&ss.0);
         }
-        put_opt(&mut o, self.ct_in.as_ref(), put_incoming);
-        put_opt(&mut o, self.pending_mix.as_ref(), |o, (id, ss)| {
+        put_opt(&mut o, self.pq.ct_in.as_ref(), put_incoming);
+        put_opt(&mut o, self.pq.pending_mix.as_ref(), |o, (id, ss)| {
             put_u32(o, *id);
             o.extend_from_slice(&ss.0);
         });
-        put_u32(&mut o, self.mixed_max);
-        o.extend_from_slice(&self.pq_steps.to_be_bytes());
+        put_u32(&mut o, self.pq.mixed_max);
+        o.extend_from_slice(&self.pq.pq_steps.to_be_bytes());
         put_len(&mut o, self.skipped.len())?;
         for s in &self.skipped {
             o.extend_from_slice(&s.dh);
@@ -887,18 +891,20 @@ impl Session {
             pn,
             recv,
             pending_prekey,
-            own_kem,
-            next_kem_id,
-            kem_out,
-            pk_in,
-            peer_kem,
-            peer_kem_max,
-            ct_out,
-            encapsulated,
-            ct_in,
-            pending_mix,
-            mixed_max,
-            pq_steps,
+            pq: PqRatchet {
+                own_kem,
+                next_kem_id,
+                kem_out,
+                pk_in,
+                peer_kem,
+                peer_kem_max,
+                ct_out,
+                encapsulated,
+                ct_in,
+                pending_mix,
+                mixed_max,
+                pq_steps,
+            },
             skipped,
             retired,
             #[cfg(test)]
@@ -1028,9 +1034,9 @@ mod tests {
     /// Alice's keys whose secret was in the copy, or from an encapsulation
     /// Alice had made before the copy. Returns whether its root equals Alice's.
     fn attacker_follows(stolen: &Session, alice: &Session, from_step: usize) -> bool {
-        let known_own: Vec<u32> = stolen.own_kem.iter().map(|(id, _)| *id).collect();
-        let known_enc: Vec<u32> = stolen.encapsulated.iter().map(|(id, _)| *id).collect();
-        let pending = stolen.pending_mix.as_ref().map(|(id, _)| *id);
+        let known_own: Vec<u32> = stolen.pq.own_kem.iter().map(|(id, _)| *id).collect();
+        let known_enc: Vec<u32> = stolen.pq.encapsulated.iter().map(|(id, _)| *id).collect();
+        let pending = stolen.pq.pending_mix.as_ref().map(|(id, _)| *id);
         let mut root = stolen.root.clone();
         for step in &alice.root_log[from_step..] {
             let kem = match step.kem {
