@@ -142,11 +142,7 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
     );
     println!("throughput: {:.0} messages relayed/s", r.throughput());
     println!("delivery latency (send → decrypted): {}", r.latency.summary_ms());
-    let total_errors: u64 = r.errors.values().sum();
-    println!("errors: {total_errors}");
-    for (k, v) in &r.errors {
-        println!("  {k}: {v}");
-    }
+    let total_errors = print_errors(&r.errors);
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
         "RESULT mode=chat clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} errors={total_errors}",
@@ -199,11 +195,7 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
     println!("throughput: {:.0} messages/s to {} members", r.messages_per_s(), cfg.members - 1);
     println!("delivery latency (send -> fetched): {}", r.latency.summary_ms());
     println!("server CPU per message (to all members): {} us", us(r.cpu_per_message_us()));
-    let total_errors: u64 = r.errors.values().sum();
-    println!("errors: {total_errors}");
-    for (k, v) in &r.errors {
-        println!("  {k}: {v}");
-    }
+    let total_errors = print_errors(&r.errors);
     println!(
         "RESULT mode=room members={} sent={} deliveries={} msgs_per_s={:.0} p50_ms={} p99_ms={} cpu_per_msg_us={} cpu_per_join_us={} last_join_ms={:.3} errors={total_errors}",
         cfg.members,
@@ -217,4 +209,14 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
         r.last_join.as_secs_f64() * 1e3,
     );
     Ok(if r.deliveries == r.expected_deliveries && !r.timed_out { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints the failures by kind; returns their total.
+fn print_errors(errors: &std::collections::BTreeMap<String, u64>) -> u64 {
+    let total: u64 = errors.values().sum();
+    println!("errors: {total}");
+    for (k, v) in errors {
+        println!("  {k}: {v}");
+    }
+    total
 }
