@@ -34,6 +34,16 @@ pub enum RoomsCommand {
         /// Room name.
         name: String,
     },
+    /// Add USER to a room yourself (MLS commit + Welcome): works while USER
+    /// is offline, without telling them the room name; they see
+    /// `[NAME] * YOU added you` on their next `recv`. USER's key must be the
+    /// one you verified (`pqc-client verify USER`).
+    Invite {
+        /// Room name.
+        name: String,
+        /// Who to add.
+        user: String,
+    },
     /// Leave a room; messages sent after that are unreadable to you.
     Leave {
         /// Room name.
@@ -103,6 +113,10 @@ pub async fn run(client: &mut Client, cmd: RoomsCommand) -> Result<()> {
         RoomsCommand::Join { name } => {
             client.room_join(&name).await?;
             println!("joined room {name}");
+        }
+        RoomsCommand::Invite { name, user } => {
+            client.room_invite(&name, &user).await?;
+            println!("added {user} to room {name}");
         }
         RoomsCommand::Leave { name } => {
             client.room_leave(&name).await?;

@@ -8,6 +8,7 @@
 //!                               || plaintext length (u64) || chunk size (u32)
 //!                               || file key (32) || SHA-256 of the plaintext (32)
 //!                               || name length (u16) || name (UTF-8)
+//! room invitation (type 0x03): body = MLS Welcome (rest of the message)
 //! ```
 //!
 //! The sender puts `max_views` inside the encrypted content as well as on the
@@ -22,6 +23,7 @@ use crate::error::{ClientError, Result};
 const VERSION: u8 = 1;
 const TYPE_TEXT: u8 = 0x01;
 const TYPE_FILE: u8 = 0x02;
+const TYPE_ROOM_WELCOME: u8 = 0x03;
 
 /// A file announcement: where the encrypted bytes are and how to open them.
 #[derive(Clone, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub enum Body {
     Text(String),
     /// A file.
     File(FileRef),
+    /// An invitation to a room: the MLS Welcome (`rooms invite`).
+    RoomWelcome(Vec<u8>),
 }
 
 /// Content plus its view limit.
@@ -75,12 +79,14 @@ impl Content {
         let ty = match self.body {
             Body::Text(_) => TYPE_TEXT,
             Body::File(_) => TYPE_FILE,
+            Body::RoomWelcome(_) => TYPE_ROOM_WELCOME,
         };
         out.extend_from_slice(&[VERSION, ty]);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.max_views.unwrap_or(0).to_be_bytes());
         match &self.body {
             Body::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Body::RoomWelcome(w) => out.extend_from_slice(w),
             Body::File(f) => {
                 out.extend_from_slice(&f.attachment.to_be_bytes());
                 out.extend_from_slice(&f.cipher_len.to_be_bytes());
@@ -131,6 +137,7 @@ impl Content {
                 }
                 Body::File(FileRef { attachment, cipher_len, plain_len, chunk, key, sha256, name })
             }
+            TYPE_ROOM_WELCOME => Body::RoomWelcome(r.rest().to_vec()),
             _ => return Err(ClientError::Malformed("message content (unknown type)")),
         };
         Ok(Self { id, max_views, body })

@@ -197,6 +197,7 @@ impl Client {
         let mut client = Self { profile, conn, me, identity, pushes: None };
         client.pushes = client.conn.take_pushes();
         client.ensure_prekeys(None).await?;
+        client.publish_key_packages().await?;
         Ok(client)
     }
 
@@ -213,6 +214,9 @@ impl Client {
         client.pushes = client.conn.take_pushes();
         if client.profile.meta("signed_prekeys_blob")?.is_none() {
             client.ensure_prekeys(None).await?;
+        }
+        if client.profile.meta("key_packages_published")?.is_none() {
+            client.publish_key_packages().await?;
         }
         if client.outbox_len()? > 0 {
             match client.flush_outbox().await {
@@ -368,18 +372,28 @@ impl Client {
     /// the next command (`send`, `recv`, ...) retries it with the same message
     /// id, so the recipient never sees it twice.
     async fn queue_and_flush(&mut self, to: &Username, content: &Content) -> Result<()> {
+        self.queue(to, content)?;
+        match self.flush_outbox().await {
+            Ok(_) => Ok(()),
+            Err(e @ ClientError::NotSent { .. }) => Err(e),
+            Err(e) => Err(ClientError::Queued(Box::new(e))),
+        }
+    }
+
+    /// Queues `content` for `to` in the outbox (durably), without sending.
+    pub(crate) fn queue(&self, to: &Username, content: &Content) -> Result<()> {
         let seq = self.next_outbox_seq()?;
         let mut rec = Vec::new();
         let to_bytes = to.as_str().as_bytes();
         rec.push(u8::try_from(to_bytes.len()).map_err(|_| ClientError::Malformed("user name"))?);
         rec.extend_from_slice(to_bytes);
         rec.extend_from_slice(&content.encode());
-        self.profile.put_sealed(ns::OUTBOX, &format!("{seq:020}"), &rec)?;
-        match self.flush_outbox().await {
-            Ok(_) => Ok(()),
-            Err(e @ ClientError::NotSent { .. }) => Err(e),
-            Err(e) => Err(ClientError::Queued(Box::new(e))),
-        }
+        self.profile.put_sealed(ns::OUTBOX, &format!("{seq:020}"), &rec)
+    }
+
+    /// The identity's signing key (binds the MLS signature key of rooms).
+    pub(crate) fn identity_signing_key(&self) -> &pqc_crypto::sign::HybridSigningKey {
+        self.identity.signing_key()
     }
 
     fn next_outbox_seq(&self) -> Result<u64> {
@@ -598,6 +612,7 @@ impl Client {
                         Ok(Some(Push::LowPrekeys { remaining, remaining_kem })) => {
                             self.ensure_prekeys(Some((remaining, remaining_kem))).await?;
                         }
+                        Ok(Some(Push::LowKeyPackages { .. })) => self.publish_key_packages().await?,
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => return Ok(()),
                     }
@@ -693,6 +708,30 @@ impl Client {
                     Ok(p.db().mark_seen(env.id.0, now)?)
                 })?;
                 Event::Text { from, text: text.clone(), views: content.max_views.map(|n| (1, n)) }
+            }
+            Body::RoomWelcome(w) => {
+                // Joined and saved with the session and the "seen" mark in one
+                // transaction; the line "[ROOM] * FROM added you" is shown with the room's lines.
+                match self.open_room_welcome(&from, w) {
+                    Ok((id, record, member)) => self.profile.atomically(|p| {
+                        p.save_sessions(&from, &sessions)?;
+                        p.put_sealed(ns::ROOM_MEMBER, "self", &member)?;
+                        p.put_sealed(ns::ROOM, &id.to_hex(), &record)?;
+                        p.db().put(ns::DELIVERED, &msg_key, &[])?;
+                        Ok(p.db().mark_seen(env.id.0, now)?)
+                    })?,
+                    Err(e) => {
+                        self.profile.atomically(|p| {
+                            p.save_sessions(&from, &sessions)?;
+                            p.db().put(ns::DELIVERED, &msg_key, &[])?;
+                            Ok(p.db().mark_seen(env.id.0, now)?)
+                        })?;
+                        return Ok(Some(Event::Warning(format!(
+                            "an invitation to a room from {from} was refused: {e}"
+                        ))));
+                    }
+                }
+                return Ok(None);
             }
             Body::File(f) => {
                 // The file is fetched first; only once it is saved are the

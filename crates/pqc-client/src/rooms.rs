@@ -29,7 +29,7 @@ use std::path::Path;
 use pqc_crypto::kdf::hkdf_sha256;
 use pqc_crypto::rng::{SystemRng, random_array};
 use pqc_rooms::{Event as MlsEvent, Member, Room, RoomAccessKey, RoomError};
-use pqc_wire::{AttachmentId, ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind};
+use pqc_wire::{AttachmentId, ErrorCode, Request, Response, RoomId, RoomMessage, RoomMessageKind, Username};
 
 use crate::content::{Body, Content};
 use crate::engine::{Client, call, now_ms, server_error};
@@ -44,6 +44,9 @@ pub const ROOM_ACCESS_LABEL: &[u8] = b"pqc-chat/room-access/v1";
 pub const SELF_UPDATE_EVERY: u32 = 50;
 /// …or when its last self-update is older than this (24 h).
 pub const SELF_UPDATE_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// Key packages published per batch (again when the relay says fewer than
+/// its threshold are left).
+pub const KEY_PACKAGE_BATCH: usize = 20;
 /// How often an operation resyncs and retries after an epoch conflict.
 const MAX_ATTEMPTS: usize = 5;
 
@@ -140,7 +143,7 @@ impl RoomContent {
             [CONTENT_VERSION, C_VIDEO, on @ (0 | 1)] => Ok(Self::Toggle(Media::Video, *on == 1)),
             [CONTENT_VERSION, C_FILE, rest @ ..] => match Content::decode(rest)?.body {
                 Body::File(_) => Ok(Self::File(rest.to_vec())),
-                Body::Text(_) => Err(ClientError::Malformed("room file announcement")),
+                Body::Text(_) | Body::RoomWelcome(_) => Err(ClientError::Malformed("room file announcement")),
             },
             _ => Err(ClientError::Malformed("room message content (newer client?)")),
         }
@@ -166,9 +169,13 @@ struct RoomLocal {
     unshown: Vec<String>,
     /// Files announced in the room, not downloaded yet: `(sender, encoded Content)`.
     files: Vec<(String, Vec<u8>)>,
+    /// Welcomes of accepted invitations not yet queued for the invitee:
+    /// `(invitee, Welcome)`. Saved with the state after the commit, so a
+    /// crash right after the relay accepted it still delivers the Welcome.
+    welcomes: Vec<(String, Vec<u8>)>,
 }
 
-const LOCAL_VERSION: u8 = 2;
+const LOCAL_VERSION: u8 = 3;
 
 fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -207,6 +214,19 @@ impl<'a> Rd<'a> {
         let n = self.u32()?;
         (0..n).map(|_| self.string()).collect()
     }
+    fn pairs(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+        let n = self.u32()?;
+        (0..n).map(|_| Ok((self.string()?, self.bytes()?.to_vec()))).collect()
+    }
+}
+
+fn put_pairs(v: &mut Vec<u8>, items: &[(String, Vec<u8>)]) {
+    v.extend_from_slice(&u32::try_from(items.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for (name, bytes) in items {
+        put_str(v, name);
+        v.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        v.extend_from_slice(bytes);
+    }
 }
 
 fn put_strings<'a>(v: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a String>) {
@@ -216,8 +236,9 @@ fn put_strings<'a>(v: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Str
     }
 }
 
-/// Saved record: `version | len32 room state | audio | video | sent | last | unshown | files`
-/// (`files` since version 2: `u32 count || (sender || len32 content)*`).
+/// Saved record: `version | len32 room state | audio | video | sent | last | unshown | files | welcomes`
+/// (`files` since version 2: `u32 count || (sender || len32 content)*`;
+/// `welcomes` since version 3, the same shape: `(invitee || len32 welcome)*`).
 fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     let mut v = vec![LOCAL_VERSION];
     v.extend_from_slice(&u32::try_from(state.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -227,19 +248,16 @@ fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     v.extend_from_slice(&l.sent_since_update.to_be_bytes());
     v.extend_from_slice(&l.last_update_ms.to_be_bytes());
     put_strings(&mut v, l.unshown.iter());
-    v.extend_from_slice(&u32::try_from(l.files.len()).unwrap_or(u32::MAX).to_be_bytes());
-    for (sender, content) in &l.files {
-        put_str(&mut v, sender);
-        v.extend_from_slice(&u32::try_from(content.len()).unwrap_or(u32::MAX).to_be_bytes());
-        v.extend_from_slice(content);
-    }
+    put_pairs(&mut v, &l.files);
+    put_pairs(&mut v, &l.welcomes);
     v
 }
 
 fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
     let mut r = Rd(b);
     let version = r.take(1)?;
-    if version != [LOCAL_VERSION] && version != [1] {
+    let version = version.first().copied().unwrap_or(0);
+    if !(1..=LOCAL_VERSION).contains(&version) {
         return Err(ClientError::Malformed("saved room record (unknown version; upgrade the client)"));
     }
     let room = Room::import_state(r.bytes()?)?;
@@ -250,13 +268,13 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
         last_update_ms: r.i64()?,
         unshown: r.strings()?,
         files: Vec::new(),
+        welcomes: Vec::new(),
     };
-    if version == [LOCAL_VERSION] {
-        let n = r.u32()?;
-        for _ in 0..n {
-            let sender = r.string()?;
-            local.files.push((sender, r.bytes()?.to_vec()));
-        }
+    if version >= 2 {
+        local.files = r.pairs()?;
+    }
+    if version >= 3 {
+        local.welcomes = r.pairs()?;
     }
     if !r.0.is_empty() {
         return Err(ClientError::Malformed("saved room record (trailing bytes)"));
@@ -389,13 +407,35 @@ impl Client {
         epoch: u64,
         commit: Vec<u8>,
     ) -> Result<Commit> {
-        let new_group_info = Some(room.group_info()?);
+        self.send_commit_adding(id, room, local, epoch, commit, None).await
+    }
+
+    /// [`Self::send_commit`]; with `adding`, the commit adds that user
+    /// (`RoomAdd`, so the relay routes the room to them too).
+    async fn send_commit_adding(
+        &self,
+        id: RoomId,
+        room: &Room,
+        local: &RoomLocal,
+        epoch: u64,
+        commit: Vec<u8>,
+        adding: Option<Username>,
+    ) -> Result<Commit> {
+        let group_info = room.group_info()?;
         let mut pending = u32::try_from(commit.len()).unwrap_or(u32::MAX).to_be_bytes().to_vec();
         pending.extend_from_slice(&commit);
         pending.extend_from_slice(&encode_record(&room.export_state()?, local));
         self.profile().put_sealed(ns::ROOM_PENDING, &id.to_hex(), &pending)?;
-        let req =
-            Request::RoomSend { room_id: id, epoch, kind: RoomMessageKind::Commit, payload: commit, new_group_info };
+        let req = match adding {
+            Some(member) => Request::RoomAdd { room_id: id, epoch, member, commit, group_info },
+            None => Request::RoomSend {
+                room_id: id,
+                epoch,
+                kind: RoomMessageKind::Commit,
+                payload: commit,
+                new_group_info: Some(group_info),
+            },
+        };
         let outcome = match self.conn_request(req).await? {
             Response::RoomSent { .. } => {
                 // Fault injection for the end-to-end test of this recovery.
@@ -519,6 +559,7 @@ impl Client {
                 // Adopted above, or never accepted (not in the log): either way done.
                 self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
             }
+            self.queue_welcomes(&id, &room, &mut local).await?;
             if !room.is_active() {
                 return Ok((room, local));
             }
@@ -615,6 +656,117 @@ impl Client {
         let file = self.upload_file(&begin, path, &file_name, progress).await?;
         let content = Content { id: random_array(&mut SystemRng), max_views: None, body: Body::File(file) };
         self.room_send_content(name, RoomContent::File(content.encode().to_vec())).await
+    }
+
+    /// Invites `user` to the room: takes one of their published key packages
+    /// from the relay, checks it is theirs (bound to the identity key pinned
+    /// for them, the one `verify` shows), commits the add (`RoomAdd`) and
+    /// sends them the Welcome end to end through the 1:1 channel. Works while
+    /// `user` is offline; they join on their next `recv`.
+    pub async fn room_invite(&mut self, name: &str, user: &str) -> Result<()> {
+        let id = room_id_for(name)?;
+        self.load_room_named(name)?;
+        let invitee = Username::new(user)?;
+        if user == self.username() {
+            return Err(ClientError::Usage("you are in this room already".into()));
+        }
+        let identity = pqc_proto::IdentityKey::from_bytes(&self.peer_identity(user).await?)?;
+        let uid = pqc_rooms::UserId::new(user)?;
+        let mut package = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut room, mut local) = self.room_sync(id).await?;
+            if !room.is_active() {
+                return Err(ClientError::Usage(format!("you are no longer a member of room {name:?}")));
+            }
+            if member_names(&room).contains(user) {
+                return Err(ClientError::Usage(format!("{user} is in room {name:?} already")));
+            }
+            // One key package for all attempts: an unaccepted commit used none of it.
+            let kp = match &package {
+                Some(kp) => kp,
+                None => package.insert(self.fetch_key_package(&invitee).await?),
+            };
+            let epoch = room.epoch();
+            let (commit, welcome) = match room.add_published(kp, &uid, identity.verifying_key()) {
+                Ok(x) => x,
+                Err(e @ RoomError::RoomFull { .. }) => return Err(ClientError::Server(e.to_string())),
+                Err(e) => return Err(e.into()),
+            };
+            local.welcomes.push((user.to_string(), welcome));
+            match self.send_commit_adding(id, &room, &local, epoch, commit, Some(invitee.clone())).await? {
+                Commit::Accepted => return self.queue_welcomes(&id, &room, &mut local).await,
+                Commit::Conflict => continue,
+            }
+        }
+        Err(ClientError::Server("the room keeps changing; retry".into()))
+    }
+
+    async fn fetch_key_package(&self, user: &Username) -> Result<Vec<u8>> {
+        match self.conn_request(Request::FetchKeyPackage { username: user.clone() }).await? {
+            Response::KeyPackage { package } => Ok(package),
+            Response::Error { code: ErrorCode::NotFound, .. } => Err(ClientError::Usage(format!(
+                "{user} has no key package on the server (not registered with a client that supports rooms, or \
+                 all used); ask them to run `pqc-client recv`, or share the room name so they can `rooms join` it"
+            ))),
+            other => Err(server_error(other)),
+        }
+    }
+
+    /// Queues the room's pending Welcomes in the 1:1 outbox (durably) and
+    /// forgets them; sending follows with the outbox.
+    async fn queue_welcomes(&mut self, id: &RoomId, room: &Room, local: &mut RoomLocal) -> Result<()> {
+        if local.welcomes.is_empty() {
+            return Ok(());
+        }
+        let welcomes = std::mem::take(&mut local.welcomes);
+        for (user, welcome) in &welcomes {
+            let content =
+                Content { id: random_array(&mut SystemRng), max_views: None, body: Body::RoomWelcome(welcome.clone()) };
+            self.queue(&Username::new(user)?, &content)?;
+        }
+        self.save_room(id, room, local)?;
+        match self.flush_outbox().await {
+            Ok(_) => Ok(()),
+            // Queued: the next command sends it.
+            Err(e) => Err(ClientError::Queued(Box::new(e))),
+        }
+    }
+
+    /// Joins a room from a Welcome that `from` sent end to end; returns what
+    /// to save (the room, and the member state without the used key package).
+    pub(crate) fn open_room_welcome(&self, from: &str, welcome: &[u8]) -> Result<(RoomId, Vec<u8>, Vec<u8>)> {
+        let mut member = self.mls_member()?;
+        let room = Room::join_from_welcome(&mut member, welcome)?;
+        let name = room.name().to_string();
+        let id = room_id_for(&name)?;
+        if room.id().as_bytes() != id.0 {
+            return Err(ClientError::Malformed("invitation (the room's id does not match its name)"));
+        }
+        if !member_names(&room).contains(from) {
+            return Err(ClientError::Malformed("invitation (its sender is not in the room)"));
+        }
+        if self.load_room(&id)?.is_some_and(|(r, _)| r.is_active()) {
+            return Err(ClientError::Usage(format!("an invitation to room {name:?}, where you are already")));
+        }
+        let local = RoomLocal {
+            last_update_ms: now_ms(),
+            unshown: vec![format!("[{name}] * {from} added you")],
+            ..RoomLocal::default()
+        };
+        Ok((id, encode_record(&room.export_state()?, &local), member.export_state()?))
+    }
+
+    /// Publishes a batch of MLS key packages (bound to the identity key) so
+    /// others can invite this user while they are offline.
+    pub async fn publish_key_packages(&mut self) -> Result<()> {
+        let mut member = self.mls_member()?;
+        let packages =
+            member.publishable_key_packages(KEY_PACKAGE_BATCH, self.identity_signing_key(), &mut SystemRng)?;
+        // The private halves are saved before the public ones leave.
+        self.profile().put_sealed(ns::ROOM_MEMBER, "self", &member.export_state()?)?;
+        call(self.connection(), Request::UploadKeyPackages { packages }).await?;
+        self.profile().set_meta("key_packages_published", "1")?;
+        Ok(())
     }
 
     /// Announces this user's audio or video state to the room.
@@ -719,7 +871,7 @@ impl Client {
     async fn receive_room_file(&mut self, room: &str, sender: &str, content: &[u8], out_dir: &Path) -> String {
         let result = match Content::decode(content).map(|c| c.body) {
             Ok(Body::File(f)) => self.download(sender, &f, out_dir).await,
-            Ok(Body::Text(_)) => Err(ClientError::Malformed("room file announcement")),
+            Ok(Body::Text(_) | Body::RoomWelcome(_)) => Err(ClientError::Malformed("room file announcement")),
             Err(e) => Err(e),
         };
         match result {
@@ -774,12 +926,19 @@ mod tests {
         assert!(RoomContent::decode(&[]).is_err());
         let member = Member::new("alice", [1; 32]).unwrap();
         let room = Room::create_with(&member, "r", 3, [2; 16], access_key_for("r").unwrap()).unwrap();
-        let local = RoomLocal { unshown: vec!["x".into()], last_update_ms: 5, ..RoomLocal::default() };
+        let local = RoomLocal {
+            unshown: vec!["x".into()],
+            last_update_ms: 5,
+            files: vec![("bob".into(), vec![1, 2])],
+            welcomes: vec![("carol".into(), vec![3])],
+            ..RoomLocal::default()
+        };
         let rec = encode_record(&room.export_state().unwrap(), &local);
         let (room2, local2) = decode_record(&rec).unwrap();
         assert_eq!(room2.name(), "r");
         assert_eq!(local2.unshown, vec!["x".to_string()]);
         assert_eq!(local2.last_update_ms, 5);
+        assert_eq!((local2.files, local2.welcomes), (local.files, local.welcomes));
         assert!(decode_record(&rec[..rec.len() - 1]).is_err());
     }
 }

@@ -190,3 +190,38 @@ fn recv_wait_shows_room_messages_live() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Invited join (MLS commit + Welcome): the invitee is offline and never
+/// learns the room name out of band; the Welcome reaches them through the
+/// 1:1 channel, the relay routes the room to them from the add on.
+#[test]
+fn invited_join_by_commit_and_welcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("server-data"));
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| User::new(tmp.path(), n, &server.addr()));
+    for u in [&alice, &bob, &carol, &dave] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "invite-only-5e21";
+    alice.ok(&["rooms", "create", room, "--max", "3"]);
+    // bob is offline while alice adds him and writes.
+    assert_eq!(alice.ok(&["rooms", "invite", room, "bob"]), format!("added bob to room {room}\n"));
+    alice.ok(&["rooms", "send", room, "welcome bob"]);
+    assert_eq!(bob.ok(&["recv"]), format!("[{room}] * alice added you\n[{room}] alice: welcome bob\n"));
+    assert_eq!(bob.ok(&["rooms", "members", room]), "alice\nbob\n");
+    let err = alice.fails(&["rooms", "invite", room, "bob"]);
+    assert!(err.contains("already"), "{err}");
+    // A member added by invitation invites the next one.
+    bob.ok(&["rooms", "invite", room, "carol"]);
+    bob.ok(&["rooms", "send", room, "hi carol"]);
+    assert_eq!(carol.ok(&["recv"]), format!("[{room}] * bob added you\n[{room}] bob: hi carol\n"));
+    assert_eq!(alice.ok(&["recv"]), format!("[{room}] * carol joined\n[{room}] bob: hi carol\n"));
+    // The participant limit holds for invitations too.
+    let err = carol.fails(&["rooms", "invite", room, "dave"]);
+    assert!(err.contains("full"), "{err}");
+    let err = alice.fails(&["rooms", "invite", room, "nobody-here"]);
+    assert!(err.contains("no such user") || err.contains("unknown user"), "{err}");
+    carol.ok(&["rooms", "send", room, "thanks"]);
+    assert_eq!(alice.ok(&["recv"]), format!("[{room}] carol: thanks\n"));
+    assert_eq!(dave.ok(&["recv"]), "");
+}

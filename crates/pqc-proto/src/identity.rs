@@ -143,6 +143,12 @@ impl IdentityKeyPair {
         PeerIdentity { key: self.public.clone(), dh: self.dh.public }
     }
 
+    /// The hybrid signing key, to bind other keys of this device to the
+    /// identity (the MLS signature key of rooms).
+    pub fn signing_key(&self) -> &HybridSigningKey {
+        &self.signing
+    }
+
     pub fn sign<R: CryptoRng + ?Sized>(&self, msg: &[u8], ctx: &[u8], rng: &mut R) -> Result<Vec<u8>> {
         Ok(self.signing.sign(msg, ctx, rng)?.to_bytes())
     }

@@ -175,6 +175,28 @@ impl Member {
             .collect()
     }
 
+    /// Generates `n` one-time key packages ready to publish, each carrying the
+    /// identity binding ([`Member::bind_to_identity`]) that an inviter checks
+    /// with [`crate::Room::add_published`]: `u32 len | key package | u32 len | binding`.
+    pub fn publishable_key_packages<R: CryptoRng + ?Sized>(
+        &mut self,
+        n: usize,
+        identity: &HybridSigningKey,
+        rng: &mut R,
+    ) -> Result<Vec<Vec<u8>>, RoomError> {
+        let binding = self.bind_to_identity(identity, rng)?;
+        Ok(self
+            .generate_key_packages(n)?
+            .into_iter()
+            .map(|kp| {
+                let mut w = Writer::default();
+                w.bytes(&kp);
+                w.bytes(&binding);
+                w.0
+            })
+            .collect())
+    }
+
     /// Signs this member's MLS signature key and user name with the user's
     /// hybrid identity key. The result travels with (or beside) key packages;
     /// peers check it with [`verify_identity_binding`].

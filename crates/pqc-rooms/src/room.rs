@@ -302,22 +302,58 @@ impl Room {
     /// Adds several members in one commit; the one Welcome goes to all of them.
     pub fn add_members(&mut self, key_packages: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>), RoomError> {
         self.ensure_active()?;
-        let mut kps = Vec::with_capacity(key_packages.len());
-        for bytes in key_packages {
-            let kp: KeyPackageIn = match decode(bytes)? {
-                MlsMessageBodyIn::KeyPackage(kp) => kp,
-                _ => return Err(RoomError::UnexpectedMessage { expected: "KeyPackage" }),
-            };
-            let kp =
-                kp.validate(self.provider.crypto(), ProtocolVersion::Mls10).map_err(mls_err("validate key package"))?;
-            if kp.ciphersuite() != CIPHERSUITE {
-                return Err(RoomError::UnsupportedSuite(u16::from(kp.ciphersuite())));
-            }
-            kps.push(kp);
+        let kps = key_packages.iter().map(|b| self.key_package(b)).collect::<Result<Vec<_>, _>>()?;
+        self.commit_adds(&kps)
+    }
+
+    /// Adds `user` from a key package they published with
+    /// [`Member::publishable_key_packages`]: the key package must name
+    /// `user`, and `identity` — `user`'s hybrid identity key as this client
+    /// verified it — must have bound its MLS signature key (so a relay cannot
+    /// slip in a key package of its own). Returns `(commit, welcome)`.
+    pub fn add_published(
+        &mut self,
+        published: &[u8],
+        user: &UserId,
+        identity: &pqc_crypto::sign::HybridVerifyingKey,
+    ) -> Result<(Vec<u8>, Vec<u8>), RoomError> {
+        self.ensure_active()?;
+        let mut r = Reader::new(published, "published key package");
+        let (kp_bytes, binding) = (r.bytes()?, r.bytes()?);
+        r.finish()?;
+        let kp = self.key_package(kp_bytes)?;
+        let owner = UserId::from_credential(kp.leaf_node().credential())?;
+        if &owner != user {
+            return Err(RoomError::Malformed { what: "key package", reason: format!("it names {owner}, not {user}") });
         }
+        let key: [u8; 32] = kp
+            .leaf_node()
+            .signature_key()
+            .as_slice()
+            .try_into()
+            .map_err(|_| RoomError::Malformed { what: "key package", reason: "signature key length".into() })?;
+        crate::identity::verify_identity_binding(identity, user, &key, binding)?;
+        self.commit_adds(&[kp])
+    }
+
+    /// Decodes and validates one key package of the room's suite.
+    fn key_package(&self, bytes: &[u8]) -> Result<openmls::prelude::KeyPackage, RoomError> {
+        let kp: KeyPackageIn = match decode(bytes)? {
+            MlsMessageBodyIn::KeyPackage(kp) => kp,
+            _ => return Err(RoomError::UnexpectedMessage { expected: "KeyPackage" }),
+        };
+        let kp =
+            kp.validate(self.provider.crypto(), ProtocolVersion::Mls10).map_err(mls_err("validate key package"))?;
+        if kp.ciphersuite() != CIPHERSUITE {
+            return Err(RoomError::UnsupportedSuite(u16::from(kp.ciphersuite())));
+        }
+        Ok(kp)
+    }
+
+    fn commit_adds(&mut self, kps: &[openmls::prelude::KeyPackage]) -> Result<(Vec<u8>, Vec<u8>), RoomError> {
         self.check_limit(self.group.members().count() + kps.len())?;
         let (commit, welcome, _) =
-            self.group.add_members(&self.provider, &self.signer, &kps).map_err(mls_err("add member"))?;
+            self.group.add_members(&self.provider, &self.signer, kps).map_err(mls_err("add member"))?;
         self.group.merge_pending_commit(&self.provider).map_err(mls_err("merge commit"))?;
         Ok((encode(&commit)?, encode(&welcome)?))
     }

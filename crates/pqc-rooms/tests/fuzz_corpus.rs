@@ -40,6 +40,9 @@ fn regenerate_corpus() {
     let mut alice = alice_id.create_room("seed", 4).unwrap();
     let kp = bob_id.generate_key_packages(1).unwrap().pop().unwrap();
     write("key_package", 3, &kp);
+    let identity = pqc_crypto::sign::HybridSigningKey::generate(&mut pqc_crypto::rng::SystemRng).unwrap();
+    let published = bob_id.publishable_key_packages(1, &identity, &mut pqc_crypto::rng::SystemRng).unwrap();
+    write("published_key_package", 5, &published[0]);
     let (commit, welcome) = alice.add_member(&kp).unwrap();
     write("commit_add", 0, &commit);
     write("welcome", 1, &welcome);

@@ -258,3 +258,38 @@ fn identity_binding() {
     let other = member("bob", 3);
     assert!(verify_identity_binding(vk, &user("bob"), &other.signature_public_key(), &binding).is_err());
 }
+
+#[test]
+fn invite_by_published_key_package_checks_owner_and_binding() {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    let mut rng = ChaCha20Rng::from_seed([6; 32]);
+    let bob_identity = pqc_crypto::sign::HybridSigningKey::generate(&mut rng).unwrap();
+    let relay_identity = pqc_crypto::sign::HybridSigningKey::generate(&mut rng).unwrap();
+    let alice_id = member("alice", 1);
+    let mut alice = alice_id.create_room("lobby", 10).unwrap();
+    let mut bob_id = member("bob", 2);
+    let published = bob_id.publishable_key_packages(2, &bob_identity, &mut rng).unwrap();
+    assert_eq!(published.len(), 2);
+
+    // A key package the relay made up for "bob" and bound to its own key is refused.
+    let mut fake_bob = member("bob", 9);
+    let fake = fake_bob.publishable_key_packages(1, &relay_identity, &mut rng).unwrap();
+    let bob_vk = bob_identity.verifying_key();
+    assert!(matches!(alice.add_published(&fake[0], &user("bob"), bob_vk), Err(RoomError::BadBinding)));
+    // Bob's real key package offered as somebody else's is refused.
+    assert!(alice.add_published(&published[0], &user("carol"), bob_vk).is_err());
+    // Truncated or trailing bytes are refused.
+    assert!(alice.add_published(&published[0][..10], &user("bob"), bob_vk).is_err());
+    let mut long = published[0].clone();
+    long.push(0);
+    assert!(alice.add_published(&long, &user("bob"), bob_vk).is_err());
+    assert_eq!(alice.epoch(), 0, "refused invitations change nothing");
+
+    let (_commit, welcome) = alice.add_published(&published[0], &user("bob"), bob_vk).unwrap();
+    let mut bob = Room::join_from_welcome(&mut bob_id, &welcome).unwrap();
+    assert_eq!(bob.name(), "lobby");
+    assert_eq!(bob.members(), vec![user("alice"), user("bob")]);
+    let ct = alice.encrypt(b"hi bob").unwrap();
+    assert_eq!(message_of(&bob.process(&ct).unwrap()), (user("alice"), b"hi bob".to_vec()));
+}

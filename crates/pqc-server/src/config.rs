@@ -45,8 +45,11 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Concurrent connections.
     pub max_connections: usize,
-    /// Push `LowPrekeys` to the owner when fewer one-time prekeys remain.
+    /// Push `LowPrekeys` (`LowKeyPackages`) to the owner when fewer one-time
+    /// prekeys (MLS key packages) remain.
     pub low_prekeys_threshold: u32,
+    /// MLS key packages kept per user.
+    pub max_key_packages: u32,
     /// Seconds a new connection has to finish the QUIC handshake and then
     /// register or log in; after that it is closed (slowloris defence).
     pub login_timeout_secs: u64,
@@ -83,6 +86,7 @@ impl Default for Limits {
             requests_per_second: 100,
             max_connections: 1000,
             low_prekeys_threshold: 10,
+            max_key_packages: 100,
             login_timeout_secs: 10,
             frame_timeout_secs: 30,
             max_auth_attempts: 5,

@@ -522,6 +522,45 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 Err(e) => store_err(e),
             }
         }
+        Request::RoomAdd { room_id, epoch, member, commit, group_info } => {
+            let (u, m) = (user.clone(), member.clone());
+            match shared.db(move |st| st.room_add(&room_id, &u, &m, epoch, &commit, &group_info)).await {
+                Ok(seq) => {
+                    shared.room_membership_changed(&room_id);
+                    notify_room(shared, room_id, &user).await;
+                    tracing::info!(conn_id = s.conn_id, room = %room_id, "member added to a room");
+                    Response::RoomSent { seq }
+                }
+                Err(StoreError::NotFound) => {
+                    Response::error(ErrorCode::NotFound, "no such room; check the name or create it")
+                }
+                Err(StoreError::UnknownUser) => Response::error(ErrorCode::UnknownUser, "no such user to add"),
+                Err(e) => store_err(e),
+            }
+        }
+        Request::UploadKeyPackages { packages } => {
+            let max = limits.max_key_packages;
+            match shared.db(move |st| st.upload_key_packages(&user, &packages, max)).await {
+                Ok(_) => Response::Ok,
+                Err(e) => store_err(e),
+            }
+        }
+        Request::FetchKeyPackage { username } => {
+            let u = username.clone();
+            match shared.db(move |st| st.take_key_package(&u)).await {
+                Ok(Some((package, left))) => {
+                    if left < limits.low_prekeys_threshold {
+                        shared.push(&username, &Push::LowKeyPackages { remaining: left });
+                    }
+                    Response::KeyPackage { package }
+                }
+                Ok(None) => Response::error(
+                    ErrorCode::NotFound,
+                    "this user has no key package left; they must come online (run `recv`) to publish more",
+                ),
+                Err(e) => store_err(e),
+            }
+        }
         Request::RoomSend { room_id, epoch, kind, payload, new_group_info } => {
             if kind == RoomMessageKind::Commit && new_group_info.is_none() {
                 return Response::error(ErrorCode::Invalid, "a commit must carry the new epoch's sealed GroupInfo");

@@ -101,6 +101,35 @@ async fn register_login_and_errors() {
 }
 
 #[tokio::test]
+async fn key_packages_consumed_once_and_low_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| {
+        c.limits.low_prekeys_threshold = 2;
+        c.limits.max_key_packages = 4;
+    })
+    .await;
+    let bob = User::new("bob");
+    let mut cb = bob.register(&h).await;
+    let mut bob_push = cb.take_pushes().unwrap();
+    let packages: Vec<Vec<u8>> = (1..=4u8).map(|i| vec![i; 10]).collect();
+    assert_eq!(cb.request(Request::UploadKeyPackages { packages }).await.unwrap(), Response::Ok);
+    let r = cb.request(Request::UploadKeyPackages { packages: vec![vec![5; 10]] }).await.unwrap();
+    assert!(matches!(r, Response::Error { code: ErrorCode::Invalid, .. }), "{r:?}");
+    let ca = User::new("alice").register(&h).await;
+    for i in 1..=4u8 {
+        let r = ca.request(Request::FetchKeyPackage { username: u("bob") }).await.unwrap();
+        assert_eq!(r, Response::KeyPackage { package: vec![i; 10] });
+    }
+    let r = ca.request(Request::FetchKeyPackage { username: u("bob") }).await.unwrap();
+    assert!(matches!(r, Response::Error { code: ErrorCode::NotFound, .. }), "{r:?}");
+    let r = ca.request(Request::FetchKeyPackage { username: u("nobody") }).await.unwrap();
+    assert!(matches!(r, Response::Error { code: ErrorCode::UnknownUser, .. }), "{r:?}");
+    let p = tokio::time::timeout(Duration::from_secs(5), bob_push.recv()).await.unwrap().unwrap();
+    assert_eq!(p, Push::LowKeyPackages { remaining: 1 });
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn prekeys_consumed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let h = start(dir.path(), |c| c.limits.low_prekeys_threshold = 3).await;

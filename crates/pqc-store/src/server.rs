@@ -126,6 +126,29 @@ pub trait ServerStore: Send {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<u64, StoreError>;
+    /// Invited join: as [`ServerStore::room_join`], but the commit comes from
+    /// `sender`, who must be a member (`NotAMember`), and adds `member`, who
+    /// must have an account (`UnknownUser`).
+    fn room_add(
+        &mut self,
+        room: &RoomId,
+        sender: &Username,
+        member: &Username,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Adds opaque MLS key packages for `user`; refuses (`Invalid`) to hold
+    /// more than `max_stored`. Returns how many are stored now.
+    fn upload_key_packages(
+        &mut self,
+        user: &Username,
+        packages: &[Vec<u8>],
+        max_stored: u32,
+    ) -> Result<u32, StoreError>;
+    /// Takes (deletes) the oldest key package of `user` (`UnknownUser` if no
+    /// such account); returns it and how many are left.
+    fn take_key_package(&mut self, user: &Username) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
     /// Appends an entry from a member (`NotAMember` otherwise). A commit must
     /// carry the room's current epoch (`EpochConflict`), which it advances;
     /// `group_info` replaces the stored one. Returns the sequence number.
@@ -155,7 +178,7 @@ pub trait ServerStore: Send {
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -241,6 +264,16 @@ CREATE TABLE attachment_readers (
     PRIMARY KEY (attachment_id, username)
 );
 CREATE INDEX attachment_readers_by_user ON attachment_readers(username);
+";
+
+/// MLS key packages, published like one-time prekeys (opaque blobs).
+const MIGRATION_4: &str = "
+CREATE TABLE key_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL REFERENCES accounts(username) ON DELETE CASCADE,
+    package BLOB NOT NULL
+);
+CREATE INDEX key_packages_by_user ON key_packages(username, id);
 ";
 
 /// SQLite implementation of [`ServerStore`].
@@ -347,6 +380,12 @@ impl SqliteServerStore {
             tx.pragma_update(None, "user_version", 3)?;
             tx.commit()?;
         }
+        if v < 4 {
+            let tx = self.conn.savepoint()?;
+            tx.execute_batch(MIGRATION_4)?;
+            tx.pragma_update(None, "user_version", 4)?;
+            tx.commit()?;
+        }
         Ok(())
     }
 
@@ -434,6 +473,45 @@ impl SqliteServerStore {
             // Nobody left to read it.
             None => conn.exec("DELETE FROM room_log WHERE room_id = ?1", params![&room.0[..]])?,
         };
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Adds `member` to `room` by `commit` from `sender` (checks in the
+    /// caller's transaction; see [`ServerStore::room_join`]).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        tx: &Connection,
+        room: &RoomId,
+        sender: &Username,
+        member: &Username,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<u64, StoreError> {
+        let (max, current, seq) = Self::room_row(tx, room)?.ok_or(StoreError::NotFound)?;
+        if Self::is_member(tx, room, member)? {
+            return Err(StoreError::Invalid("already a member of this room".into()));
+        }
+        let members: i64 =
+            tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
+        let members = u32::try_from(members).unwrap_or(u32::MAX);
+        if members >= max {
+            return Err(StoreError::RoomFull { members, max });
+        }
+        if epoch != current {
+            return Err(StoreError::EpochConflict { current, sent: epoch });
+        }
+        Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info))?;
+        tx.exec(
+            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)",
+            params![&room.0[..], member.as_str(), i64_of(seq)?],
+        )?;
+        Ok(seq)
+    }
+
+    fn key_package_count(conn: &Connection, user: &Username) -> Result<u32, StoreError> {
+        let n: i64 =
+            conn.row("SELECT COUNT(*) FROM key_packages WHERE username = ?1", params![user.as_str()], |r| r.get(0))?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -812,26 +890,80 @@ impl ServerStore for SqliteServerStore {
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
         let tx = self.conn.savepoint()?;
-        let (max, current, seq) = Self::room_row(&tx, room)?.ok_or(StoreError::NotFound)?;
-        if Self::is_member(&tx, room, user)? {
-            return Err(StoreError::Invalid("already a member of this room".into()));
-        }
-        let members: i64 =
-            tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
-        let members = u32::try_from(members).unwrap_or(u32::MAX);
-        if members >= max {
-            return Err(StoreError::RoomFull { members, max });
-        }
-        if epoch != current {
-            return Err(StoreError::EpochConflict { current, sent: epoch });
-        }
-        Self::room_push(&tx, room, seq, user, RoomMessageKind::Commit, commit, Some(group_info))?;
-        tx.exec(
-            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)",
-            params![&room.0[..], user.as_str(), i64_of(seq)?],
-        )?;
+        let seq = Self::admit(&tx, room, user, user, epoch, commit, group_info)?;
         tx.commit()?;
         Ok(seq)
+    }
+
+    fn room_add(
+        &mut self,
+        room: &RoomId,
+        sender: &Username,
+        member: &Username,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.savepoint()?;
+        if Self::room_row(&tx, room)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        if !Self::is_member(&tx, room, sender)? {
+            return Err(StoreError::NotAMember);
+        }
+        if !Self::account_exists(&tx, member)? {
+            return Err(StoreError::UnknownUser);
+        }
+        let seq = Self::admit(&tx, room, sender, member, epoch, commit, group_info)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn upload_key_packages(
+        &mut self,
+        user: &Username,
+        packages: &[Vec<u8>],
+        max_stored: u32,
+    ) -> Result<u32, StoreError> {
+        let tx = self.conn.savepoint()?;
+        if !Self::account_exists(&tx, user)? {
+            return Err(StoreError::UnknownUser);
+        }
+        let have = Self::key_package_count(&tx, user)?;
+        let total = u64::from(have) + packages.len() as u64;
+        if total > u64::from(max_stored) {
+            return Err(StoreError::Invalid(format!(
+                "at most {max_stored} key packages are kept per user ({have} stored, {} offered)",
+                packages.len()
+            )));
+        }
+        for p in packages {
+            if p.is_empty() {
+                return Err(StoreError::Invalid("empty key package".into()));
+            }
+            tx.exec("INSERT INTO key_packages (username, package) VALUES (?1, ?2)", params![user.as_str(), p])?;
+        }
+        tx.commit()?;
+        Ok(u32::try_from(total).unwrap_or(u32::MAX))
+    }
+
+    fn take_key_package(&mut self, user: &Username) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let tx = self.conn.savepoint()?;
+        if !Self::account_exists(&tx, user)? {
+            return Err(StoreError::UnknownUser);
+        }
+        let row: Option<(i64, Vec<u8>)> = tx
+            .row(
+                "SELECT id, package FROM key_packages WHERE username = ?1 ORDER BY id LIMIT 1",
+                params![user.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((id, package)) = row else { return Ok(None) };
+        tx.exec("DELETE FROM key_packages WHERE id = ?1", params![id])?;
+        let left = Self::key_package_count(&tx, user)?;
+        tx.commit()?;
+        Ok(Some((package, left)))
     }
 
     fn room_append(
@@ -1110,6 +1242,44 @@ mod tests {
     }
 
     #[test]
+    fn invited_join_and_key_packages() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        for n in ["alice", "bob", "carol"] {
+            s.create_account(&u(n), b"k").unwrap();
+        }
+        // Key packages: one-time, oldest first, bounded per user.
+        assert!(matches!(s.take_key_package(&u("nobody")), Err(StoreError::UnknownUser)));
+        assert_eq!(s.take_key_package(&u("bob")).unwrap(), None);
+        assert_eq!(s.upload_key_packages(&u("bob"), &[b"kp1".to_vec(), b"kp2".to_vec()], 3).unwrap(), 2);
+        assert!(matches!(
+            s.upload_key_packages(&u("bob"), &[b"a".to_vec(), b"b".to_vec()], 3),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(s.upload_key_packages(&u("bob"), &[vec![]], 3), Err(StoreError::Invalid(_))));
+        assert_eq!(s.take_key_package(&u("bob")).unwrap(), Some((b"kp1".to_vec(), 1)));
+        // Invited join: only a member adds, only an account is added, limit and epoch hold.
+        let r = RoomId([9; 16]);
+        s.room_create(&r, &u("alice"), 2, b"gi0").unwrap();
+        assert!(matches!(s.room_add(&r, &u("carol"), &u("bob"), 0, b"c", b"g"), Err(StoreError::NotAMember)));
+        assert!(matches!(s.room_add(&r, &u("alice"), &u("nobody"), 0, b"c", b"g"), Err(StoreError::UnknownUser)));
+        assert!(matches!(
+            s.room_add(&RoomId([1; 16]), &u("alice"), &u("bob"), 0, b"c", b"g"),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(s.room_add(&r, &u("alice"), &u("bob"), 1, b"c", b"g"), Err(StoreError::EpochConflict { .. })));
+        assert_eq!(s.room_add(&r, &u("alice"), &u("bob"), 0, b"add-bob", b"gi1").unwrap(), 1);
+        assert_eq!(s.room_info(&r).unwrap(), (b"gi1".to_vec(), 1));
+        assert!(matches!(s.room_add(&r, &u("alice"), &u("bob"), 1, b"c", b"g"), Err(StoreError::Invalid(_))));
+        assert!(matches!(s.room_add(&r, &u("alice"), &u("carol"), 1, b"c", b"g"), Err(StoreError::RoomFull { .. })));
+        // The commit is logged as alice's; bob reads from the entry after it.
+        let (m, _) = s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap();
+        assert_eq!(m.iter().map(|m| (m.sender.as_str(), m.seq)).collect::<Vec<_>>(), vec![("alice", 1)]);
+        assert!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.is_empty());
+        s.room_append(&r, &u("alice"), 1, RoomMessageKind::Application, b"hi", None).unwrap();
+        assert_eq!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.len(), 1);
+    }
+
+    #[test]
     fn room_tables_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.db");
@@ -1120,7 +1290,7 @@ mod tests {
             s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"ct", None).unwrap();
         }
         let mut s = SqliteServerStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
     }
 

@@ -184,6 +184,34 @@ pub enum Request {
         /// Encrypted size in bytes.
         total_len: u64,
     },
+    /// Adds MLS key packages to the caller's directory entry (opaque to the
+    /// server; each is used once). → `Ok`.
+    UploadKeyPackages {
+        /// Opaque key packages (defined by the client: key package and identity binding).
+        packages: Vec<Vec<u8>>,
+    },
+    /// Fetches and consumes one of a user's key packages. → `KeyPackage`.
+    FetchKeyPackage {
+        /// Whose key package.
+        username: Username,
+    },
+    /// Adds `member` to a room by a commit built on `epoch` (members only);
+    /// the server checks the participant limit and that `member` has an
+    /// account, appends the commit, and routes the room to `member` from the
+    /// entry after it. The Welcome travels end to end, not through this
+    /// request. → `RoomSent` (`RoomFull`, `EpochConflict`).
+    RoomAdd {
+        /// Opaque room id.
+        room_id: RoomId,
+        /// The epoch the commit was built on.
+        epoch: u64,
+        /// The new member.
+        member: Username,
+        /// The commit (opaque).
+        commit: Vec<u8>,
+        /// The sealed GroupInfo after the commit.
+        group_info: Vec<u8>,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -229,6 +257,11 @@ impl fmt::Debug for Request {
             Self::RoomLeave { room_id } => write!(f, "RoomLeave({room_id})"),
             Self::RoomFetch { room_id } => write!(f, "RoomFetch({room_id:?})"),
             Self::RoomAck { room_id, seq } => write!(f, "RoomAck({room_id}, {seq})"),
+            Self::UploadKeyPackages { packages } => write!(f, "UploadKeyPackages({})", packages.len()),
+            Self::FetchKeyPackage { username } => write!(f, "FetchKeyPackage({username})"),
+            Self::RoomAdd { room_id, epoch, member, commit, .. } => {
+                write!(f, "RoomAdd({room_id}, {member}, epoch={epoch}, {} bytes)", commit.len())
+            }
             Self::RoomAttachmentBegin { room_id, total_len } => {
                 write!(f, "RoomAttachmentBegin({room_id}, {total_len} bytes)")
             }
@@ -564,6 +597,11 @@ pub enum Response {
         /// More are pending than fit in this frame; fetch again.
         more: bool,
     },
+    /// Answer to `FetchKeyPackage`.
+    KeyPackage {
+        /// The opaque key package, as uploaded.
+        package: Vec<u8>,
+    },
 }
 
 impl Response {
@@ -594,6 +632,7 @@ impl fmt::Debug for Response {
             Self::RoomInfo { group_info, epoch } => write!(f, "RoomInfo(epoch={epoch}, {} bytes)", group_info.len()),
             Self::RoomSent { seq } => write!(f, "RoomSent({seq})"),
             Self::RoomMessages { messages, more } => write!(f, "RoomMessages({messages:?}, more={more})"),
+            Self::KeyPackage { package } => write!(f, "KeyPackage({} bytes)", package.len()),
         }
     }
 }
@@ -620,6 +659,11 @@ pub enum Push {
     RoomMessage {
         /// The room.
         room_id: RoomId,
+    },
+    /// Fewer MLS key packages are left than the server's threshold; upload more.
+    LowKeyPackages {
+        /// Key packages left.
+        remaining: u32,
     },
 }
 
@@ -680,6 +724,9 @@ const T_ROOM_LEAVE: u8 = 0x14;
 const T_ROOM_FETCH: u8 = 0x15;
 const T_ROOM_ACK: u8 = 0x16;
 const T_ROOM_ATT_BEGIN: u8 = 0x17;
+const T_UPLOAD_KEY_PACKAGES: u8 = 0x18;
+const T_FETCH_KEY_PACKAGE: u8 = 0x19;
+const T_ROOM_ADD: u8 = 0x1A;
 
 const T_HELLO: u8 = 0x40;
 
@@ -697,10 +744,12 @@ const T_R_PONG: u8 = 0x8A;
 const T_R_ROOM_INFO: u8 = 0x8B;
 const T_R_ROOM_SENT: u8 = 0x8C;
 const T_R_ROOM_MESSAGES: u8 = 0x8D;
+const T_R_KEY_PACKAGE: u8 = 0x8E;
 
 const T_P_NEW_ENVELOPE: u8 = 0xC0;
 const T_P_LOW_PREKEYS: u8 = 0xC1;
 const T_P_ROOM_MESSAGE: u8 = 0xC2;
+const T_P_LOW_KEY_PACKAGES: u8 = 0xC3;
 
 fn read_prekey(r: &mut Reader<'_>) -> Result<(PreKeyId, Vec<u8>), WireError> {
     Ok((PreKeyId::read(r)?, r.bytes()?))
@@ -785,6 +834,15 @@ impl ClientFrame {
             T_ROOM_FETCH => Request::RoomFetch { room_id: r.option(RoomId::read)? },
             T_ROOM_ACK => Request::RoomAck { room_id: RoomId::read(&mut r)?, seq: r.u64()? },
             T_ROOM_ATT_BEGIN => Request::RoomAttachmentBegin { room_id: RoomId::read(&mut r)?, total_len: r.u64()? },
+            T_UPLOAD_KEY_PACKAGES => Request::UploadKeyPackages { packages: r.list(4, Reader::bytes)? },
+            T_FETCH_KEY_PACKAGE => Request::FetchKeyPackage { username: Username::read(&mut r)? },
+            T_ROOM_ADD => Request::RoomAdd {
+                room_id: RoomId::read(&mut r)?,
+                epoch: r.u64()?,
+                member: Username::read(&mut r)?,
+                commit: r.bytes()?,
+                group_info: r.bytes()?,
+            },
             other => return Err(WireError::UnknownType(other)),
         };
         r.finish()?;
@@ -817,6 +875,9 @@ impl ClientFrame {
             Request::RoomFetch { .. } => T_ROOM_FETCH,
             Request::RoomAck { .. } => T_ROOM_ACK,
             Request::RoomAttachmentBegin { .. } => T_ROOM_ATT_BEGIN,
+            Request::UploadKeyPackages { .. } => T_UPLOAD_KEY_PACKAGES,
+            Request::FetchKeyPackage { .. } => T_FETCH_KEY_PACKAGE,
+            Request::RoomAdd { .. } => T_ROOM_ADD,
         };
         let mut w = start(t);
         self.id.write(&mut w);
@@ -835,7 +896,9 @@ impl ClientFrame {
                 w.list(one_time, write_prekey);
                 w.list(one_time_kem, write_prekey);
             }
-            Request::FetchPrekeys { username } | Request::GetIdentity { username } => username.write(&mut w),
+            Request::FetchPrekeys { username }
+            | Request::GetIdentity { username }
+            | Request::FetchKeyPackage { username } => username.write(&mut w),
             Request::Send { to, max_views, payload } => {
                 to.write(&mut w);
                 w.option(max_views.as_ref(), |w, v| w.u32(*v));
@@ -888,6 +951,14 @@ impl ClientFrame {
                 room_id.write(&mut w);
                 w.u64(*total_len);
             }
+            Request::UploadKeyPackages { packages } => w.list(packages, |w, p| w.bytes(p)),
+            Request::RoomAdd { room_id, epoch, member, commit, group_info } => {
+                room_id.write(&mut w);
+                w.u64(*epoch);
+                member.write(&mut w);
+                w.bytes(commit);
+                w.bytes(group_info);
+            }
         }
         w.into_inner()
     }
@@ -927,7 +998,8 @@ impl ServerFrame {
             }
             T_P_LOW_PREKEYS => ServerFrame::Push(Push::LowPrekeys { remaining: r.u32()?, remaining_kem: r.u32()? }),
             T_P_ROOM_MESSAGE => ServerFrame::Push(Push::RoomMessage { room_id: RoomId::read(&mut r)? }),
-            T_R_OK..=T_R_ROOM_MESSAGES => {
+            T_P_LOW_KEY_PACKAGES => ServerFrame::Push(Push::LowKeyPackages { remaining: r.u32()? }),
+            T_R_OK..=T_R_KEY_PACKAGE => {
                 let id = RequestId::read(&mut r)?;
                 let response = match t {
                     T_R_OK => Response::Ok,
@@ -960,6 +1032,7 @@ impl ServerFrame {
                     T_R_ROOM_MESSAGES => {
                         Response::RoomMessages { messages: r.list(31, read_room_message)?, more: r.bool()? }
                     }
+                    T_R_KEY_PACKAGE => Response::KeyPackage { package: r.bytes()? },
                     _ => Response::Pong,
                 };
                 ServerFrame::Response { id, response }
@@ -997,6 +1070,11 @@ impl ServerFrame {
                 room_id.write(&mut w);
                 w.into_inner()
             }
+            ServerFrame::Push(Push::LowKeyPackages { remaining }) => {
+                let mut w = start(T_P_LOW_KEY_PACKAGES);
+                w.u32(*remaining);
+                w.into_inner()
+            }
             ServerFrame::Response { id, response } => {
                 let t = match response {
                     Response::Ok => T_R_OK,
@@ -1013,6 +1091,7 @@ impl ServerFrame {
                     Response::RoomInfo { .. } => T_R_ROOM_INFO,
                     Response::RoomSent { .. } => T_R_ROOM_SENT,
                     Response::RoomMessages { .. } => T_R_ROOM_MESSAGES,
+                    Response::KeyPackage { .. } => T_R_KEY_PACKAGE,
                 };
                 let mut w = start(t);
                 id.write(&mut w);
@@ -1060,6 +1139,7 @@ impl ServerFrame {
                         w.list(messages, write_room_message);
                         w.bool(*more);
                     }
+                    Response::KeyPackage { package } => w.bytes(package),
                 }
                 w.into_inner()
             }

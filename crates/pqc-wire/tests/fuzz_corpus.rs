@@ -68,6 +68,15 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
         Request::RoomFetch { room_id: None },
         Request::RoomFetch { room_id: Some(RoomId([3; 16])) },
         Request::RoomAck { room_id: RoomId([1; 16]), seq: 42 },
+        Request::UploadKeyPackages { packages: vec![vec![1; 30], vec![]] },
+        Request::FetchKeyPackage { username: alice.clone() },
+        Request::RoomAdd {
+            room_id: RoomId([4; 16]),
+            epoch: 5,
+            member: Username::new("bob").unwrap(),
+            commit: vec![6; 25],
+            group_info: vec![7; 9],
+        },
     ];
     let client =
         reqs.into_iter().enumerate().map(|(i, r)| ClientFrame { id: RequestId(i as u32), request: r }).collect();
@@ -119,6 +128,7 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
             ],
             more: false,
         },
+        Response::KeyPackage { package: vec![8; 33] },
     ];
     let mut server: Vec<ServerFrame> = resps
         .into_iter()
@@ -129,6 +139,7 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
     server.push(ServerFrame::Push(Push::NewEnvelope { id: EnvelopeId(3), from: alice }));
     server.push(ServerFrame::Push(Push::LowPrekeys { remaining: 2, remaining_kem: 0 }));
     server.push(ServerFrame::Push(Push::RoomMessage { room_id: RoomId([6; 16]) }));
+    server.push(ServerFrame::Push(Push::LowKeyPackages { remaining: 1 }));
     (client, server)
 }
 

@@ -122,6 +122,8 @@ pub enum RoomCommand {
     Audio(Option<String>, bool),
     /// `/video on|off` in the selected room (like [`RoomCommand::Audio`]).
     Video(Option<String>, bool),
+    /// `/invite NAME`: add NAME to the selected room (like [`RoomCommand::Audio`]).
+    Invite(Option<String>, String),
 }
 
 /// A parsed input line.
@@ -167,6 +169,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("/verified", "mark the contact verified (after comparing)"),
     ("/join ROOM", "join a room"),
     ("/create ROOM", "create a room"),
+    ("/invite NAME", "add NAME to the selected room"),
     ("/leave", "leave the selected room"),
     ("/audio on|off", "audio in the selected room"),
     ("/video on|off", "video in the selected room"),
@@ -230,6 +233,7 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "join" => Ok(Command::Room(RoomCommand::Join(one_word("usage: /join ROOM")?))),
         "create" => Ok(Command::Room(RoomCommand::Create(one_word("usage: /create ROOM")?))),
         "leave" => Ok(Command::Room(RoomCommand::Leave(None))),
+        "invite" => Ok(Command::Room(RoomCommand::Invite(None, one_word("usage: /invite NAME")?))),
         "audio" => Ok(Command::Room(RoomCommand::Audio(None, on_off(args, "audio")?))),
         "video" => Ok(Command::Room(RoomCommand::Video(None, on_off(args, "video")?))),
         other => Err(format!("unknown command /{other}; type ? for help")),
@@ -646,6 +650,9 @@ impl App {
             }
             Command::Room(RoomCommand::Video(_, on)) => {
                 Some(vec![Action::Room(RoomCommand::Video(self.selected_room(), on))])
+            }
+            Command::Room(RoomCommand::Invite(_, user)) => {
+                Some(vec![Action::Room(RoomCommand::Invite(self.selected_room(), user))])
             }
             Command::Room(r) => Some(vec![Action::Room(r)]),
         }

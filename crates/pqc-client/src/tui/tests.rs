@@ -303,6 +303,10 @@ fn room_commands_and_text_in_a_room() {
         type_line(&mut app, "/video off"),
         vec![Action::Room(RoomCommand::Video(Some("lounge-x".into()), false))]
     );
+    assert_eq!(
+        type_line(&mut app, "/invite carol"),
+        vec![Action::Room(RoomCommand::Invite(Some("lounge-x".into()), "carol".into()))]
+    );
     assert_eq!(type_line(&mut app, "/leave"), vec![Action::Room(RoomCommand::Leave(Some("lounge-x".into())))]);
     // Limited views and contact commands are refused in a room.
     assert!(type_line(&mut app, "/views 2 secret").is_empty());

@@ -64,6 +64,11 @@ pub async fn run(
                             Push::LowPrekeys { remaining, remaining_kem } => {
                                 top_up(&mut client, remaining, remaining_kem, &send).await;
                             }
+                            Push::LowKeyPackages { .. } => {
+                                if let Err(e) = client.publish_key_packages().await {
+                                    send(Update::Error { conv: None, text: format!("could not publish key packages: {e}") });
+                                }
+                            }
                             _ => {}
                         }
                         next = pushes.as_mut().and_then(|rx| rx.try_recv().ok());
@@ -317,7 +322,17 @@ async fn room(client: &mut Client, cmd: RoomCommand, send: &dyn Fn(Update)) {
         },
         RoomCommand::Audio(Some(name), on) => toggle(client, name, Media::Audio, on, send).await,
         RoomCommand::Video(Some(name), on) => toggle(client, name, Media::Video, on, send).await,
-        RoomCommand::Leave(None) | RoomCommand::Audio(None, _) | RoomCommand::Video(None, _) => {
+        RoomCommand::Invite(Some(name), user) => match client.room_invite(&name, &user).await {
+            Ok(()) => {
+                let text = format!("added {user} to {name}");
+                send(Update::RoomLine { room: name, kind: LineKind::Info, text });
+            }
+            Err(e) => room_error(client, &name, &format!("cannot add {user}"), &e, send),
+        },
+        RoomCommand::Leave(None)
+        | RoomCommand::Audio(None, _)
+        | RoomCommand::Video(None, _)
+        | RoomCommand::Invite(None, _) => {
             let text = "select a room first (Tab), or /join ROOM".to_string();
             send(Update::Error { conv: None, text });
         }
