@@ -126,6 +126,28 @@ pub struct Client {
     me: Username,
     identity: IdentityKeyPair,
     pushes: Option<UnboundedReceiver<Push>>,
+    /// Messages handled inline from pushes, acknowledged in one go by
+    /// [`Client::flush_acks`] once no push is waiting.
+    pub(crate) acks: PendingAcks,
+}
+
+/// Acknowledgements not yet sent: envelope ids and, per room, the last
+/// sequence number applied.
+#[derive(Debug, Default)]
+pub(crate) struct PendingAcks {
+    pub(crate) envelopes: Vec<pqc_wire::EnvelopeId>,
+    pub(crate) rooms: std::collections::BTreeMap<pqc_wire::RoomId, u64>,
+}
+
+/// What a push asks the caller to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing: it was handled (or did not concern the caller).
+    Nothing,
+    /// Fetch the mailbox (a limited-view message was announced).
+    Mailbox,
+    /// Sync the rooms.
+    Rooms,
 }
 
 impl core::fmt::Debug for Client {
@@ -194,7 +216,7 @@ impl Client {
         call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await?;
         profile.set_meta("username", me.as_str())?;
         profile.set_meta("server", &opts.server)?;
-        let mut client = Self { profile, conn, me, identity, pushes: None };
+        let mut client = Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default() };
         client.pushes = client.conn.take_pushes();
         client.ensure_prekeys(None).await?;
         client.publish_key_packages().await?;
@@ -210,7 +232,7 @@ impl Client {
         let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), &me);
         let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
         call(&conn, Request::Login { username: me.clone(), signature }).await?;
-        let mut client = Self { profile, conn, me, identity, pushes: None };
+        let mut client = Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default() };
         client.pushes = client.conn.take_pushes();
         if client.profile.meta("signed_prekeys_blob")?.is_none() {
             client.ensure_prekeys(None).await?;
@@ -579,9 +601,10 @@ impl Client {
 
     /// [`Self::receive`], and with `on_room_line` the rooms too: after the
     /// mailbox, every room is synced and its lines go to `on_room_line`
-    /// (through [`Self::rooms_receive`]); with `wait`, a room push
-    /// (`Push::RoomMessage`) wakes it like a new envelope does and fetches
-    /// the rooms again. Returns how many events and room lines were shown.
+    /// (through [`Self::rooms_receive`]). With `wait`, messages and room
+    /// entries pushed by the relay are handled as they come
+    /// ([`Self::handle_push`]) until none arrived for that long. Returns how
+    /// many events and room lines were shown.
     pub async fn receive_with_rooms(
         &mut self,
         out_dir: &Path,
@@ -603,18 +626,23 @@ impl Client {
                 }
                 let Some(wait) = wait else { return Ok(()) };
                 let Some(rx) = pushes.as_mut() else { return Ok(()) };
-                let deadline = Instant::now() + wait;
+                let mut deadline = Instant::now() + wait;
                 (mailbox, rooms) = loop {
+                    if rx.is_empty() {
+                        self.flush_acks().await?;
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, rx.recv()).await {
-                        Ok(Some(Push::NewEnvelope { .. })) => break (true, false),
-                        Ok(Some(Push::RoomMessage { .. })) if on_room_line.is_some() => break (false, true),
-                        Ok(Some(Push::LowPrekeys { remaining, remaining_kem })) => {
-                            self.ensure_prekeys(Some((remaining, remaining_kem))).await?;
-                        }
-                        Ok(Some(Push::LowKeyPackages { .. })) => self.publish_key_packages().await?,
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => return Ok(()),
+                    let p = match tokio::time::timeout(left, rx.recv()).await {
+                        Ok(Some(p)) => p,
+                        Ok(None) | Err(_) => return self.flush_acks().await,
+                    };
+                    let (n, wake) = self.handle_push(p, out_dir, on_event, on_room_line.as_deref_mut()).await?;
+                    count += n;
+                    match wake {
+                        Wake::Mailbox => break (true, false),
+                        Wake::Rooms => break (false, true),
+                        Wake::Nothing if n > 0 => deadline = Instant::now() + wait,
+                        Wake::Nothing => {}
                     }
                 };
             }
@@ -622,6 +650,58 @@ impl Client {
         .await;
         self.pushes = pushes;
         result.map(|()| count)
+    }
+
+    /// Handles one push from the relay: an envelope or (with `on_room_line`)
+    /// a room entry delivered inline is opened, shown and saved now and
+    /// acknowledged later by [`Self::flush_acks`] (call it once no push is
+    /// waiting: under load one acknowledgement covers many messages); low
+    /// prekeys or key packages are topped up. Returns how many events and
+    /// lines were shown and what to fetch.
+    pub async fn handle_push<'f>(
+        &mut self,
+        p: Push,
+        out_dir: &Path,
+        on_event: &mut dyn FnMut(Event),
+        on_room_line: Option<&mut (dyn FnMut(String) + 'f)>,
+    ) -> Result<(usize, Wake)> {
+        match p {
+            Push::Envelope(env) => {
+                let mut acks = std::mem::take(&mut self.acks.envelopes);
+                let n = self.take_envelope(env, out_dir, on_event, &mut acks).await;
+                self.acks.envelopes.append(&mut acks);
+                Ok((n?, Wake::Nothing))
+            }
+            Push::RoomEntry(entry) => match on_room_line {
+                Some(on_line) => Ok((self.room_entry_pushed(entry, out_dir, on_line).await?, Wake::Nothing)),
+                // Not showing rooms now: the entry waits on the relay.
+                None => Ok((0, Wake::Nothing)),
+            },
+            Push::NewEnvelope { .. } => Ok((0, Wake::Mailbox)),
+            Push::RoomMessage { .. } if on_room_line.is_some() => Ok((0, Wake::Rooms)),
+            Push::LowPrekeys { remaining, remaining_kem } => {
+                self.ensure_prekeys(Some((remaining, remaining_kem))).await?;
+                Ok((0, Wake::Nothing))
+            }
+            Push::LowKeyPackages { .. } => {
+                self.publish_key_packages().await?;
+                Ok((0, Wake::Nothing))
+            }
+            _ => Ok((0, Wake::Nothing)),
+        }
+    }
+
+    /// Sends the acknowledgements of what [`Self::handle_push`] handled.
+    pub async fn flush_acks(&mut self) -> Result<()> {
+        let ids = std::mem::take(&mut self.acks.envelopes);
+        if !ids.is_empty() {
+            call(&self.conn, Request::AckEnvelopes { ids }).await?;
+        }
+        let rooms = std::mem::take(&mut self.acks.rooms);
+        for (room_id, seq) in rooms {
+            call(&self.conn, Request::RoomAck { room_id, seq }).await?;
+        }
+        Ok(())
     }
 
     /// Fetches, handles and acknowledges envelopes until the server has no
@@ -635,24 +715,13 @@ impl Client {
             };
             let mut acks = Vec::new();
             for env in envelopes {
-                let id = env.id;
-                match self.handle_envelope(env, out_dir).await {
-                    Ok(Some(ev)) => {
-                        count += 1;
-                        on_event(ev);
-                        acks.push(id);
-                    }
-                    Ok(None) => acks.push(id),
-                    Err(e @ (ClientError::Store(_) | ClientError::Net(_) | ClientError::Io { .. })) => {
-                        // Local or transport trouble: keep the envelope on the server and retry later.
+                match self.take_envelope(env, out_dir, on_event, &mut acks).await {
+                    Ok(n) => count += n,
+                    Err(e) => {
                         if !acks.is_empty() {
                             let _ = call(&self.conn, Request::AckEnvelopes { ids: acks }).await;
                         }
                         return Err(e);
-                    }
-                    Err(e) => {
-                        on_event(Event::Warning(format!("dropped a message that could not be opened: {e}")));
-                        acks.push(id);
                     }
                 }
             }
@@ -661,6 +730,37 @@ impl Client {
             }
             if !more {
                 return Ok(count);
+            }
+        }
+    }
+
+    /// Handles one envelope and adds its id to `acks` if the server may
+    /// delete it; returns how many events went to `on_event`. Local or
+    /// transport trouble is an error and leaves the envelope on the server
+    /// (to retry later); a message that cannot be opened is reported and dropped.
+    async fn take_envelope(
+        &mut self,
+        env: pqc_wire::Envelope,
+        out_dir: &Path,
+        on_event: &mut dyn FnMut(Event),
+        acks: &mut Vec<pqc_wire::EnvelopeId>,
+    ) -> Result<usize> {
+        let id = env.id;
+        match self.handle_envelope(env, out_dir).await {
+            Ok(Some(ev)) => {
+                on_event(ev);
+                acks.push(id);
+                Ok(1)
+            }
+            Ok(None) => {
+                acks.push(id);
+                Ok(0)
+            }
+            Err(e @ (ClientError::Store(_) | ClientError::Net(_) | ClientError::Io { .. })) => Err(e),
+            Err(e) => {
+                on_event(Event::Warning(format!("dropped a message that could not be opened: {e}")));
+                acks.push(id);
+                Ok(0)
             }
         }
     }
@@ -877,7 +977,9 @@ impl Client {
     }
 
     /// Closes the connection cleanly.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        // Whatever is not acknowledged comes again next time (and is skipped).
+        let _ = self.flush_acks().await;
         self.conn.close().await;
     }
 }

@@ -173,6 +173,10 @@ struct RoomLocal {
     /// `(invitee, Welcome)`. Saved with the state after the commit, so a
     /// crash right after the relay accepted it still delivers the Welcome.
     welcomes: Vec<(String, Vec<u8>)>,
+    /// Sequence number of the last relay entry applied (0: unknown). An
+    /// entry pushed inline right after it is applied at once; anything else
+    /// (a gap, a commit or proposal) goes through a full sync.
+    last_seq: u64,
 }
 
 const LOCAL_VERSION: u8 = 3;
@@ -236,9 +240,10 @@ fn put_strings<'a>(v: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Str
     }
 }
 
-/// Saved record: `version | len32 room state | audio | video | sent | last | unshown | files | welcomes`
+/// Saved record: `version | len32 room state | audio | video | sent | last | unshown | files | welcomes | last_seq`
 /// (`files` since version 2: `u32 count || (sender || len32 content)*`;
-/// `welcomes` since version 3, the same shape: `(invitee || len32 welcome)*`).
+/// since version 3 `welcomes`, the same shape: `(invitee || len32 welcome)*`,
+/// and `last_seq: u64`).
 fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     let mut v = vec![LOCAL_VERSION];
     v.extend_from_slice(&u32::try_from(state.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -250,6 +255,7 @@ fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     put_strings(&mut v, l.unshown.iter());
     put_pairs(&mut v, &l.files);
     put_pairs(&mut v, &l.welcomes);
+    v.extend_from_slice(&l.last_seq.to_be_bytes());
     v
 }
 
@@ -269,12 +275,14 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
         unshown: r.strings()?,
         files: Vec::new(),
         welcomes: Vec::new(),
+        last_seq: 0,
     };
     if version >= 2 {
         local.files = r.pairs()?;
     }
     if version >= 3 {
         local.welcomes = r.pairs()?;
+        local.last_seq = u64::try_from(r.i64()?).unwrap_or(0);
     }
     if !r.0.is_empty() {
         return Err(ClientError::Malformed("saved room record (trailing bytes)"));
@@ -378,8 +386,9 @@ impl Client {
             };
             let group_info = room.group_info()?;
             match self.conn_request(Request::RoomJoin { room_id: id, epoch, commit, group_info }).await? {
-                Response::RoomSent { .. } => {
-                    let local = RoomLocal { last_update_ms: now_ms(), ..RoomLocal::default() };
+                Response::RoomSent { seq } => {
+                    // The relay routes the room here from this commit on.
+                    let local = RoomLocal { last_update_ms: now_ms(), last_seq: seq, ..RoomLocal::default() };
                     return self.save_room(&id, &room, &local);
                 }
                 Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
@@ -522,7 +531,9 @@ impl Client {
                     other => return Err(ClientError::Unexpected(format!("{other:?}"))),
                 };
                 let Some(last) = messages.last().map(|m| m.seq) else { break };
-                for m in &messages {
+                // Entries applied from pushes but not acknowledged yet come again: skip them.
+                let applied = local.last_seq;
+                for m in messages.iter().filter(|m| m.seq > applied) {
                     if m.sender.as_str() != self.username() {
                         if room.is_active() {
                             self.apply_entry(&mut room, &mut local, m);
@@ -548,7 +559,8 @@ impl Client {
                     }
                 }
                 // Saved before the ack: a crash in between replays entries the
-                // state already has, which MLS rejects harmlessly.
+                // state already has, which are skipped by their sequence number.
+                local.last_seq = local.last_seq.max(last);
                 self.save_room(&id, &room, &local)?;
                 call(self.connection(), Request::RoomAck { room_id: id, seq: last }).await?;
                 if !more {
@@ -628,7 +640,15 @@ impl Client {
                 new_group_info: None,
             };
             return match call(self.connection(), req).await? {
-                Response::RoomSent { .. } => Ok(()),
+                Response::RoomSent { seq } => {
+                    // Our own entry is not pushed back to us: it follows the
+                    // ones applied (unless someone else's came in between).
+                    if seq == local.last_seq.saturating_add(1) {
+                        local.last_seq = seq;
+                        self.save_room(&id, &room, &local)?;
+                    }
+                    Ok(())
+                }
                 other => Err(ClientError::Unexpected(format!("{other:?}"))),
             };
         }
@@ -835,36 +855,92 @@ impl Client {
         for (_, rec) in records {
             let (room, _) = decode_record(&rec)?;
             let id = room_id_for(room.name())?;
-            let (room, mut local) = match self.room_sync(id).await {
+            let (room, local) = match self.room_sync(id).await {
                 Ok(x) => x,
                 Err(e) => {
                     on_line(format!("[{}] ! cannot sync: {e}", room.name()));
                     continue;
                 }
             };
-            if local.unshown.is_empty() && local.files.is_empty() {
-                continue;
-            }
-            let lines = std::mem::take(&mut local.unshown);
-            self.save_room(&id, &room, &local)?;
-            for l in lines {
-                n += 1;
-                on_line(l);
-            }
-            while let Some((sender, content)) = local.files.first().cloned() {
-                let line = self.receive_room_file(room.name(), &sender, &content, out_dir).await;
-                // Saved as handled before the server is told, so a crash
-                // never downloads it twice; a failed download is reported, not retried.
-                local.files.remove(0);
-                self.save_room(&id, &room, &local)?;
-                if let Ok(Body::File(f)) = Content::decode(&content).map(|c| c.body) {
-                    let _ = self.ack_attachment(AttachmentId(f.attachment)).await;
-                }
-                n += 1;
-                on_line(line);
-            }
+            n += self.show_room(&id, &room, local, out_dir, on_line).await?;
         }
         Ok(n)
+    }
+
+    /// Hands a room's lines not yet shown to `on_line` and downloads its
+    /// announced files into `out_dir`; returns how many lines.
+    async fn show_room(
+        &mut self,
+        id: &RoomId,
+        room: &Room,
+        mut local: RoomLocal,
+        out_dir: &Path,
+        on_line: &mut dyn FnMut(String),
+    ) -> Result<usize> {
+        let mut n = 0;
+        if local.unshown.is_empty() && local.files.is_empty() {
+            return Ok(0);
+        }
+        let lines = std::mem::take(&mut local.unshown);
+        self.save_room(id, room, &local)?;
+        for l in lines {
+            n += 1;
+            on_line(l);
+        }
+        while let Some((sender, content)) = local.files.first().cloned() {
+            let line = self.receive_room_file(room.name(), &sender, &content, out_dir).await;
+            // Saved as handled before the server is told, so a crash
+            // never downloads it twice; a failed download is reported, not retried.
+            local.files.remove(0);
+            self.save_room(id, room, &local)?;
+            if let Ok(Body::File(f)) = Content::decode(&content).map(|c| c.body) {
+                let _ = self.ack_attachment(AttachmentId(f.attachment)).await;
+            }
+            n += 1;
+            on_line(line);
+        }
+        Ok(n)
+    }
+
+    /// A room entry the relay pushed inline ([`Client::handle_push`]): the
+    /// application message right after the last entry applied is applied
+    /// now (its acknowledgement waits for [`Client::flush_acks`]); a commit,
+    /// a proposal or a gap runs the full sync instead. Then the room's new
+    /// lines go to `on_line`; returns how many.
+    pub(crate) async fn room_entry_pushed(
+        &mut self,
+        m: RoomMessage,
+        out_dir: &Path,
+        on_line: &mut dyn FnMut(String),
+    ) -> Result<usize> {
+        let id = m.room_id;
+        // Not (yet) ours here, e.g. a Welcome still on its way: it waits on the relay.
+        let Some((mut room, mut local)) = self.load_room(&id)? else { return Ok(0) };
+        if !room.is_active() || m.seq <= local.last_seq {
+            return Ok(0);
+        }
+        let next = m.kind == RoomMessageKind::Application
+            && m.seq == local.last_seq.saturating_add(1)
+            && self.pending_commit(&id)?.is_none();
+        let (room, local) = if next {
+            if m.sender.as_str() != self.username() {
+                self.apply_entry(&mut room, &mut local, &m);
+            }
+            local.last_seq = m.seq;
+            self.save_room(&id, &room, &local)?;
+            self.acks.rooms.insert(id, m.seq);
+            (room, local)
+        } else {
+            self.acks.rooms.remove(&id);
+            match self.room_sync(id).await {
+                Ok(x) => x,
+                Err(e) => {
+                    on_line(format!("[{}] ! cannot sync: {e}", room.name()));
+                    return Ok(1);
+                }
+            }
+        };
+        self.show_room(&id, &room, local, out_dir, on_line).await
     }
 
     /// Downloads one room file; the line to show.
@@ -931,6 +1007,7 @@ mod tests {
             last_update_ms: 5,
             files: vec![("bob".into(), vec![1, 2])],
             welcomes: vec![("carol".into(), vec![3])],
+            last_seq: 41,
             ..RoomLocal::default()
         };
         let rec = encode_record(&room.export_state().unwrap(), &local);
@@ -938,7 +1015,7 @@ mod tests {
         assert_eq!(room2.name(), "r");
         assert_eq!(local2.unshown, vec!["x".to_string()]);
         assert_eq!(local2.last_update_ms, 5);
-        assert_eq!((local2.files, local2.welcomes), (local.files, local.welcomes));
+        assert_eq!((local2.files, local2.welcomes, local2.last_seq), (local.files, local.welcomes, 41));
         assert!(decode_record(&rec[..rec.len() - 1]).is_err());
     }
 }

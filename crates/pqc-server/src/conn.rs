@@ -7,16 +7,16 @@ use pqc_crypto::rng::{Rng, SystemRng};
 use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
 use pqc_net::{NetError, ServerTls, write_frame};
 use pqc_store::StoreError;
-use pqc_store::server::{AttachmentMeta, Audience, ServerStore};
+use pqc_store::server::{AttachmentMeta, Audience, ServerStore, SqliteServerStore};
 use pqc_wire::{
-    AttachmentId, CHALLENGE_LEN, ClientFrame, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push, REGISTER_CONTEXT,
-    Request, Response, RoomId, RoomMessageKind, ServerFrame, Username, WireError, login_transcript,
-    register_transcript,
+    AttachmentId, CHALLENGE_LEN, ClientFrame, Envelope, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push,
+    REGISTER_CONTEXT, Request, Response, RoomId, RoomMessage, RoomMessageKind, ServerFrame, Username, WireError,
+    login_transcript, register_transcript,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::inc;
-use crate::server::Shared;
+use crate::server::{PushFrame, Shared};
 
 /// QUIC application close codes.
 const CLOSE_OK: u32 = 0;
@@ -24,6 +24,9 @@ const CLOSE_PROTOCOL: u32 = 1;
 const CLOSE_TOO_LARGE: u32 = 2;
 /// Closed by a defence: login timeout, slow frame, too many failed logins.
 const CLOSE_POLICY: u32 = 3;
+
+/// Queued pushes are written together up to about this many bytes.
+const PUSH_COALESCE_BYTES: usize = 64 * 1024;
 
 /// Token bucket: `rate` tokens per second, capacity `2 * rate`.
 struct Bucket {
@@ -57,7 +60,7 @@ struct Session {
     /// Failed Register/Login requests on this connection.
     auth_failures: u32,
     challenge: [u8; CHALLENGE_LEN],
-    push_tx: mpsc::UnboundedSender<Push>,
+    push_tx: mpsc::UnboundedSender<PushFrame>,
 }
 
 pub(crate) async fn handle(
@@ -120,7 +123,7 @@ async fn run(
     conn: &quinn::Connection,
     shared: &Arc<Shared>,
     s: &mut Session,
-    push_rx: &mut mpsc::UnboundedReceiver<Push>,
+    push_rx: &mut mpsc::UnboundedReceiver<PushFrame>,
     shutdown: &mut watch::Receiver<bool>,
     login_deadline: tokio::time::Instant,
 ) {
@@ -168,7 +171,8 @@ async fn run(
                     };
                     let failed_auth = is_auth && s.user.is_none() && matches!(response, Response::Error { .. });
                     let out = ServerFrame::Response { id: frame.id, response };
-                    if write_frame(&mut send, &out.encode_body()).await.is_err() {
+                    // One write per frame (prefix and body together).
+                    if send.write_all(&out.encode()).await.is_err() {
                         break;
                     }
                     if failed_auth {
@@ -219,7 +223,15 @@ async fn run(
                 None => break,
             },
             Some(p) = push_rx.recv() => {
-                if write_frame(&mut send, &ServerFrame::Push(p).encode_body()).await.is_err() {
+                // Pushes queued meanwhile go out in the same write: under load
+                // a member gets many room entries or envelopes per packet.
+                let mut out = Vec::with_capacity(p.len());
+                out.extend_from_slice(&p);
+                while out.len() < PUSH_COALESCE_BYTES {
+                    let Ok(next) = push_rx.try_recv() else { break };
+                    out.extend_from_slice(&next);
+                }
+                if send.write_all(&out).await.is_err() {
                     break;
                 }
             }
@@ -384,12 +396,31 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if max_views == Some(0) {
                 return Response::error(ErrorCode::Invalid, "max_views must be at least 1");
             }
-            let (t, f, max) = (to.clone(), user.clone(), limits.max_mailbox);
-            // The Ack is sent only after the envelope is committed (synchronous=FULL).
-            match shared.db(move |st| st.enqueue(&t, &f, max_views, &payload, max)).await {
-                Ok(id) => {
+            let (t, max, sh) = (to.clone(), limits.max_mailbox, shared.clone());
+            // The Ack is sent only after the envelope is committed
+            // (synchronous=FULL). A connected recipient gets it inline (it
+            // stays queued until acknowledged), pushed from the database
+            // thread after the commit, so in mailbox order; a limited-view one
+            // is only announced, since each fetch of it counts as a view.
+            let stored = shared.db_then(
+                move |st| {
+                    let id = st.enqueue(&t, &user, max_views, &payload, max)?;
+                    let push = match max_views {
+                        None => Push::Envelope(Envelope { id, from: user, max_views: None, views_left: None, payload }),
+                        Some(_) => Push::NewEnvelope { id, from: user },
+                    };
+                    Ok((id, push))
+                },
+                move |(_, push)| {
+                    let n = sh.push(&to, push);
+                    if matches!(push, Push::Envelope(_)) {
+                        sh.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                },
+            );
+            match stored.await {
+                Ok((id, _)) => {
                     inc(&shared.metrics.messages_queued);
-                    shared.push(&to, &Push::NewEnvelope { id, from: user });
                     Response::Ack { id }
                 }
                 Err(e) => store_err(e),
@@ -492,9 +523,14 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 return Response::error(ErrorCode::Invalid, "a room needs its sealed GroupInfo");
             }
             let max = if max_participants == 0 { shared.default_max_participants.max(1) } else { max_participants };
-            match shared.db(move |st| st.room_create(&room_id, &user, max, &group_info)).await {
+            let sh = shared.clone();
+            let created = shared.db(move |st| {
+                st.room_create(&room_id, &user, max, &group_info)?;
+                sh.room_membership_changed(&room_id);
+                Ok(())
+            });
+            match created.await {
                 Ok(()) => {
-                    shared.room_membership_changed(&room_id);
                     tracing::info!(conn_id = s.conn_id, room = %room_id, max, "room created");
                     Response::Ok
                 }
@@ -510,12 +546,9 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         },
         Request::RoomJoin { room_id, epoch, commit, group_info } => {
             let u = user.clone();
-            match shared.db(move |st| st.room_join(&room_id, &u, epoch, &commit, &group_info)).await {
-                Ok(seq) => {
-                    shared.room_membership_changed(&room_id);
-                    notify_room(shared, room_id, &user).await;
-                    Response::RoomSent { seq }
-                }
+            let op = move |st: &mut SqliteServerStore, c: &[u8]| st.room_join(&room_id, &u, epoch, c, &group_info);
+            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, true, op).await {
+                Ok(seq) => Response::RoomSent { seq },
                 Err(StoreError::NotFound) => {
                     Response::error(ErrorCode::NotFound, "no such room; check the name or create it")
                 }
@@ -524,10 +557,9 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         }
         Request::RoomAdd { room_id, epoch, member, commit, group_info } => {
             let (u, m) = (user.clone(), member.clone());
-            match shared.db(move |st| st.room_add(&room_id, &u, &m, epoch, &commit, &group_info)).await {
+            let op = move |st: &mut SqliteServerStore, c: &[u8]| st.room_add(&room_id, &u, &m, epoch, c, &group_info);
+            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, true, op).await {
                 Ok(seq) => {
-                    shared.room_membership_changed(&room_id);
-                    notify_room(shared, room_id, &user).await;
                     tracing::info!(conn_id = s.conn_id, room = %room_id, "member added to a room");
                     Response::RoomSent { seq }
                 }
@@ -567,25 +599,29 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             }
             let u = user.clone();
             // Stored (synchronous=FULL) before the answer, like envelopes.
-            match shared
-                .db(move |st| st.room_append(&room_id, &u, epoch, kind, &payload, new_group_info.as_deref()))
-                .await
-            {
+            let op = move |st: &mut SqliteServerStore, p: &[u8]| {
+                st.room_append(&room_id, &u, epoch, kind, p, new_group_info.as_deref())
+            };
+            match store_room_entry(shared, room_id, user, kind, payload, false, op).await {
                 Ok(seq) => {
                     inc(&shared.metrics.messages_queued);
-                    notify_room(shared, room_id, &user).await;
                     Response::RoomSent { seq }
                 }
                 Err(e) => store_err(e),
             }
         }
-        Request::RoomLeave { room_id } => match shared.db(move |st| st.room_leave(&room_id, &user)).await {
-            Ok(()) => {
-                shared.room_membership_changed(&room_id);
-                Response::Ok
+        Request::RoomLeave { room_id } => {
+            let sh = shared.clone();
+            let left = shared.db(move |st| {
+                st.room_leave(&room_id, &user)?;
+                sh.room_membership_changed(&room_id);
+                Ok(())
+            });
+            match left.await {
+                Ok(()) => Response::Ok,
+                Err(e) => store_err(e),
             }
-            Err(e) => store_err(e),
-        },
+        }
         Request::RoomFetch { room_id } => {
             let max = limits.max_frame.saturating_sub(4096).max(1024);
             match shared.db(move |st| st.room_fetch(&user, room_id.as_ref(), max)).await {
@@ -628,12 +664,37 @@ async fn begin_attachment(shared: &Shared, from: Username, to: Audience, total_l
     }
 }
 
-/// Pushes `RoomMessage` to the room's connected members other than `sender`.
-async fn notify_room(shared: &Shared, room_id: RoomId, sender: &Username) {
-    match shared.room_members(room_id).await {
-        Ok(members) => shared.push_many(&members, Some(sender), &Push::RoomMessage { room_id }),
-        Err(e) => tracing::warn!("cannot list room members for a push: {e}"),
-    }
+/// Stores a room entry with `op` (given the payload; returns the entry's
+/// sequence number) and, once it is committed, pushes it inline to the
+/// room's other connected members — from the database thread, so every
+/// member gets a room's entries in the room's order. `membership` marks an
+/// entry that changes who is in the room (a join or an add).
+async fn store_room_entry(
+    shared: &Arc<Shared>,
+    room_id: RoomId,
+    sender: Username,
+    kind: RoomMessageKind,
+    payload: Vec<u8>,
+    membership: bool,
+    op: impl FnOnce(&mut SqliteServerStore, &[u8]) -> Result<u64, StoreError> + Send + 'static,
+) -> Result<u64, StoreError> {
+    let (sh, after) = (shared.clone(), shared.clone());
+    let stored = shared.db_then(
+        move |st| {
+            let seq = op(st, &payload)?;
+            if membership {
+                sh.room_membership_changed(&room_id);
+            }
+            let members = sh.members_in_job(st, &room_id)?;
+            let push = Push::RoomEntry(RoomMessage { room_id, seq, sender: sender.clone(), kind, payload });
+            Ok((seq, members, sender, push))
+        },
+        move |(_, members, sender, push)| {
+            let n = after.push_many(members, Some(sender), push);
+            after.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        },
+    );
+    Ok(stored.await?.0)
 }
 
 fn login(shared: &Shared, s: &mut Session, user: Username) {

@@ -14,7 +14,8 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Envelopes stored.
     pub messages_queued: AtomicU64,
-    /// Envelopes returned by Fetch.
+    /// Envelopes and room entries handed to a recipient: pushed inline or
+    /// returned by a fetch (one fetched again after a reconnect counts again).
     pub messages_delivered: AtomicU64,
     /// Completed TLS handshakes.
     pub handshakes_ok: AtomicU64,

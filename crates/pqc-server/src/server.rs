@@ -16,7 +16,11 @@ use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, inc};
 use crate::{ServerError, conn, status};
 
-type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<Push>)>>;
+/// A push, encoded once (length prefix and body) and shared by every
+/// connection it goes to.
+pub(crate) type PushFrame = Arc<[u8]>;
+
+type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<PushFrame>)>>;
 
 /// Most rooms whose member lists are cached; past it the cache starts over.
 const MAX_CACHED_ROOMS: usize = 10_000;
@@ -47,7 +51,14 @@ const MAX_BATCH: usize = 256;
 /// callers. So an envelope is still on disk before its sender is
 /// acknowledged, but a hundred concurrent senders share one disk flush
 /// instead of queueing for a hundred.
-fn run_database(mut store: SqliteServerStore, jobs: std::sync::mpsc::Receiver<Job>) {
+///
+/// A failed commit also empties the room member cache: jobs of that batch
+/// may have cached a membership the rollback undid.
+fn run_database(
+    mut store: SqliteServerStore,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    room_members: Arc<Mutex<RoomMembers>>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -69,6 +80,9 @@ fn run_database(mut store: SqliteServerStore, jobs: std::sync::mpsc::Receiver<Jo
         if let Err(e) = &committed {
             tracing::error!("storage error committing a batch of {}: {e}", completions.len());
             let _ = store.rollback_batch();
+            let mut cache = room_members.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.generation = cache.generation.wrapping_add(1);
+            cache.rooms.clear();
         }
         for done in completions {
             done(committed.as_ref().err());
@@ -80,7 +94,7 @@ fn run_database(mut store: SqliteServerStore, jobs: std::sync::mpsc::Receiver<Jo
 pub(crate) struct Shared {
     jobs: std::sync::mpsc::Sender<Job>,
     online: Mutex<Online>,
-    room_members: Mutex<RoomMembers>,
+    room_members: Arc<Mutex<RoomMembers>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
     /// Participant limit of a room created with limit 0.
@@ -94,6 +108,18 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.db_then(f, |_| {}).await
+    }
+
+    /// [`Self::db`], and once the operation succeeded and its commit is on
+    /// disk, `after_commit` runs on the database thread, before the caller
+    /// is answered. Operations' `after_commit`s run in commit order: pushes
+    /// sent from there reach each connection in the order of the store.
+    pub(crate) async fn db_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
+        after_commit: impl FnOnce(&T) + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |store| {
             let result = f(store);
@@ -102,6 +128,9 @@ impl Shared {
                     Some(e) => Err(StoreError::Invalid(format!("commit failed: {e}"))),
                     None => result,
                 };
+                if let Ok(v) = &result {
+                    after_commit(v);
+                }
                 let _ = tx.send(result);
             })
         });
@@ -114,7 +143,7 @@ impl Shared {
         self.db(|s| s.queued_total()).await.unwrap_or(0)
     }
 
-    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: mpsc::UnboundedSender<Push>) {
+    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: mpsc::UnboundedSender<PushFrame>) {
         self.online.lock().unwrap_or_else(PoisonError::into_inner).entry(user.clone()).or_default().push((conn_id, tx));
     }
 
@@ -128,19 +157,25 @@ impl Shared {
         }
     }
 
-    /// Pushes to every connection of `user`.
-    pub(crate) fn push(&self, user: &Username, p: &Push) {
-        self.push_many(std::slice::from_ref(user), None, p);
+    /// Pushes to every connection of `user`; returns how many.
+    pub(crate) fn push(&self, user: &Username, p: &Push) -> u64 {
+        self.push_many(std::slice::from_ref(user), None, p)
     }
 
-    /// Pushes to every connection of each of `users` but `except`, under one lock.
-    pub(crate) fn push_many(&self, users: &[Username], except: Option<&Username>, p: &Push) {
+    /// Pushes to every connection of each of `users` but `except`, under one
+    /// lock; the push is encoded once. Returns to how many connections.
+    pub(crate) fn push_many(&self, users: &[Username], except: Option<&Username>, p: &Push) -> u64 {
+        let frame: PushFrame = p.encode_frame().into();
         let online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
         for user in users.iter().filter(|u| Some(*u) != except) {
             for (_, tx) in online.get(user).into_iter().flatten() {
-                let _ = tx.send(p.clone());
+                if tx.send(frame.clone()).is_ok() {
+                    n += 1;
+                }
             }
         }
+        n
     }
 
     /// The members of `room`, from the cache or else the database.
@@ -164,7 +199,29 @@ impl Shared {
         Ok(members)
     }
 
-    /// Forgets the cached members of `room`: call after its membership changed.
+    /// The members of `room` as of the operation running now: for use inside
+    /// a database job, where the cache is current because every change of
+    /// membership invalidates it from inside its own job.
+    pub(crate) fn members_in_job(
+        &self,
+        st: &mut SqliteServerStore,
+        room: &RoomId,
+    ) -> Result<Arc<[Username]>, StoreError> {
+        use pqc_store::server::ServerStore;
+        if let Some(m) = self.room_members.lock().unwrap_or_else(PoisonError::into_inner).rooms.get(room) {
+            return Ok(m.clone());
+        }
+        let members: Arc<[Username]> = st.room_members(room)?.into();
+        let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.rooms.len() >= MAX_CACHED_ROOMS {
+            cache.rooms.clear();
+        }
+        cache.rooms.insert(*room, members.clone());
+        Ok(members)
+    }
+
+    /// Forgets the cached members of `room`: call from inside the database
+    /// job that changed its membership.
     pub(crate) fn room_membership_changed(&self, room: &RoomId) {
         let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
         cache.generation = cache.generation.wrapping_add(1);
@@ -247,16 +304,18 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
             .await
             .map_err(|e| ServerError::Config(format!("database open task failed: {e}")))??;
+        let room_members = Arc::new(Mutex::new(RoomMembers::default()));
+        let db_members = room_members.clone();
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("pqc-db".into())
-            .spawn(move || run_database(store, job_rx))
+            .spawn(move || run_database(store, job_rx, db_members))
             .map_err(ServerError::Io)?;
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
             jobs,
             online: Mutex::new(HashMap::new()),
-            room_members: Mutex::new(RoomMembers::default()),
+            room_members,
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,

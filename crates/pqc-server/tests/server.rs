@@ -199,15 +199,19 @@ async fn send_fetch_ack_push_views_and_restart() {
     else {
         panic!()
     };
-    // Live push to the connected recipient.
+    // Delivered inline to the connected recipient (still queued until acknowledged).
     let p = tokio::time::timeout(Duration::from_secs(5), pushes.recv()).await.unwrap().unwrap();
-    assert_eq!(p, Push::NewEnvelope { id: id1, from: u("alice") });
+    let inline = Envelope { id: id1, from: u("alice"), max_views: None, views_left: None, payload: b"hello".to_vec() };
+    assert_eq!(p, Push::Envelope(inline));
 
     let Response::Ack { id: id2 } =
         ca.request(Request::Send { to: u("bob"), max_views: Some(2), payload: b"twice".to_vec() }).await.unwrap()
     else {
         panic!()
     };
+    // A limited-view envelope is only announced: each fetch of it is a view.
+    let p = tokio::time::timeout(Duration::from_secs(5), pushes.recv()).await.unwrap().unwrap();
+    assert_eq!(p, Push::NewEnvelope { id: id2, from: u("alice") });
     assert_eq!(
         code(ca.request(Request::Send { to: u("nobody"), max_views: None, payload: vec![1] }).await.unwrap()),
         ErrorCode::UnknownUser
@@ -345,6 +349,72 @@ async fn attachments_resume_download_ack_and_permissions() {
     assert_eq!(got, data);
     assert_eq!(cb.request(Request::AttachmentAck { id }).await.unwrap(), Response::Deleted { count: 1 });
     assert_eq!(code(cb.request(Request::AttachmentStatus { id }).await.unwrap()), ErrorCode::NotFound);
+    h.shutdown().await;
+}
+
+/// Room entries reach the other connected members inline, each member
+/// getting them in the room's order even when several members send at once;
+/// a member who joined sees from its own join on, one who left nothing more.
+#[tokio::test]
+async fn room_entries_are_pushed_inline_in_room_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.requests_per_second = 10_000).await;
+    let users: Vec<User> = ["alice", "bob", "carol"].into_iter().map(User::new).collect();
+    let (mut conns, mut pushes) = (Vec::new(), Vec::new());
+    for u in &users {
+        let mut c = u.register(&h).await;
+        pushes.push(c.take_pushes().unwrap());
+        conns.push(Arc::new(c));
+    }
+    let room = RoomId([8; 16]);
+    let create = Request::RoomCreate { room_id: room, max_participants: 10, group_info: vec![1; 10] };
+    assert_eq!(conns[0].request(create).await.unwrap(), Response::Ok);
+    let join = Request::RoomJoin { room_id: room, epoch: 0, commit: vec![2; 10], group_info: vec![3; 10] };
+    assert_eq!(conns[1].request(join).await.unwrap(), Response::RoomSent { seq: 1 });
+    // alice gets bob's join commit inline.
+    let p = tokio::time::timeout(Duration::from_secs(5), pushes[0].recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(&p, Push::RoomEntry(m) if m.seq == 1 && m.kind == RoomMessageKind::Commit && m.sender == u("bob"))
+    );
+    let join = Request::RoomJoin { room_id: room, epoch: 1, commit: vec![2; 10], group_info: vec![3; 10] };
+    assert_eq!(conns[2].request(join).await.unwrap(), Response::RoomSent { seq: 2 });
+    // alice and bob send 50 each, concurrently.
+    let mut tasks = Vec::new();
+    for (i, c) in conns.iter().take(2).enumerate() {
+        for k in 0..50u8 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::RoomSend {
+                    room_id: room,
+                    epoch: 2,
+                    kind: RoomMessageKind::Application,
+                    payload: vec![i as u8, k],
+                    new_group_info: None,
+                };
+                c.request(req).await.unwrap()
+            }));
+        }
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Response::RoomSent { .. }));
+    }
+    // carol (who sent nothing) gets all 100 in strictly increasing order,
+    // from after her join; the senders get each other's only.
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Push>| {
+        let p = rx.try_recv().unwrap_or_else(|e| panic!("missing push: {e}"));
+        match p {
+            Push::RoomEntry(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let carol: Vec<_> = (0..100).map(|_| next(&mut pushes[2])).collect();
+    assert!(carol.windows(2).all(|w| w[1].seq == w[0].seq + 1), "out of order");
+    assert_eq!(carol[0].seq, 3);
+    let bob: Vec<_> = (0..51).map(|_| next(&mut pushes[1])).collect();
+    assert_eq!(bob[0].seq, 2, "carol's join");
+    assert!(bob[1..].iter().all(|m| m.sender == u("alice")) && bob.windows(2).all(|w| w[1].seq > w[0].seq));
+    assert!(pushes[1].try_recv().is_err());
     h.shutdown().await;
 }
 

@@ -665,6 +665,14 @@ pub enum Push {
         /// Key packages left.
         remaining: u32,
     },
+    /// An envelope just queued for the logged-in user, delivered inline (no
+    /// `Fetch` needed; it stays queued until `AckEnvelopes`). Limited-view
+    /// envelopes are announced with `NewEnvelope` instead, because each fetch
+    /// of one counts as a view.
+    Envelope(Envelope),
+    /// A new entry of one of the user's rooms, delivered inline (no
+    /// `RoomFetch` needed; the cursor moves only with `RoomAck`).
+    RoomEntry(RoomMessage),
 }
 
 /// A frame sent by the client.
@@ -750,6 +758,8 @@ const T_P_NEW_ENVELOPE: u8 = 0xC0;
 const T_P_LOW_PREKEYS: u8 = 0xC1;
 const T_P_ROOM_MESSAGE: u8 = 0xC2;
 const T_P_LOW_KEY_PACKAGES: u8 = 0xC3;
+const T_P_ENVELOPE: u8 = 0xC4;
+const T_P_ROOM_ENTRY: u8 = 0xC5;
 
 fn read_prekey(r: &mut Reader<'_>) -> Result<(PreKeyId, Vec<u8>), WireError> {
     Ok((PreKeyId::read(r)?, r.bytes()?))
@@ -999,6 +1009,8 @@ impl ServerFrame {
             T_P_LOW_PREKEYS => ServerFrame::Push(Push::LowPrekeys { remaining: r.u32()?, remaining_kem: r.u32()? }),
             T_P_ROOM_MESSAGE => ServerFrame::Push(Push::RoomMessage { room_id: RoomId::read(&mut r)? }),
             T_P_LOW_KEY_PACKAGES => ServerFrame::Push(Push::LowKeyPackages { remaining: r.u32()? }),
+            T_P_ENVELOPE => ServerFrame::Push(Push::Envelope(read_envelope(&mut r)?)),
+            T_P_ROOM_ENTRY => ServerFrame::Push(Push::RoomEntry(read_room_message(&mut r)?)),
             T_R_OK..=T_R_KEY_PACKAGE => {
                 let id = RequestId::read(&mut r)?;
                 let response = match t {
@@ -1053,28 +1065,7 @@ impl ServerFrame {
                 w.u32(*max_frame);
                 w.into_inner()
             }
-            ServerFrame::Push(Push::NewEnvelope { id, from }) => {
-                let mut w = start(T_P_NEW_ENVELOPE);
-                id.write(&mut w);
-                from.write(&mut w);
-                w.into_inner()
-            }
-            ServerFrame::Push(Push::LowPrekeys { remaining, remaining_kem }) => {
-                let mut w = start(T_P_LOW_PREKEYS);
-                w.u32(*remaining);
-                w.u32(*remaining_kem);
-                w.into_inner()
-            }
-            ServerFrame::Push(Push::RoomMessage { room_id }) => {
-                let mut w = start(T_P_ROOM_MESSAGE);
-                room_id.write(&mut w);
-                w.into_inner()
-            }
-            ServerFrame::Push(Push::LowKeyPackages { remaining }) => {
-                let mut w = start(T_P_LOW_KEY_PACKAGES);
-                w.u32(*remaining);
-                w.into_inner()
-            }
+            ServerFrame::Push(p) => push_body(p),
             ServerFrame::Response { id, response } => {
                 let t = match response {
                     Response::Ok => T_R_OK,
@@ -1149,6 +1140,53 @@ impl ServerFrame {
     /// Encodes the frame with its length prefix.
     pub fn encode(&self) -> Vec<u8> {
         encode_frame(&self.encode_body())
+    }
+}
+
+/// The body of a push frame.
+fn push_body(p: &Push) -> Vec<u8> {
+    let w = match p {
+        Push::NewEnvelope { id, from } => {
+            let mut w = start(T_P_NEW_ENVELOPE);
+            id.write(&mut w);
+            from.write(&mut w);
+            w
+        }
+        Push::LowPrekeys { remaining, remaining_kem } => {
+            let mut w = start(T_P_LOW_PREKEYS);
+            w.u32(*remaining);
+            w.u32(*remaining_kem);
+            w
+        }
+        Push::RoomMessage { room_id } => {
+            let mut w = start(T_P_ROOM_MESSAGE);
+            room_id.write(&mut w);
+            w
+        }
+        Push::LowKeyPackages { remaining } => {
+            let mut w = start(T_P_LOW_KEY_PACKAGES);
+            w.u32(*remaining);
+            w
+        }
+        Push::Envelope(e) => {
+            let mut w = start(T_P_ENVELOPE);
+            write_envelope(&mut w, e);
+            w
+        }
+        Push::RoomEntry(m) => {
+            let mut w = start(T_P_ROOM_ENTRY);
+            write_room_message(&mut w, m);
+            w
+        }
+    };
+    w.into_inner()
+}
+
+impl Push {
+    /// The whole frame (length prefix and body) of this push: the server
+    /// encodes a push once and sends the same bytes to every recipient.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        encode_frame(&push_body(self))
     }
 }
 

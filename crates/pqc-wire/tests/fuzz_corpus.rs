@@ -140,6 +140,20 @@ pub fn sample_frames() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
     server.push(ServerFrame::Push(Push::LowPrekeys { remaining: 2, remaining_kem: 0 }));
     server.push(ServerFrame::Push(Push::RoomMessage { room_id: RoomId([6; 16]) }));
     server.push(ServerFrame::Push(Push::LowKeyPackages { remaining: 1 }));
+    server.push(ServerFrame::Push(Push::Envelope(Envelope {
+        id: EnvelopeId(12),
+        from: Username::new("carol").unwrap(),
+        max_views: None,
+        views_left: None,
+        payload: vec![3; 40],
+    })));
+    server.push(ServerFrame::Push(Push::RoomEntry(RoomMessage {
+        room_id: RoomId([2; 16]),
+        seq: 9,
+        sender: Username::new("dave").unwrap(),
+        kind: RoomMessageKind::Application,
+        payload: vec![4; 30],
+    })));
     (client, server)
 }
 
@@ -161,6 +175,9 @@ fn round_trip_all_frames() {
     for f in server {
         let body = f.encode_body();
         assert_eq!(ServerFrame::decode(&body).unwrap(), f);
+        if let ServerFrame::Push(p) = &f {
+            assert_eq!(p.encode_frame(), f.encode(), "a push encodes alike either way");
+        }
         for cut in 0..body.len() {
             assert!(ServerFrame::decode(&body[..cut]).is_err());
         }

@@ -14,7 +14,7 @@ use pqc_wire::Push;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::app::{Action, ContactInit, HISTORY_LOAD, LineKind, RoomCommand, Update};
-use crate::engine::Client;
+use crate::engine::{Client, Wake};
 use crate::error::ClientError;
 use crate::rooms::Media;
 
@@ -53,25 +53,24 @@ pub async fn run(
             },
             p = next_push(&mut pushes) => match p {
                 Some(first) => {
-                    // One fetch drains the mailbox and one room sync all rooms:
-                    // take the pushes already queued with this one.
+                    // Messages and room entries come inline and are handled at
+                    // once; the pushes already queued are taken with this one,
+                    // then one acknowledgement covers them all.
                     let (mut mailbox, mut rooms) = (false, false);
                     let mut next = Some(first);
                     while let Some(p) = next {
-                        match p {
-                            Push::NewEnvelope { .. } => mailbox = true,
-                            Push::RoomMessage { .. } => rooms = true,
-                            Push::LowPrekeys { remaining, remaining_kem } => {
-                                top_up(&mut client, remaining, remaining_kem, &send).await;
-                            }
-                            Push::LowKeyPackages { .. } => {
-                                if let Err(e) = client.publish_key_packages().await {
-                                    send(Update::Error { conv: None, text: format!("could not publish key packages: {e}") });
-                                }
-                            }
-                            _ => {}
+                        let on_event = &mut |ev| send(Update::Received(ev));
+                        let on_line = &mut |line: String| room_line(line, &send);
+                        match client.handle_push(p, &out_dir, on_event, Some(on_line)).await {
+                            Ok((_, Wake::Mailbox)) => mailbox = true,
+                            Ok((_, Wake::Rooms)) => rooms = true,
+                            Ok((_, Wake::Nothing)) => {}
+                            Err(e) => report(&client, None, "receiving failed", &e, &send),
                         }
                         next = pushes.as_mut().and_then(|rx| rx.try_recv().ok());
+                    }
+                    if let Err(e) = client.flush_acks().await {
+                        report(&client, None, "acknowledging failed", &e, &send);
                     }
                     if mailbox {
                         fetch(&mut client, &out_dir, &send).await;
@@ -141,23 +140,20 @@ pub fn split_room_line(line: &str) -> Option<(&str, &str)> {
 
 /// Syncs every room and sends its new lines to the room conversations.
 async fn room_fetch(client: &mut Client, out_dir: &Path, send: &dyn Fn(Update)) {
-    let result = client
-        .rooms_receive(out_dir, &mut |line| match split_room_line(&line) {
-            Some((room, text)) => {
-                let kind = if text.starts_with("! ") { LineKind::Error } else { LineKind::Incoming };
-                send(Update::RoomLine { room: room.to_string(), kind, text: text.to_string() });
-            }
-            None => send(Update::Info { conv: None, text: line }),
-        })
-        .await;
+    let result = client.rooms_receive(out_dir, &mut |line| room_line(line, send)).await;
     if let Err(e) = result {
         report(client, None, "receiving room messages failed", &e, send);
     }
 }
 
-async fn top_up(client: &mut Client, remaining: u32, remaining_kem: u32, send: &dyn Fn(Update)) {
-    if let Err(e) = client.ensure_prekeys(Some((remaining, remaining_kem))).await {
-        send(Update::Error { conv: None, text: format!("could not upload new prekeys: {e}") });
+/// Sends a `[NAME] TEXT` line to its room's conversation.
+fn room_line(line: String, send: &dyn Fn(Update)) {
+    match split_room_line(&line) {
+        Some((room, text)) => {
+            let kind = if text.starts_with("! ") { LineKind::Error } else { LineKind::Incoming };
+            send(Update::RoomLine { room: room.to_string(), kind, text: text.to_string() });
+        }
+        None => send(Update::Info { conv: None, text: line }),
     }
 }
 
