@@ -190,7 +190,7 @@ fi
 if step room; then
 printf '%-58s %s us\n' "room of $ROOM: server CPU per message to all members" "$(result "$WORK/room.out" cpu_per_msg_us)"
 printf '%-58s %s us\n' "room: server CPU per join (average over sizes 1..$ROOM)" "$(result "$WORK/room.out" cpu_per_join_us)"
-printf '%-58s %s ms\n' "room: relay latency of the last join (all members acked)" "$(result "$WORK/room.out" last_join_ms)"
+printf '%-58s %s ms\n' "room: relay latency of the last join (all members have it)" "$(result "$WORK/room.out" last_join_ms)"
 printf '%-58s %s/s, %s / %s ms\n' "room: messages to all members, p50 / p99 latency" "$(result "$WORK/room.out" msgs_per_s)" \
     "$(result "$WORK/room.out" p50_ms)" "$(result "$WORK/room.out" p99_ms)"
 fi

@@ -131,12 +131,24 @@ pub struct Client {
     pub(crate) acks: PendingAcks,
 }
 
+use pqc_wire::ACK_DELAY;
+/// Pending acknowledgements that are sent without waiting for [`ACK_DELAY`].
+const ACK_BATCH: usize = 256;
+
 /// Acknowledgements not yet sent: envelope ids and, per room, the last
 /// sequence number applied.
 #[derive(Debug, Default)]
 pub(crate) struct PendingAcks {
     pub(crate) envelopes: Vec<pqc_wire::EnvelopeId>,
     pub(crate) rooms: std::collections::BTreeMap<pqc_wire::RoomId, u64>,
+    /// When the oldest of them was added.
+    since: Option<Instant>,
+}
+
+impl PendingAcks {
+    fn len(&self) -> usize {
+        self.envelopes.len() + self.rooms.len()
+    }
 }
 
 /// What a push asks the caller to do next.
@@ -629,11 +641,12 @@ impl Client {
                 let mut deadline = Instant::now() + wait;
                 (mailbox, rooms) = loop {
                     if rx.is_empty() {
-                        self.flush_acks().await?;
+                        self.flush_acks_if_due().await?;
                     }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let p = match tokio::time::timeout(left, rx.recv()).await {
+                    let until = self.ack_due().map_or(deadline, |t| t.min(deadline));
+                    let p = match tokio::time::timeout_at(until.into(), rx.recv()).await {
                         Ok(Some(p)) => p,
+                        Err(_) if Instant::now() < deadline => continue,
                         Ok(None) | Err(_) => return self.flush_acks().await,
                     };
                     let (n, wake) = self.handle_push(p, out_dir, on_event, on_room_line.as_deref_mut()).await?;
@@ -659,6 +672,20 @@ impl Client {
     /// prekeys or key packages are topped up. Returns how many events and
     /// lines were shown and what to fetch.
     pub async fn handle_push<'f>(
+        &mut self,
+        p: Push,
+        out_dir: &Path,
+        on_event: &mut dyn FnMut(Event),
+        on_room_line: Option<&mut (dyn FnMut(String) + 'f)>,
+    ) -> Result<(usize, Wake)> {
+        let r = self.handle_push_inner(p, out_dir, on_event, on_room_line).await;
+        if self.acks.since.is_none() && self.acks.len() > 0 {
+            self.acks.since = Some(Instant::now());
+        }
+        r
+    }
+
+    async fn handle_push_inner<'f>(
         &mut self,
         p: Push,
         out_dir: &Path,
@@ -691,8 +718,22 @@ impl Client {
         }
     }
 
+    /// When the pending acknowledgements must go ([`ACK_DELAY`] after the
+    /// oldest); `None` if there are none.
+    pub fn ack_due(&self) -> Option<Instant> {
+        self.acks.since.map(|t| t + ACK_DELAY)
+    }
+
+    /// [`Self::flush_acks`] if the oldest pending one waited [`ACK_DELAY`]
+    /// or many are pending; call it when no push is waiting.
+    pub async fn flush_acks_if_due(&mut self) -> Result<()> {
+        let due = self.ack_due().is_some_and(|t| t <= Instant::now());
+        if due || self.acks.len() >= ACK_BATCH { self.flush_acks().await } else { Ok(()) }
+    }
+
     /// Sends the acknowledgements of what [`Self::handle_push`] handled.
     pub async fn flush_acks(&mut self) -> Result<()> {
+        self.acks.since = None;
         let ids = std::mem::take(&mut self.acks.envelopes);
         if !ids.is_empty() {
             call(&self.conn, Request::AckEnvelopes { ids }).await?;

@@ -903,10 +903,10 @@ impl Client {
     }
 
     /// A room entry the relay pushed inline ([`Client::handle_push`]): the
-    /// application message right after the last entry applied is applied
-    /// now (its acknowledgement waits for [`Client::flush_acks`]); a commit,
-    /// a proposal or a gap runs the full sync instead. Then the room's new
-    /// lines go to `on_line`; returns how many.
+    /// entry right after the last one applied is applied now (its
+    /// acknowledgement waits for [`Client::flush_acks`]); after a proposal
+    /// (someone leaving) the room is synced, which commits it; a gap syncs
+    /// instead. Then the room's new lines go to `on_line`; returns how many.
     pub(crate) async fn room_entry_pushed(
         &mut self,
         m: RoomMessage,
@@ -919,19 +919,18 @@ impl Client {
         if !room.is_active() || m.seq <= local.last_seq {
             return Ok(0);
         }
-        let next = m.kind == RoomMessageKind::Application
-            && m.seq == local.last_seq.saturating_add(1)
-            && self.pending_commit(&id)?.is_none();
-        let (room, local) = if next {
+        let next = m.seq == local.last_seq.saturating_add(1) && self.pending_commit(&id)?.is_none();
+        if next {
             if m.sender.as_str() != self.username() {
                 self.apply_entry(&mut room, &mut local, &m);
             }
             local.last_seq = m.seq;
             self.save_room(&id, &room, &local)?;
             self.acks.rooms.insert(id, m.seq);
+        }
+        let (room, local) = if next && m.kind != RoomMessageKind::Proposal {
             (room, local)
         } else {
-            self.acks.rooms.remove(&id);
             match self.room_sync(id).await {
                 Ok(x) => x,
                 Err(e) => {

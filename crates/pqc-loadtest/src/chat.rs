@@ -11,9 +11,12 @@
 //!    answers; `2k` decrypts the answer;
 //! 3. messages: every user sends [`ChatConfig::messages`] messages to its
 //!    partner (at most [`ChatConfig::window`] unacknowledged) and, at the same
-//!    time, receives: on each `NewEnvelope` push it fetches, decrypts and
-//!    acknowledges. Each plaintext carries its send time (taken before
-//!    encryption); latency is measured when the receiver has decrypted it.
+//!    time, receives as the client does: each envelope pushed inline
+//!    (`Push::Envelope`) is decrypted at once, and one `AckEnvelopes` covers
+//!    all of them once no push is waiting (a `NewEnvelope` announcement, or
+//!    250 ms without a push, fetches instead). Each plaintext carries its
+//!    send time (taken before encryption); latency is measured when the
+//!    receiver has decrypted it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::SystemRng;
 use pqc_proto::{PeerIdentity, PreKeyBundle, Session, WireMessage};
-use pqc_wire::{Envelope, ErrorCode, Push, Request, Response, Username};
+use pqc_wire::{ACK_DELAY, Envelope, ErrorCode, Push, Request, Response, Username};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -304,6 +307,28 @@ pub(crate) fn sent_at(pt: &[u8]) -> Option<Duration> {
     Some(Duration::from_nanos(u64::from_le_bytes(b)))
 }
 
+/// Acknowledges `ids` (retrying when rate-limited); false if the connection failed.
+async fn ack_all(conn: &pqc_net::Connection, ids: Vec<pqc_wire::EnvelopeId>, errors: &ErrorCounts) -> bool {
+    while !ids.is_empty() {
+        match conn.request(Request::AckEnvelopes { ids: ids.clone() }).await {
+            Ok(Response::Deleted { .. }) => return true,
+            Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
+                errors.add("ack rate-limited (retried)");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(other) => {
+                errors.add(format!("ack: {other:?}"));
+                return true;
+            }
+            Err(e) => {
+                errors.add(format!("ack: {e}"));
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Sends and receives for one user until its messages are out and its
 /// partner's are in.
 async fn converse(
@@ -373,17 +398,48 @@ async fn converse(
 
     let receiver = async {
         let mut got = 0usize;
+        let mut unacked = Vec::new();
+        // When the oldest unacknowledged envelope arrived.
+        let mut since: Option<Instant> = None;
+        let open = |env: &Envelope, got: &mut usize| {
+            let pt = session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload);
+            match pt.ok().as_deref().and_then(sent_at) {
+                Some(t) => {
+                    let latency = epoch.elapsed().saturating_sub(t);
+                    let mut r = result.lock().unwrap_or_else(PoisonError::into_inner);
+                    r.delivered += 1;
+                    r.latencies.record(latency);
+                    r.last_delivery = Some(Instant::now());
+                    *got += 1;
+                }
+                None => errors.add("decrypt failed"),
+            }
+        };
         while got < cfg.messages && tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_millis(250), pushes.recv()).await {
+            let due = since.map(|t| t + ACK_DELAY);
+            if pushes.is_empty() && due.is_some_and(|t| t <= Instant::now()) {
+                since = None;
+                if !ack_all(&conn, std::mem::take(&mut unacked), errors).await {
+                    return;
+                }
+            }
+            let wait = due.map_or(Duration::from_millis(250), |t| t.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, pushes.recv()).await {
                 Ok(None) => {
                     errors.add("connection closed");
                     return;
                 }
+                Ok(Some(Push::Envelope(env))) => {
+                    open(&env, &mut got);
+                    unacked.push(env.id);
+                    since.get_or_insert_with(Instant::now);
+                    continue;
+                }
+                // The acknowledgement is due.
+                Err(_) if due.is_some() => continue,
                 Ok(Some(Push::NewEnvelope { .. })) | Err(_) => {}
                 Ok(Some(_)) => continue,
             }
-            // Every push that arrived so far is covered by the fetch below.
-            while pushes.try_recv().is_ok() {}
             loop {
                 let (envelopes, more) = match conn.request(Request::Fetch).await {
                     Ok(Response::Envelopes { envelopes, more }) => (envelopes, more),
@@ -403,41 +459,26 @@ async fn converse(
                 };
                 let mut ids = Vec::with_capacity(envelopes.len());
                 for env in envelopes {
+                    // One pushed inline and not acknowledged yet comes again: skip it.
+                    if !unacked.contains(&env.id) {
+                        open(&env, &mut got);
+                    }
                     ids.push(env.id);
-                    let pt = session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload);
-                    match pt.ok().as_deref().and_then(sent_at) {
-                        Some(t) => {
-                            let latency = epoch.elapsed().saturating_sub(t);
-                            let mut r = result.lock().unwrap_or_else(PoisonError::into_inner);
-                            r.delivered += 1;
-                            r.latencies.record(latency);
-                            r.last_delivery = Some(Instant::now());
-                            got += 1;
-                        }
-                        None => errors.add("decrypt failed"),
-                    }
                 }
-                while !ids.is_empty() {
-                    match conn.request(Request::AckEnvelopes { ids: ids.clone() }).await {
-                        Ok(Response::Deleted { .. }) => break,
-                        Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
-                            errors.add("ack rate-limited (retried)");
-                            tokio::time::sleep(retry).await;
-                        }
-                        Ok(other) => {
-                            errors.add(format!("ack: {other:?}"));
-                            break;
-                        }
-                        Err(e) => {
-                            errors.add(format!("ack: {e}"));
-                            return;
-                        }
-                    }
+                unacked.retain(|id| !ids.contains(id));
+                if unacked.is_empty() {
+                    since = None;
+                }
+                if !ack_all(&conn, ids, errors).await {
+                    return;
                 }
                 if !more {
                     break;
                 }
             }
+        }
+        if !unacked.is_empty() {
+            ack_all(&conn, unacked, errors).await;
         }
     };
     tokio::join!(sender, receiver);

@@ -178,7 +178,7 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
     );
     println!("setup (connect + register): {:.2} s", r.setup.as_secs_f64());
     println!(
-        "joins: {}, relay latency (join sent -> every member acked the commit): {}; last join {:.2} ms",
+        "joins: {}, relay latency (join sent -> every member has applied the commit): {}; last join {:.2} ms",
         r.joins,
         r.join_latency.summary_ms(),
         r.last_join.as_secs_f64() * 1e3

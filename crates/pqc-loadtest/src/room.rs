@@ -10,14 +10,16 @@
 //! which prints them) and do not run MLS themselves; the members' MLS cost
 //! is measured by that bench. Every request the real client makes is made
 //! here in the same order: `RoomGetInfo` + `RoomJoin` to join,
-//! a sync (`RoomFetch`, `RoomAck`) before each send, and on each
-//! `RoomMessage` push `RoomFetch` until drained, then `RoomAck`.
+//! a sync (`RoomFetch`, and `RoomAck` if it returned entries) before each
+//! send; an entry pushed inline (`Push::RoomEntry`) right after the last
+//! one applied is taken as it is, anything else (a proposal, a gap) syncs;
+//! acknowledgements are sent as the client sends them ([`ACK_DELAY`]).
 //!
 //! Phases, each bounded by the run's deadline:
 //! 1. setup: every member connects and registers (its own QUIC connection);
 //! 2. joins: member 0 creates the room; members 1..N join one at a time by
 //!    external commit; after each join, the time until every earlier member
-//!    has fetched and acknowledged the commit is the join's relay latency;
+//!    has received and applied the commit is the join's relay latency;
 //! 3. messages: [`RoomConfig::senders`] members each send
 //!    [`RoomConfig::messages`] messages, one at a time, and every member
 //!    receives every message it did not send. Latency is send → fetched.
@@ -31,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::{Rng, SystemRng};
-use pqc_wire::{ErrorCode, Push, Request, Response, RoomId, RoomMessageKind};
+use pqc_wire::{ACK_DELAY, ErrorCode, Push, Request, Response, RoomId, RoomMessage, RoomMessageKind, Username};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -72,7 +74,7 @@ pub struct RoomReport {
     pub setup: Duration,
     /// Joins made (members − 1).
     pub joins: usize,
-    /// Per join: `RoomJoin` sent → every earlier member acknowledged the commit.
+    /// Per join: `RoomJoin` sent → every earlier member applied the commit.
     pub join_latency: Latencies,
     /// The last join's latency (into a room of `members − 1`).
     pub last_join: Duration,
@@ -122,6 +124,31 @@ struct Seen {
     deliveries: u64,
     latencies: Latencies,
     last_delivery: Option<Instant>,
+    /// Last room entry applied (as the client's room record keeps it).
+    applied: u64,
+}
+
+impl Seen {
+    /// Applies one entry (skipping one applied already): counts the
+    /// application messages of others.
+    fn apply(&mut self, i: usize, m: &RoomMessage, me: &Username, shared: &Shared) {
+        if m.seq <= self.applied {
+            return;
+        }
+        self.applied = m.seq;
+        if let Some(a) = shared.applied.get(i) {
+            a.fetch_max(m.seq, Ordering::Relaxed);
+        }
+        if m.kind != RoomMessageKind::Application || &m.sender == me {
+            return;
+        }
+        if let Some(t) = crate::chat::sent_at(&m.payload) {
+            self.deliveries += 1;
+            self.latencies.record(shared.epoch.elapsed().saturating_sub(t));
+            self.last_delivery = Some(Instant::now());
+            shared.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// State shared by the receive loops and the driver.
@@ -129,8 +156,8 @@ struct Shared {
     room: RoomId,
     epoch: Instant,
     errors: ErrorCounts,
-    /// Per member: highest sequence number acknowledged.
-    acked: Vec<AtomicU64>,
+    /// Per member: highest sequence number applied.
+    applied: Vec<AtomicU64>,
     /// Deliveries so far, all members.
     delivered: AtomicU64,
 }
@@ -163,7 +190,7 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
         room: RoomId(id),
         epoch: Instant::now(),
         errors: ErrorCounts::default(),
-        acked: (0..cfg.members).map(|_| AtomicU64::new(0)).collect(),
+        applied: (0..cfg.members).map(|_| AtomicU64::new(0)).collect(),
         delivered: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -188,13 +215,13 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
         } else {
             join(&user, &shared.room, cfg).await?
         };
-        if let Some(a) = shared.acked.get(i) {
+        if let Some(a) = shared.applied.get(i) {
             a.store(seq, Ordering::Relaxed);
         }
         if i > 0 {
-            // Every earlier member has fetched and acknowledged the commit.
+            // Every earlier member has the commit (pushed or fetched) and applied it.
             let wait = async {
-                while shared.acked.iter().take(i).any(|a| a.load(Ordering::Relaxed) < seq) {
+                while shared.applied.iter().take(i).any(|a| a.load(Ordering::Relaxed) < seq) {
                     tokio::time::sleep(Duration::from_micros(200)).await;
                 }
             };
@@ -309,30 +336,28 @@ async fn drain(i: usize, user: &SimUser, shared: &Shared, seen: &SeenLock) -> Re
             _ => return Err(LoadError::Unexpected("room fetch")),
         };
         let Some(last) = messages.last().map(|m| m.seq) else { return Ok(()) };
-        let now = shared.epoch.elapsed();
-        for m in messages.iter().filter(|m| m.kind == RoomMessageKind::Application && m.sender != user.name) {
-            if let Some(t) = crate::chat::sent_at(&m.payload) {
-                s.deliveries += 1;
-                s.latencies.record(now.saturating_sub(t));
-                s.last_delivery = Some(Instant::now());
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-            }
+        for m in &messages {
+            s.apply(i, m, &user.name, shared);
         }
-        let ack = Request::RoomAck { room_id: shared.room, seq: last };
-        match expect_ok("room ack", user.conn.request(ack).await?)? {
-            Response::Deleted { .. } => {}
-            _ => return Err(LoadError::Unexpected("room ack")),
-        }
-        if let Some(a) = shared.acked.get(i) {
-            a.fetch_max(last, Ordering::Relaxed);
-        }
+        ack(user, shared, last).await?;
         if !more {
             return Ok(());
         }
     }
 }
 
-/// One member's receiving side: on each push, drain the room.
+async fn ack(user: &SimUser, shared: &Shared, seq: u64) -> Result<(), LoadError> {
+    let ack = Request::RoomAck { room_id: shared.room, seq };
+    match expect_ok("room ack", user.conn.request(ack).await?)? {
+        Response::Deleted { .. } => Ok(()),
+        _ => Err(LoadError::Unexpected("room ack")),
+    }
+}
+
+/// One member's receiving side, as the client does it: the next entry
+/// pushed inline is applied at once, anything else syncs; the
+/// acknowledgement goes once no push is waiting and the oldest unacknowledged
+/// entry waited [`ACK_DELAY`].
 async fn receive_loop(
     i: usize,
     user: Arc<SimUser>,
@@ -341,10 +366,28 @@ async fn receive_loop(
     mut stop: watch::Receiver<bool>,
     seen: Arc<SeenLock>,
 ) {
+    // (last entry applied, when the oldest unacknowledged one was).
+    let mut unacked: Option<(u64, Instant)> = None;
     loop {
-        tokio::select! {
+        let due = unacked.map(|(_, t)| t + ACK_DELAY);
+        if pushes.is_empty()
+            && due.is_some_and(|t| t <= Instant::now())
+            && let Some((seq, _)) = unacked.take()
+            && let Err(e) = ack(&user, &shared, seq).await
+        {
+            shared.errors.add(format!("receive: {e}"));
+        }
+        let timer = async {
+            match unacked {
+                Some((_, t)) => tokio::time::sleep_until((t + ACK_DELAY).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let entry = tokio::select! {
+            () = timer => continue,
             p = pushes.recv() => match p {
-                Some(Push::RoomMessage { .. }) => {}
+                Some(Push::RoomEntry(m)) => Some(m),
+                Some(Push::RoomMessage { .. }) => None,
                 Some(_) => continue,
                 None => {
                     shared.errors.add("connection closed");
@@ -352,11 +395,21 @@ async fn receive_loop(
                 }
             },
             _ = stop.changed() => return,
-        }
-        // Every push that arrived so far is covered by the fetch below.
-        while pushes.try_recv().is_ok() {}
-        if let Err(e) = drain(i, &user, &shared, &seen).await {
-            shared.errors.add(format!("receive: {e}"));
+        };
+        let mut s = seen.lock().await;
+        match entry {
+            Some(m) if m.seq <= s.applied => {}
+            Some(m) if m.kind != RoomMessageKind::Proposal && m.seq == s.applied + 1 => {
+                s.apply(i, &m, &user.name, &shared);
+                unacked = Some((m.seq, unacked.map_or_else(Instant::now, |(_, t)| t)));
+            }
+            _ => {
+                drop(s);
+                unacked = None;
+                if let Err(e) = drain(i, &user, &shared, &seen).await {
+                    shared.errors.add(format!("receive: {e}"));
+                }
+            }
         }
     }
 }

@@ -47,6 +47,12 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Default cap on a frame body (1 MiB). Servers may configure another value;
 /// both sides reject larger frames before allocating.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// How long a client may hold back the acknowledgement of an envelope or a
+/// room entry it took from a push (and saved), so that one `AckEnvelopes` or
+/// `RoomAck` covers many: until then the relay keeps it, and a client that
+/// crashed gets it again and skips it.
+pub const ACK_DELAY: core::time::Duration = core::time::Duration::from_millis(100);
 /// Size of the length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;
 

@@ -47,6 +47,11 @@ pub async fn run(
     room_fetch(&mut client, &out_dir, &send).await;
     loop {
         tokio::select! {
+            () = ack_timer(client.ack_due()) => {
+                if let Err(e) = client.flush_acks().await {
+                    report(&client, None, "acknowledging failed", &e, &send);
+                }
+            }
             a = actions.recv() => match a {
                 Some(a) => act(&mut client, a, &out_dir, &send).await,
                 None => break,
@@ -69,7 +74,7 @@ pub async fn run(
                         }
                         next = pushes.as_mut().and_then(|rx| rx.try_recv().ok());
                     }
-                    if let Err(e) = client.flush_acks().await {
+                    if let Err(e) = client.flush_acks_if_due().await {
                         report(&client, None, "acknowledging failed", &e, &send);
                     }
                     if mailbox {
@@ -92,6 +97,14 @@ pub async fn run(
         }
     }
     client
+}
+
+/// Fires when pending acknowledgements are due; never without any.
+async fn ack_timer(due: Option<std::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_push(rx: &mut Option<UnboundedReceiver<Push>>) -> Option<Push> {
