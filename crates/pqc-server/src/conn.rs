@@ -466,57 +466,80 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             }
             begin_attachment(shared, user, Audience::Room(room_id), total_len).await
         }
+        // Each attachment request is one store operation (permission check,
+        // work and status together): one group commit per chunk, not three.
         Request::AttachmentChunk { id, offset, data } => {
-            if let Err(r) = attachment_for(shared, id, &user, Role::Sender).await {
-                return r;
-            }
-            match shared.db(move |st| st.attachment_append(id, offset, &data)).await {
-                Ok(_) => status_of(shared, id).await,
-                Err(e) => store_err(e),
-            }
+            let chunk = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Sender)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                Ok(match st.attachment_append(id, offset, &data) {
+                    Ok(received) => {
+                        Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false }
+                    }
+                    Err(e) => store_err(e),
+                })
+            });
+            chunk.await.unwrap_or_else(store_err)
         }
-        Request::AttachmentStatus { id } => match attachment_for(shared, id, &user, Role::Either).await {
-            Ok(_) => status_of(shared, id).await,
-            Err(r) => r,
-        },
+        Request::AttachmentStatus { id } => {
+            let status = shared.db(move |st| {
+                Ok(match check_attachment(st, id, &user, Role::Either)? {
+                    Ok(m) => status_of(&m),
+                    Err(r) => r,
+                })
+            });
+            status.await.unwrap_or_else(store_err)
+        }
         Request::AttachmentFinish { id } => {
-            if let Err(r) = attachment_for(shared, id, &user, Role::Sender).await {
-                return r;
-            }
-            match shared.db(move |st| st.attachment_finish(id)).await {
-                Ok(()) => status_of(shared, id).await,
-                Err(e) => store_err(e),
-            }
+            let finish = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Sender)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                Ok(match st.attachment_finish(id) {
+                    Ok(()) => status_of(&AttachmentMeta { complete: true, ..meta }),
+                    Err(e) => store_err(e),
+                })
+            });
+            finish.await.unwrap_or_else(store_err)
         }
         Request::AttachmentGet { id, offset, max_len } => {
-            let meta = match attachment_for(shared, id, &user, Role::Recipient).await {
-                Ok(m) => m,
-                Err(r) => return r,
-            };
-            if !meta.complete {
-                return Response::error(ErrorCode::Invalid, "attachment upload is not finished yet");
-            }
             let cap = u32::try_from(limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
             let n = max_len.min(cap);
-            match shared.db(move |st| st.attachment_read(id, offset, n)).await {
-                Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
-                Err(e) => store_err(e),
-            }
+            let get = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                if !meta.complete {
+                    return Ok(Response::error(ErrorCode::Invalid, "attachment upload is not finished yet"));
+                }
+                Ok(match st.attachment_read(id, offset, n) {
+                    Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
+                    Err(e) => store_err(e),
+                })
+            });
+            get.await.unwrap_or_else(store_err)
         }
         Request::AttachmentAck { id } => {
-            let meta = match attachment_for(shared, id, &user, Role::Recipient).await {
-                Ok(m) => m,
-                Err(r) => return r,
-            };
-            let done = match meta.to {
-                Audience::User(_) => shared.db(move |st| st.attachment_delete(id)).await,
-                // A room file goes once its last reader is done with it.
-                Audience::Room(_) => shared.db(move |st| st.attachment_reader_done(id, &user)).await,
-            };
-            match done {
-                Ok(d) => Response::Deleted { count: u32::from(d) },
-                Err(e) => store_err(e),
-            }
+            let ack = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                let done = match meta.to {
+                    Audience::User(_) => st.attachment_delete(id),
+                    // A room file goes once its last reader is done with it.
+                    Audience::Room(_) => st.attachment_reader_done(id, &user),
+                };
+                Ok(match done {
+                    Ok(d) => Response::Deleted { count: u32::from(d) },
+                    Err(e) => store_err(e),
+                })
+            });
+            ack.await.unwrap_or_else(store_err)
         }
         Request::RoomCreate { room_id, max_participants, group_info } => {
             if group_info.is_empty() {
@@ -709,28 +732,22 @@ enum Role {
     Either,
 }
 
-async fn attachment_for(
-    shared: &Shared,
+/// Checks that `user` may act on attachment `id` as `role`; inside a store
+/// operation. `Ok(Err(response))` is a refusal to send back.
+fn check_attachment(
+    st: &mut SqliteServerStore,
     id: AttachmentId,
     user: &Username,
     role: Role,
-) -> Result<AttachmentMeta, Response> {
-    let meta = match shared.db(move |st| st.attachment(id)).await {
-        Ok(Some(m)) => m,
-        // Same answer for "absent" and "someone else's" would leak less, but a
-        // clear Forbidden helps users; ids are random 63-bit values anyway.
-        Ok(None) => return Err(Response::error(ErrorCode::NotFound, "no such attachment")),
-        Err(e) => return Err(store_err(e)),
+) -> Result<Result<AttachmentMeta, Response>, StoreError> {
+    // Same answer for "absent" and "someone else's" would leak less, but a
+    // clear Forbidden helps users; ids are random 63-bit values anyway.
+    let Some(meta) = st.attachment(id)? else {
+        return Ok(Err(Response::error(ErrorCode::NotFound, "no such attachment")));
     };
     let is_recipient = match &meta.to {
         Audience::User(to) => to == user,
-        Audience::Room(_) => {
-            let u = user.clone();
-            match shared.db(move |st| st.attachment_is_reader(id, &u)).await {
-                Ok(r) => r,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+        Audience::Room(_) => st.attachment_is_reader(id, user)?,
     };
     let ok = match role {
         Role::Sender => &meta.from == user,
@@ -738,24 +755,18 @@ async fn attachment_for(
         Role::Either => &meta.from == user || is_recipient,
     };
     if ok {
-        Ok(meta)
+        Ok(Ok(meta))
     } else {
-        Err(Response::error(
+        Ok(Err(Response::error(
             ErrorCode::Forbidden,
             match role {
                 Role::Sender => "only the sender may upload this attachment",
                 _ => "only its recipient (for a room file: a member when it was sent) may download this attachment",
             },
-        ))
+        )))
     }
 }
 
-async fn status_of(shared: &Shared, id: AttachmentId) -> Response {
-    match shared.db(move |st| st.attachment(id)).await {
-        Ok(Some(m)) => {
-            Response::AttachmentStatus { id, received: m.received, total_len: m.total_len, complete: m.complete }
-        }
-        Ok(None) => Response::error(ErrorCode::NotFound, "no such attachment"),
-        Err(e) => store_err(e),
-    }
+fn status_of(m: &AttachmentMeta) -> Response {
+    Response::AttachmentStatus { id: m.id, received: m.received, total_len: m.total_len, complete: m.complete }
 }

@@ -70,4 +70,7 @@ pub enum StoreError {
     /// SQLite failure.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Reading or writing an attachment file failed.
+    #[error("attachment file error: {0}")]
+    Io(#[from] std::io::Error),
 }

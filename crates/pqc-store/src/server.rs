@@ -1,6 +1,7 @@
 //! Server-side storage.
 
-use std::path::Path;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 
 use pqc_wire::{
     AttachmentId, Envelope, EnvelopeId, PreKeyId, PrekeyBundle, RoomId, RoomMessage, RoomMessageKind, Username,
@@ -277,10 +278,31 @@ CREATE INDEX key_packages_by_user ON key_packages(username, id);
 ";
 
 /// SQLite implementation of [`ServerStore`].
+///
+/// Attachment bodies of a store opened on a file live as files beside the
+/// database (`attachments/<id as 16 hex digits>`), written as chunks arrive;
+/// the database keeps their metadata. The `received` count in the database
+/// advances only at *checkpoints* — after the file is fsynced, every
+/// [`ATTACHMENT_CHECKPOINT`] bytes and at the last byte — and the bytes
+/// written since are counted in memory, so after a crash an upload resumes
+/// from a length whose bytes are on disk (the file is cut back to it when
+/// the store opens). An in-memory store keeps bodies in the database.
 #[derive(Debug)]
 pub struct SqliteServerStore {
     conn: Connection,
+    /// Folder of attachment bodies (`None`: bodies in the database).
+    files: Option<PathBuf>,
+    /// Uploads in progress: bytes written past the last checkpoint.
+    written: std::collections::HashMap<AttachmentId, u64>,
+    /// Attachments deleted by the current transaction: their files go once it commits.
+    doomed: Vec<AttachmentId>,
+    /// Inside [`SqliteServerStore::begin_batch`].
+    in_batch: bool,
 }
+
+/// Bytes of an upload written between two fsyncs of its file (and updates
+/// of its durable length in the database).
+pub const ATTACHMENT_CHECKPOINT: u64 = 8 << 20;
 
 /// Statements through rusqlite's per-connection cache: each SQL text is
 /// compiled once and reused, which the hot paths (enqueue, fetch, ack, room
@@ -318,7 +340,74 @@ fn i64_of(v: u64) -> Result<i64, StoreError> {
 impl SqliteServerStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path)?)
+        let mut store = Self::init(Connection::open(path)?)?;
+        let dir = path.parent().unwrap_or(Path::new(".")).join("attachments");
+        std::fs::create_dir_all(&dir)?;
+        store.files = Some(dir);
+        store.reconcile_files()?;
+        Ok(store)
+    }
+
+    /// After a restart: deletes files of attachments that no longer exist,
+    /// and cuts the file of each unfinished upload back to its durable length.
+    fn reconcile_files(&mut self) -> Result<(), StoreError> {
+        let Some(dir) = self.files.clone() else { return Ok(()) };
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+                .map(AttachmentId);
+            let row: Option<(i64, bool)> = match id {
+                Some(id) => self
+                    .conn
+                    .row("SELECT received, complete FROM attachments WHERE id = ?1", params![i64_of(id.0)?], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
+                None => None,
+            };
+            match row {
+                None => std::fs::remove_file(&path)?,
+                Some((received, false)) => {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(u64::try_from(received).unwrap_or(0))?;
+                    f.sync_all()?;
+                }
+                Some((_, true)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn body_path(&self, id: AttachmentId) -> Option<PathBuf> {
+        self.files.as_ref().map(|d| d.join(format!("{:016x}", id.0)))
+    }
+
+    /// Deletes the files of attachments whose rows are gone (after a commit).
+    fn remove_doomed(&mut self) -> Result<(), StoreError> {
+        for id in std::mem::take(&mut self.doomed) {
+            self.written.remove(&id);
+            let gone = self
+                .conn
+                .row("SELECT 1 FROM attachments WHERE id = ?1", params![i64_of(id.0)?], |_| Ok(()))
+                .optional()?
+                .is_none();
+            if gone && let Some(p) = self.body_path(id) {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Outside a batch, an operation's own commit is final: delete files now.
+    fn after_delete(&mut self) -> Result<(), StoreError> {
+        if self.in_batch { Ok(()) } else { self.remove_doomed() }
     }
 
     /// Starts a group commit: the store operations called until
@@ -327,16 +416,24 @@ impl SqliteServerStore {
     /// own). Callers must not report any of them as durable before the batch
     /// commits.
     pub fn begin_batch(&mut self) -> Result<(), StoreError> {
-        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.in_batch = true;
+        Ok(())
     }
 
     /// Commits the batch started by [`Self::begin_batch`].
     pub fn commit_batch(&mut self) -> Result<(), StoreError> {
-        Ok(self.conn.execute_batch("COMMIT")?)
+        self.conn.execute_batch("COMMIT")?;
+        self.in_batch = false;
+        self.remove_doomed()
     }
 
-    /// Abandons the batch started by [`Self::begin_batch`].
+    /// Abandons the batch started by [`Self::begin_batch`]. Uploads resume
+    /// from their last checkpoint (what the database still says).
     pub fn rollback_batch(&mut self) -> Result<(), StoreError> {
+        self.in_batch = false;
+        self.doomed.clear();
+        self.written.clear();
         Ok(self.conn.execute_batch("ROLLBACK")?)
     }
 
@@ -352,7 +449,7 @@ impl SqliteServerStore {
         // FULL: every commit (an envelope before its Ack) is fsynced.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Self { conn };
+        let mut store = Self { conn, files: None, written: Default::default(), doomed: Vec::new(), in_batch: false };
         store.migrate()?;
         Ok(store)
     }
@@ -741,7 +838,7 @@ impl ServerStore for SqliteServerStore {
                     None => Audience::User(user_of(to)?),
                 },
                 total_len: u64::try_from(total).unwrap_or(0),
-                received: u64::try_from(received).unwrap_or(0),
+                received: u64::try_from(received).unwrap_or(0).max(self.written.get(&id).copied().unwrap_or(0)),
                 complete,
             })
         })
@@ -749,34 +846,59 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachment_append(&mut self, id: AttachmentId, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let body = self.body_path(id);
         let tx = self.conn.savepoint()?;
         let row: Option<(i64, i64, bool)> = tx
             .row("SELECT total_len, received, complete FROM attachments WHERE id = ?1", params![i64_of(id.0)?], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
-        let Some((total, received, complete)) = row else { return Err(StoreError::NotFound) };
+        let Some((total, durable, complete)) = row else { return Err(StoreError::NotFound) };
+        let (total, durable) = (u64::try_from(total).unwrap_or(0), u64::try_from(durable).unwrap_or(0));
         if complete {
             return Err(StoreError::Invalid("attachment already finished".into()));
         }
-        if i64_of(offset)? != received {
+        let received = durable.max(self.written.get(&id).copied().unwrap_or(0));
+        if offset != received {
             return Err(StoreError::Invalid(format!(
                 "chunk offset {offset} but {received} bytes received; resume there"
             )));
         }
-        let new = received + i64::try_from(data.len()).unwrap_or(i64::MAX);
+        let new = received.saturating_add(data.len() as u64);
         if new > total {
             return Err(StoreError::Invalid("chunk goes past the announced total length".into()));
         }
-        if !data.is_empty() {
-            tx.exec(
-                "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
-                params![i64_of(id.0)?, received, data],
-            )?;
-            tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, new])?;
+        if data.is_empty() {
+            return Ok(received);
+        }
+        // An upload an earlier version started in the database stays there.
+        let path = body.filter(|p| received == 0 || p.exists());
+        match path {
+            None => {
+                tx.exec(
+                    "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
+                    params![i64_of(id.0)?, i64_of(received)?, data],
+                )?;
+                tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, i64_of(new)?])?;
+            }
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+                file.write_all_at(data, offset)?;
+                if new - durable >= ATTACHMENT_CHECKPOINT || new == total {
+                    // Checkpoint: the bytes are on disk before the database says so.
+                    file.sync_data()?;
+                    tx.exec(
+                        "UPDATE attachments SET received = ?2 WHERE id = ?1",
+                        params![i64_of(id.0)?, i64_of(new)?],
+                    )?;
+                    self.written.remove(&id);
+                } else {
+                    self.written.insert(id, new);
+                }
+            }
         }
         tx.commit()?;
-        Ok(u64::try_from(new).unwrap_or(0))
+        Ok(new)
     }
 
     fn attachment_finish(&mut self, id: AttachmentId) -> Result<(), StoreError> {
@@ -821,10 +943,29 @@ impl ServerStore for SqliteServerStore {
         }
         let deleted = Self::prune_room_attachment(&tx, id)?;
         tx.commit()?;
+        if deleted {
+            self.doomed.push(id);
+            self.after_delete()?;
+        }
         Ok(deleted)
     }
 
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError> {
+        // No file: an empty attachment, or one stored in the database by an
+        // earlier version.
+        if let Some(path) = self.body_path(id) {
+            match std::fs::File::open(&path) {
+                Ok(file) => {
+                    let len = file.metadata()?.len();
+                    let n = len.saturating_sub(offset).min(u64::from(max_len));
+                    let mut out = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                    file.read_exact_at(&mut out, offset)?;
+                    return Ok(out);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let start = offset;
         let end = offset.saturating_add(u64::from(max_len));
         let mut st = self.conn.prepare_cached(
@@ -850,6 +991,8 @@ impl ServerStore for SqliteServerStore {
         tx.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
         let n = tx.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
         tx.commit()?;
+        self.doomed.push(id);
+        self.after_delete()?;
         Ok(n > 0)
     }
 
@@ -1011,7 +1154,13 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::NotAMember);
         }
         Self::room_prune(&tx, room)?;
-        // The leaver no longer reads the room's files; drop those nobody else reads.
+        // The leaver no longer reads the room's files; drop those nobody else
+        // reads (their files go after the commit if their rows did).
+        let candidates: Vec<i64> = {
+            let mut st = tx.prepare_cached("SELECT id FROM attachments WHERE room_id = ?1 AND complete = 1")?;
+            st.query_map(params![&room.0[..]], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        self.doomed.extend(candidates.into_iter().filter_map(|i| u64::try_from(i).ok().map(AttachmentId)));
         tx.exec(
             "DELETE FROM attachment_readers WHERE username = ?2
              AND attachment_id IN (SELECT id FROM attachments WHERE room_id = ?1)",
@@ -1023,7 +1172,7 @@ impl ServerStore for SqliteServerStore {
             params![&room.0[..]],
         )?;
         tx.commit()?;
-        Ok(())
+        self.after_delete()
     }
 
     fn room_fetch(
@@ -1292,6 +1441,61 @@ mod tests {
         let mut s = SqliteServerStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn attachment_files_resume_from_the_last_checkpoint_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let id = AttachmentId(0xABCDEF);
+        let mib = 1usize << 20;
+        let total = 9 * mib as u64 + 5;
+        let byte = |i: u64| (i % 251) as u8;
+        let chunk = |from: u64, len: usize| (from..from + len as u64).map(byte).collect::<Vec<u8>>();
+        let file = dir.path().join("attachments").join(format!("{:016x}", id.0));
+        {
+            let mut s = SqliteServerStore::open(&path).unwrap();
+            s.create_account(&u("bob"), b"k").unwrap();
+            let m = AttachmentMeta {
+                id,
+                from: u("alice"),
+                to: Audience::User(u("bob")),
+                total_len: total,
+                received: 0,
+                complete: false,
+            };
+            s.attachment_begin(&m).unwrap();
+            for i in 0..9u64 {
+                assert_eq!(
+                    s.attachment_append(id, i * mib as u64, &chunk(i * mib as u64, mib)).unwrap(),
+                    (i + 1) * mib as u64
+                );
+            }
+            assert_eq!(s.attachment(id).unwrap().unwrap().received, 9 * mib as u64);
+            assert!(matches!(s.attachment_append(id, 0, b"x"), Err(StoreError::Invalid(_))));
+            // "Crash": dropped without finishing; the last MiB is past the 8 MiB checkpoint.
+        }
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        let durable = ATTACHMENT_CHECKPOINT;
+        assert_eq!(s.attachment(id).unwrap().unwrap().received, durable);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), durable, "the file is cut back to the checkpoint");
+        s.attachment_append(id, durable, &chunk(durable, mib)).unwrap();
+        s.attachment_append(id, durable + mib as u64, &chunk(durable + mib as u64, 5)).unwrap();
+        s.attachment_finish(id).unwrap();
+        let all = s.attachment_read(id, 0, u32::MAX).unwrap();
+        assert_eq!(all, chunk(0, total as usize));
+        assert_eq!(s.attachment_read(id, total - 2, 10).unwrap(), chunk(total - 2, 2));
+        // Deleted in a batch: the file goes at the commit, not before.
+        s.begin_batch().unwrap();
+        assert!(s.attachment_delete(id).unwrap());
+        assert!(file.exists());
+        s.commit_batch().unwrap();
+        assert!(!file.exists());
+        // A stray file without an attachment is swept at the next open.
+        std::fs::write(&file, b"stray").unwrap();
+        drop(s);
+        SqliteServerStore::open(&path).unwrap();
+        assert!(!file.exists());
     }
 
     #[test]
