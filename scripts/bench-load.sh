@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmarks of issue 4 (docs/BENCHMARKS-load.md), all on loopback:
 #   1. messages relayed/s and p50/p99 delivery latency, 100 concurrent E2E clients (pqc-loadtest);
+#      then ("relay") the same with opaque payloads, no E2E crypto in the load generator;
 #   2. the same load through mosquitto over TLS 1.3 with QoS 1 (examples/mqtt_bench.rs);
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
 #   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
@@ -25,7 +26,7 @@ ROOM_MESSAGES=${ROOM_MESSAGES:-100}
 ROOM_PAYLOAD=${ROOM_PAYLOAD:-402}
 ROOM_COMMIT=${ROOM_COMMIT:-49626}
 ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
-STEPS=${STEPS:-chat mqtt idle file room}
+STEPS=${STEPS:-chat relay mqtt idle file room}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 WORK=$(mktemp -d /tmp/pqc-bench.XXXXXX)
@@ -85,8 +86,16 @@ if step chat; then
 echo "== 1. pqc-server: $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
 start_server "$WORK/chat"
 timeout 300 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --clients "$CLIENTS" --messages "$MESSAGES" \
-    --payload "$PAYLOAD" --window "$WINDOW" --duration-limit 240 | tee "$WORK/chat.out"
+    --payload "$PAYLOAD" --window "$WINDOW" --server-pid "$SERVER_PID" --duration-limit 240 | tee "$WORK/chat.out"
 curl -s "http://127.0.0.1:$SPORT/metrics" > "$WORK/chat.metrics" 2>/dev/null || true
+stop_server
+fi
+
+if step relay; then
+echo "== 1b. pqc-server, opaque payloads: $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
+start_server "$WORK/relay"
+timeout 300 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --clients "$CLIENTS" --messages "$MESSAGES" \
+    --payload "$PAYLOAD" --window "$WINDOW" --opaque --server-pid "$SERVER_PID" --duration-limit 240 | tee "$WORK/relay.out"
 stop_server
 fi
 
@@ -117,7 +126,7 @@ MQ_PID=$!
 PIDS+=("$MQ_PID")
 sleep 0.5
 timeout 300 "$BIN/examples/mqtt_bench" --port "$MQ_PORT" --ca "$WORK/ca.pem" --clients "$CLIENTS" \
-    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" --duration-limit 240 | tee "$WORK/mqtt.out"
+    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" --broker-pid "$MQ_PID" --duration-limit 240 | tee "$WORK/mqtt.out"
 kill -TERM "$MQ_PID" 2>/dev/null || true
 fi
 
@@ -169,10 +178,17 @@ printf '%-58s %s\n' "figure" "value"
 if step chat; then
 printf '%-58s %s\n' "pqc-server msgs relayed/s ($CLIENTS clients, ${PAYLOAD} B)" "$(result "$WORK/chat.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "pqc-server delivery latency p50 / p99" "$(result "$WORK/chat.out" p50_ms)" "$(result "$WORK/chat.out" p99_ms)"
+printf '%-58s %s us\n' "pqc-server CPU per message (store, push, ack)" "$(result "$WORK/chat.out" cpu_per_msg_us)"
+fi
+if step relay; then
+printf '%-58s %s\n' "pqc-server, opaque payloads: msgs relayed/s" "$(result "$WORK/relay.out" msgs_per_s)"
+printf '%-58s %s / %s ms\n' "pqc-server, opaque payloads: latency p50 / p99" "$(result "$WORK/relay.out" p50_ms)" "$(result "$WORK/relay.out" p99_ms)"
+printf '%-58s %s us\n' "pqc-server, opaque payloads: CPU per message" "$(result "$WORK/relay.out" cpu_per_msg_us)"
 fi
 if step mqtt; then
 printf '%-58s %s\n' "mosquitto TLS QoS1 msgs relayed/s ($CLIENTS clients)" "$(result "$WORK/mqtt.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "mosquitto delivery latency p50 / p99" "$(result "$WORK/mqtt.out" p50_ms)" "$(result "$WORK/mqtt.out" p99_ms)"
+printf '%-58s %s us\n' "mosquitto CPU per message" "$(result "$WORK/mqtt.out" cpu_per_msg_us)"
 fi
 if step idle; then
 printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections" "$(result "$WORK/idle.out" rss_before_kib)" "$(result "$WORK/idle.out" rss_after_kib)"

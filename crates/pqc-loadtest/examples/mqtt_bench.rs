@@ -35,6 +35,8 @@ struct Opts {
     payload: usize,
     window: u16,
     limit: u64,
+    /// mosquitto's pid: its CPU time over the message phase.
+    broker_pid: Option<u32>,
 }
 
 fn parse() -> Result<Opts, BoxError> {
@@ -47,6 +49,7 @@ fn parse() -> Result<Opts, BoxError> {
         payload: 256,
         window: 1,
         limit: 120,
+        broker_pid: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -60,6 +63,7 @@ fn parse() -> Result<Opts, BoxError> {
             "--payload" => o.payload = v.parse()?,
             "--window" => o.window = v.parse()?,
             "--duration-limit" => o.limit = v.parse()?,
+            "--broker-pid" => o.broker_pid = Some(v.parse()?),
             _ => return Err(format!("unknown flag {a}").into()),
         }
     }
@@ -273,6 +277,8 @@ async fn run(o: Opts) -> Result<(), BoxError> {
         set.spawn(client(o.clone(), tls.clone(), run.clone(), i, ready.clone(), go_rx.clone()));
     }
     ready.wait().await;
+    let cpu = |pid: Option<u32>| pid.map(pqc_loadtest::rss::cpu_time).transpose();
+    let cpu_start = cpu(o.broker_pid)?;
     let epoch = Instant::now();
     go_tx.send(Some(epoch))?;
     let mut lat = Latencies::new();
@@ -295,6 +301,10 @@ async fn run(o: Opts) -> Result<(), BoxError> {
             Err(e) => return Err(e.into()),
         }
     }
+    let cpu_us = match (cpu_start, cpu(o.broker_pid)?) {
+        (Some(a), Some(b)) if received > 0 => format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64),
+        _ => "-".into(),
+    };
     let secs = last.duration_since(epoch).as_secs_f64();
     let rate = if secs > 0.0 { received as f64 / secs } else { 0.0 };
     let expected = (o.clients * o.messages) as u64;
@@ -305,10 +315,11 @@ async fn run(o: Opts) -> Result<(), BoxError> {
     println!("messages: {acked} acked, {received} delivered of {expected} in {secs:.2} s");
     println!("throughput: {rate:.0} messages relayed/s");
     println!("delivery latency (publish → received): {}", lat.summary_ms());
+    println!("broker CPU per message: {cpu_us} us");
     println!("errors: {errors}");
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
-        "RESULT mode=mqtt clients={} messages={} delivered={received} msgs_per_s={rate:.0} p50_ms={} p99_ms={} max_ms={} errors={errors}",
+        "RESULT mode=mqtt clients={} messages={} delivered={received} msgs_per_s={rate:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} errors={errors}",
         o.clients,
         o.messages,
         ms(lat.quantile(0.5)),

@@ -47,6 +47,10 @@ pub struct ChatConfig {
     pub window: usize,
     /// Registrations in flight during setup.
     pub setup_concurrency: usize,
+    /// Server process, for its CPU time over the message phase.
+    pub server_pid: Option<u32>,
+    /// Send the payloads as they are, without end-to-end encryption.
+    pub opaque: bool,
 }
 
 /// Counted failures, by kind.
@@ -88,6 +92,8 @@ pub struct ChatReport {
     pub errors: BTreeMap<String, u64>,
     /// The deadline ended the message phase before every message arrived.
     pub timed_out: bool,
+    /// Server CPU time (user + system, all threads) over the message phase.
+    pub message_cpu: Option<Duration>,
 }
 
 impl ChatReport {
@@ -95,6 +101,12 @@ impl ChatReport {
     pub fn throughput(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 { self.delivered as f64 / s } else { 0.0 }
+    }
+
+    /// Server CPU per relayed message (stored, pushed, acknowledged), in microseconds.
+    pub fn cpu_per_message_us(&self) -> Option<f64> {
+        let cpu = self.message_cpu?;
+        (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
     }
 }
 
@@ -159,6 +171,8 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     }
 
     // 3. Messages.
+    let cpu = |pid: Option<u32>| pid.map(crate::rss::cpu_time).transpose();
+    let cpu_start = cpu(cfg.server_pid)?;
     let epoch = Instant::now();
     let mut tasks = JoinSet::new();
     let mut results = Vec::with_capacity(peers.len());
@@ -176,6 +190,10 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     while let Some(r) = tasks.join_next().await {
         timed_out |= r.unwrap_or(true);
     }
+    let message_cpu = match (cpu_start, cpu(cfg.server_pid)?) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let mut report = ChatReport {
         clients: cfg.clients,
         messages_per_client: cfg.messages,
@@ -187,6 +205,7 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
         latency: Latencies::new(),
         errors: BTreeMap::new(),
         timed_out,
+        message_cpu,
     };
     let mut last = epoch;
     for r in results {
@@ -350,7 +369,12 @@ async fn converse(
         for seq in 0..cfg.messages {
             let Ok(permit) = window.clone().acquire_owned().await else { break };
             let pt = plaintext(epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
-            let ct = match session.lock().unwrap_or_else(PoisonError::into_inner).encrypt(&pt, &mut SystemRng) {
+            let sealed = if cfg.opaque {
+                Ok(pt)
+            } else {
+                session.lock().unwrap_or_else(PoisonError::into_inner).encrypt(&pt, &mut SystemRng)
+            };
+            let ct = match sealed {
                 Ok(ct) => ct,
                 Err(e) => {
                     errors.add(format!("encrypt: {e}"));
@@ -402,7 +426,11 @@ async fn converse(
         // When the oldest unacknowledged envelope arrived.
         let mut since: Option<Instant> = None;
         let open = |env: &Envelope, got: &mut usize| {
-            let pt = session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload);
+            let pt = if cfg.opaque {
+                Ok(env.payload.clone().into())
+            } else {
+                session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload)
+            };
             match pt.ok().as_deref().and_then(sent_at) {
                 Some(t) => {
                     let latency = epoch.elapsed().saturating_sub(t);

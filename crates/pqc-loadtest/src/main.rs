@@ -29,6 +29,12 @@ struct Args {
     /// Unacknowledged sends allowed per client.
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// Relay only: after the handshakes, send the payloads without
+    /// end-to-end encryption (the relay sees opaque bytes either way), so
+    /// the load generator's own crypto does not compete with the server for
+    /// the CPU. Measures the relay as the MQTT benchmark measures mosquitto.
+    #[arg(long)]
+    opaque: bool,
     /// Registrations in flight during setup.
     #[arg(long, default_value_t = 32)]
     setup_concurrency: usize,
@@ -41,7 +47,7 @@ struct Args {
     /// Idle mode: seconds to hold the connections before measuring.
     #[arg(long, default_value_t = 5)]
     idle_hold: u64,
-    /// Server process id (idle mode reads its VmRSS, room mode its CPU time, from /proc).
+    /// Server process id (idle mode reads its VmRSS, chat and room modes its CPU time, from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Room mode: N members join one room, then --senders of them send
@@ -120,16 +126,20 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
         payload: args.payload,
         window: args.window,
         setup_concurrency: args.setup_concurrency,
+        server_pid: args.server_pid,
+        opaque: args.opaque,
     };
     let mut r = chat::run(&cfg, deadline).await?;
+    let cpu_us = r.cpu_per_message_us().map_or("-".into(), |v| format!("{v:.1}"));
     let expected = (cfg.clients * cfg.messages) as u64;
     println!(
-        "clients {} (pairs {}), {} messages each, payload {} B, window {}",
+        "clients {} (pairs {}), {} messages each, payload {} B, window {}{}",
         cfg.clients,
         cfg.clients / 2,
         cfg.messages,
         cfg.payload,
-        cfg.window
+        cfg.window,
+        if cfg.opaque { ", opaque payloads (no E2E encryption in the load generator)" } else { "" }
     );
     println!("setup (connect + register + prekeys): {:.2} s", r.setup.as_secs_f64());
     println!("E2E handshake per pair: {}", r.handshakes.summary_ms());
@@ -142,10 +152,12 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
     );
     println!("throughput: {:.0} messages relayed/s", r.throughput());
     println!("delivery latency (send → decrypted): {}", r.latency.summary_ms());
+    println!("server CPU per message: {cpu_us} us");
     let total_errors = print_errors(&r.errors);
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
-        "RESULT mode=chat clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} errors={total_errors}",
+        "RESULT mode={} clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} errors={total_errors}",
+        if cfg.opaque { "relay" } else { "chat" },
         cfg.clients,
         cfg.messages,
         r.delivered,

@@ -449,6 +449,9 @@ impl SqliteServerStore {
         // FULL: every commit (an envelope before its Ack) is fsynced.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Each operation of a group commit is a savepoint, whose undo records
+        // go to a statement journal: keep those in memory, not in temp files.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         let mut store = Self { conn, files: None, written: Default::default(), doomed: Vec::new(), in_batch: false };
         store.migrate()?;
         Ok(store)
