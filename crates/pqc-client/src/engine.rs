@@ -149,6 +149,19 @@ impl PendingAcks {
     fn len(&self) -> usize {
         self.envelopes.len() + self.rooms.len()
     }
+
+    fn add_envelopes(&mut self, ids: Vec<pqc_wire::EnvelopeId>) {
+        if !ids.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+        }
+        self.envelopes.extend(ids);
+    }
+
+    /// The room's entries up to `seq` are applied.
+    pub(crate) fn add_room(&mut self, room: pqc_wire::RoomId, seq: u64) {
+        self.since.get_or_insert_with(Instant::now);
+        self.rooms.insert(room, seq);
+    }
 }
 
 /// What a push asks the caller to do next.
@@ -678,25 +691,11 @@ impl Client {
         on_event: &mut dyn FnMut(Event),
         on_room_line: Option<&mut (dyn FnMut(String) + 'f)>,
     ) -> Result<(usize, Wake)> {
-        let r = self.handle_push_inner(p, out_dir, on_event, on_room_line).await;
-        if self.acks.since.is_none() && self.acks.len() > 0 {
-            self.acks.since = Some(Instant::now());
-        }
-        r
-    }
-
-    async fn handle_push_inner<'f>(
-        &mut self,
-        p: Push,
-        out_dir: &Path,
-        on_event: &mut dyn FnMut(Event),
-        on_room_line: Option<&mut (dyn FnMut(String) + 'f)>,
-    ) -> Result<(usize, Wake)> {
         match p {
             Push::Envelope(env) => {
-                let mut acks = std::mem::take(&mut self.acks.envelopes);
+                let mut acks = Vec::new();
                 let n = self.take_envelope(env, out_dir, on_event, &mut acks).await;
-                self.acks.envelopes.append(&mut acks);
+                self.acks.add_envelopes(acks);
                 Ok((n?, Wake::Nothing))
             }
             Push::RoomEntry(entry) => match on_room_line {

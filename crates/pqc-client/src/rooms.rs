@@ -402,26 +402,15 @@ impl Client {
         Ok(self.connection().request(req).await?)
     }
 
-    /// Sends a commit built on `epoch` with the new epoch's GroupInfo.
+    /// Sends a commit built on `epoch` with the new epoch's GroupInfo; with
+    /// `adding`, the commit adds that user (`RoomAdd`, so the relay routes
+    /// the room to them too).
     ///
     /// Before it leaves, the commit and the state after it are saved as the
     /// room's *pending* record, so a crash after the relay accepted it but
     /// before the new state was saved is recovered by the next sync (which
     /// finds the commit in the log: [`Self::room_sync`]).
     async fn send_commit(
-        &self,
-        id: RoomId,
-        room: &Room,
-        local: &RoomLocal,
-        epoch: u64,
-        commit: Vec<u8>,
-    ) -> Result<Commit> {
-        self.send_commit_adding(id, room, local, epoch, commit, None).await
-    }
-
-    /// [`Self::send_commit`]; with `adding`, the commit adds that user
-    /// (`RoomAdd`, so the relay routes the room to them too).
-    async fn send_commit_adding(
         &self,
         id: RoomId,
         room: &Room,
@@ -579,7 +568,7 @@ impl Client {
             let epoch = room.epoch();
             let before: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
             let Some(commit) = room.commit_pending()? else { return Ok((room, local)) };
-            match self.send_commit(id, &room, &local, epoch, commit).await? {
+            match self.send_commit(id, &room, &local, epoch, commit, None).await? {
                 Commit::Accepted => {
                     let after: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
                     for u in before.difference(&after) {
@@ -611,7 +600,7 @@ impl Client {
             {
                 let epoch = room.epoch();
                 let commit = room.self_update()?;
-                match self.send_commit(id, &room, &local, epoch, commit).await? {
+                match self.send_commit(id, &room, &local, epoch, commit, None).await? {
                     Commit::Accepted => {
                         local.sent_since_update = 0;
                         local.last_update_ms = now;
@@ -713,7 +702,7 @@ impl Client {
                 Err(e) => return Err(e.into()),
             };
             local.welcomes.push((user.to_string(), welcome));
-            match self.send_commit_adding(id, &room, &local, epoch, commit, Some(invitee.clone())).await? {
+            match self.send_commit(id, &room, &local, epoch, commit, Some(invitee.clone())).await? {
                 Commit::Accepted => return self.queue_welcomes(&id, &room, &mut local).await,
                 Commit::Conflict => continue,
             }
@@ -926,7 +915,7 @@ impl Client {
             }
             local.last_seq = m.seq;
             self.save_room(&id, &room, &local)?;
-            self.acks.rooms.insert(id, m.seq);
+            self.acks.add_room(id, m.seq);
         }
         let (room, local) = if next && m.kind != RoomMessageKind::Proposal {
             (room, local)

@@ -302,7 +302,9 @@ async fn run(o: Opts) -> Result<(), BoxError> {
         }
     }
     let cpu_us = match (cpu_start, cpu(o.broker_pid)?) {
-        (Some(a), Some(b)) if received > 0 => format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64),
+        (Some(a), Some(b)) if received > 0 => {
+            format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64)
+        }
         _ => "-".into(),
     };
     let secs = last.duration_since(epoch).as_secs_f64();

@@ -427,7 +427,7 @@ async fn converse(
         let mut since: Option<Instant> = None;
         let open = |env: &Envelope, got: &mut usize| {
             let pt = if cfg.opaque {
-                Ok(env.payload.clone().into())
+                Ok(env.payload.clone())
             } else {
                 session.lock().unwrap_or_else(PoisonError::into_inner).decrypt(&env.payload)
             };
