@@ -129,6 +129,9 @@ pub struct Client {
     /// Messages handled inline from pushes, acknowledged in one go by
     /// [`Client::flush_acks`] once no push is waiting.
     pub(crate) acks: PendingAcks,
+    /// An invitation to a room was accepted since the last push handled:
+    /// its first line waits in the room for a room sync.
+    joined_room: bool,
 }
 
 use pqc_wire::ACK_DELAY;
@@ -241,7 +244,8 @@ impl Client {
         call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await?;
         profile.set_meta("username", me.as_str())?;
         profile.set_meta("server", &opts.server)?;
-        let mut client = Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default() };
+        let mut client =
+            Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default(), joined_room: false };
         client.pushes = client.conn.take_pushes();
         client.ensure_prekeys(None).await?;
         client.publish_key_packages().await?;
@@ -257,7 +261,8 @@ impl Client {
         let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), &me);
         let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
         call(&conn, Request::Login { username: me.clone(), signature }).await?;
-        let mut client = Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default() };
+        let mut client =
+            Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default(), joined_room: false };
         client.pushes = client.conn.take_pushes();
         if client.profile.meta("signed_prekeys_blob")?.is_none() {
             client.ensure_prekeys(None).await?;
@@ -696,7 +701,9 @@ impl Client {
                 let mut acks = Vec::new();
                 let n = self.take_envelope(env, out_dir, on_event, &mut acks).await;
                 self.acks.add_envelopes(acks);
-                Ok((n?, Wake::Nothing))
+                // Joined a room: its "added you" line shows with a room sync.
+                let wake = if std::mem::take(&mut self.joined_room) { Wake::Rooms } else { Wake::Nothing };
+                Ok((n?, wake))
             }
             Push::RoomEntry(entry) => match on_room_line {
                 Some(on_line) => Ok((self.room_entry_pushed(entry, out_dir, on_line).await?, Wake::Nothing)),
@@ -853,13 +860,16 @@ impl Client {
                 // Joined and saved with the session and the "seen" mark in one
                 // transaction; the line "[ROOM] * FROM added you" is shown with the room's lines.
                 match self.open_room_welcome(&from, w) {
-                    Ok((id, record, member)) => self.profile.atomically(|p| {
-                        p.save_sessions(&from, &sessions)?;
-                        p.put_sealed(ns::ROOM_MEMBER, "self", &member)?;
-                        p.put_sealed(ns::ROOM, &id.to_hex(), &record)?;
-                        p.db().put(ns::DELIVERED, &msg_key, &[])?;
-                        Ok(p.db().mark_seen(env.id.0, now)?)
-                    })?,
+                    Ok((id, record, member)) => {
+                        self.profile.atomically(|p| {
+                            p.save_sessions(&from, &sessions)?;
+                            p.put_sealed(ns::ROOM_MEMBER, "self", &member)?;
+                            p.put_sealed(ns::ROOM, &id.to_hex(), &record)?;
+                            p.db().put(ns::DELIVERED, &msg_key, &[])?;
+                            Ok(p.db().mark_seen(env.id.0, now)?)
+                        })?;
+                        self.joined_room = true;
+                    }
                     Err(e) => {
                         self.profile.atomically(|p| {
                             p.save_sessions(&from, &sessions)?;

@@ -187,6 +187,12 @@ fn recv_wait_shows_room_messages_live() {
     // One-to-one messages still wake it too.
     bob.ok(&["send", "alice", "direct line"]);
     assert_eq!(next(), "bob: direct line");
+    // An invitation shows at once, and the new room's messages follow.
+    bob.ok(&["rooms", "create", "second-room-0b1e"]);
+    bob.ok(&["rooms", "invite", "second-room-0b1e", "alice"]);
+    assert_eq!(next(), "[second-room-0b1e] * bob added you");
+    bob.ok(&["rooms", "send", "second-room-0b1e", "in the second room"]);
+    assert_eq!(next(), "[second-room-0b1e] bob: in the second room");
     let _ = child.kill();
     let _ = child.wait();
 }
