@@ -514,6 +514,11 @@ impl Client {
             }
             let mut pending = self.pending_commit(&id)?;
             let had_pending = pending.is_some();
+            // Entries applied from pushes are acknowledged first, so the
+            // fetch returns only what is new.
+            if let Some(seq) = self.acks.rooms.remove(&id) {
+                call(self.connection(), Request::RoomAck { room_id: id, seq }).await?;
+            }
             loop {
                 let (messages, more) = match call(self.connection(), Request::RoomFetch { room_id: Some(id) }).await? {
                     Response::RoomMessages { messages, more } => (messages, more),

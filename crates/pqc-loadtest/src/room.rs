@@ -126,6 +126,8 @@ struct Seen {
     last_delivery: Option<Instant>,
     /// Last room entry applied (as the client's room record keeps it).
     applied: u64,
+    /// Applied from pushes, not acknowledged yet: (last entry, since when).
+    unacked: Option<(u64, Instant)>,
 }
 
 impl Seen {
@@ -329,6 +331,10 @@ async fn join(user: &SimUser, room: &RoomId, cfg: &RoomConfig) -> Result<u64, Lo
 /// the application messages of others.
 async fn drain(i: usize, user: &SimUser, shared: &Shared, seen: &SeenLock) -> Result<(), LoadError> {
     let mut s = seen.lock().await;
+    // As the client: what was applied from pushes is acknowledged first.
+    if let Some((seq, _)) = s.unacked.take() {
+        ack(user, shared, seq).await?;
+    }
     loop {
         let req = Request::RoomFetch { room_id: Some(shared.room) };
         let (messages, more) = match expect_ok("room fetch", user.conn.request(req).await?)? {
@@ -356,8 +362,8 @@ async fn ack(user: &SimUser, shared: &Shared, seq: u64) -> Result<(), LoadError>
 
 /// One member's receiving side, as the client does it: the next entry
 /// pushed inline is applied at once, anything else syncs; the
-/// acknowledgement goes once no push is waiting and the oldest unacknowledged
-/// entry waited [`ACK_DELAY`].
+/// acknowledgement goes once the oldest unacknowledged entry waited
+/// [`ACK_DELAY`] (or before the next sync).
 async fn receive_loop(
     i: usize,
     user: Arc<SimUser>,
@@ -366,16 +372,17 @@ async fn receive_loop(
     mut stop: watch::Receiver<bool>,
     seen: Arc<SeenLock>,
 ) {
-    // (last entry applied, when the oldest unacknowledged one was).
-    let mut unacked: Option<(u64, Instant)> = None;
     loop {
+        let unacked = seen.lock().await.unacked;
         let due = unacked.map(|(_, t)| t + ACK_DELAY);
-        if pushes.is_empty()
-            && due.is_some_and(|t| t <= Instant::now())
-            && let Some((seq, _)) = unacked.take()
-            && let Err(e) = ack(&user, &shared, seq).await
-        {
-            shared.errors.add(format!("receive: {e}"));
+        if due.is_some_and(|t| t <= Instant::now()) {
+            let mut s = seen.lock().await;
+            if let Some((seq, _)) = s.unacked.take()
+                && let Err(e) = ack(&user, &shared, seq).await
+            {
+                shared.errors.add(format!("receive: {e}"));
+            }
+            continue;
         }
         let timer = async {
             match unacked {
@@ -401,11 +408,10 @@ async fn receive_loop(
             Some(m) if m.seq <= s.applied => {}
             Some(m) if m.kind != RoomMessageKind::Proposal && m.seq == s.applied + 1 => {
                 s.apply(i, &m, &user.name, &shared);
-                unacked = Some((m.seq, unacked.map_or_else(Instant::now, |(_, t)| t)));
+                s.unacked = Some((m.seq, s.unacked.map_or_else(Instant::now, |(_, t)| t)));
             }
             _ => {
                 drop(s);
-                unacked = None;
                 if let Err(e) = drain(i, &user, &shared, &seen).await {
                     shared.errors.add(format!("receive: {e}"));
                 }
