@@ -136,16 +136,18 @@ fn transport(server: bool) -> Arc<quinn::TransportConfig> {
         // Clients never open streams: the server opens the one control stream.
         t.max_concurrent_bidi_streams(0u8.into());
         t.max_concurrent_uni_streams(0u8.into());
-        // Ask clients (QUIC ACK frequency extension) to acknowledge every
-        // tenth packet (or after their max_ack_delay) instead of every
-        // second: a room message goes to every member, and each ACK packet
-        // costs the server a receive, a decryption and loss-recovery work.
-        let mut ack = quinn::AckFrequencyConfig::default();
-        ack.ack_eliciting_threshold(9u8.into());
-        t.ack_frequency_config(Some(ack));
+
     } else {
         t.keep_alive_interval(Some(Duration::from_secs(5)));
     }
+    // Each side asks the other (QUIC ACK frequency extension) to acknowledge
+    // every tenth packet (or after its max_ack_delay) instead of every
+    // second: a room message goes to every member and every message is a
+    // request, a response and a push, and each pure ACK packet costs a send,
+    // a receive, a decryption and loss-recovery work. Replies carry ACKs anyway.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(9u8.into());
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 
