@@ -136,7 +136,6 @@ fn transport(server: bool) -> Arc<quinn::TransportConfig> {
         // Clients never open streams: the server opens the one control stream.
         t.max_concurrent_bidi_streams(0u8.into());
         t.max_concurrent_uni_streams(0u8.into());
-
     } else {
         t.keep_alive_interval(Some(Duration::from_secs(5)));
     }
