@@ -570,7 +570,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         Request::RoomJoin { room_id, epoch, commit, group_info } => {
             let u = user.clone();
             let op = move |st: &mut SqliteServerStore, c: &[u8]| st.room_join(&room_id, &u, epoch, c, &group_info);
-            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, true, op).await {
+            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, Change::Join, op).await {
                 Ok(seq) => Response::RoomSent { seq },
                 Err(StoreError::NotFound) => {
                     Response::error(ErrorCode::NotFound, "no such room; check the name or create it")
@@ -581,7 +581,8 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         Request::RoomAdd { room_id, epoch, member, commit, group_info } => {
             let (u, m) = (user.clone(), member.clone());
             let op = move |st: &mut SqliteServerStore, c: &[u8]| st.room_add(&room_id, &u, &m, epoch, c, &group_info);
-            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, true, op).await {
+            let add = Change::Add(member);
+            match store_room_entry(shared, room_id, user, RoomMessageKind::Commit, commit, add, op).await {
                 Ok(seq) => {
                     tracing::info!(conn_id = s.conn_id, room = %room_id, "member added to a room");
                     Response::RoomSent { seq }
@@ -625,7 +626,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             let op = move |st: &mut SqliteServerStore, p: &[u8]| {
                 st.room_append(&room_id, &u, epoch, kind, p, new_group_info.as_deref())
             };
-            match store_room_entry(shared, room_id, user, kind, payload, false, op).await {
+            match store_room_entry(shared, room_id, user, kind, payload, Change::None, op).await {
                 Ok(seq) => {
                     inc(&shared.metrics.messages_queued);
                     Response::RoomSent { seq }
@@ -687,28 +688,39 @@ async fn begin_attachment(shared: &Shared, from: Username, to: Audience, total_l
     }
 }
 
+/// How a room entry changes who is in the room.
+enum Change {
+    None,
+    /// The sender joined.
+    Join,
+    /// The sender added this user, whose Welcome already holds the commit.
+    Add(Username),
+}
+
 /// Stores a room entry with `op` (given the payload; returns the entry's
 /// sequence number) and, once it is committed, pushes it inline to the
 /// room's other connected members — from the database thread, so every
-/// member gets a room's entries in the room's order. `membership` marks an
-/// entry that changes who is in the room (a join or an add).
+/// member gets a room's entries in the room's order.
 async fn store_room_entry(
     shared: &Arc<Shared>,
     room_id: RoomId,
     sender: Username,
     kind: RoomMessageKind,
     payload: Vec<u8>,
-    membership: bool,
+    change: Change,
     op: impl FnOnce(&mut SqliteServerStore, &[u8]) -> Result<u64, StoreError> + Send + 'static,
 ) -> Result<u64, StoreError> {
     let (sh, after) = (shared.clone(), shared.clone());
     let stored = shared.db_then(
         move |st| {
             let seq = op(st, &payload)?;
-            if membership {
+            if !matches!(change, Change::None) {
                 sh.room_membership_changed(&room_id);
             }
-            let members = sh.members_in_job(st, &room_id)?;
+            let mut members = sh.members_in_job(st, &room_id)?;
+            if let Change::Add(added) = &change {
+                members = members.iter().filter(|u| *u != added).cloned().collect();
+            }
             let push = Push::RoomEntry(RoomMessage { room_id, seq, sender: sender.clone(), kind, payload });
             Ok((seq, members, sender, push))
         },

@@ -359,7 +359,7 @@ async fn attachments_resume_download_ack_and_permissions() {
 async fn room_entries_are_pushed_inline_in_room_order() {
     let dir = tempfile::tempdir().unwrap();
     let h = start(dir.path(), |c| c.limits.requests_per_second = 10_000).await;
-    let users: Vec<User> = ["alice", "bob", "carol"].into_iter().map(User::new).collect();
+    let users: Vec<User> = ["alice", "bob", "carol", "dave"].into_iter().map(User::new).collect();
     let (mut conns, mut pushes) = (Vec::new(), Vec::new());
     for u in &users {
         let mut c = u.register(&h).await;
@@ -415,6 +415,25 @@ async fn room_entries_are_pushed_inline_in_room_order() {
     assert_eq!(bob[0].seq, 2, "carol's join");
     assert!(bob[1..].iter().all(|m| m.sender == u("alice")) && bob.windows(2).all(|w| w[1].seq > w[0].seq));
     assert!(pushes[1].try_recv().is_err());
+    // carol adds dave: the others get the commit; dave, whose Welcome holds
+    // it, gets only what follows.
+    let add =
+        Request::RoomAdd { room_id: room, epoch: 2, member: u("dave"), commit: vec![4; 10], group_info: vec![5; 10] };
+    let Response::RoomSent { seq } = conns[2].request(add).await.unwrap() else { panic!("add refused") };
+    let hi = Request::RoomSend {
+        room_id: room,
+        epoch: 3,
+        kind: RoomMessageKind::Application,
+        payload: b"hi dave".to_vec(),
+        new_group_info: None,
+    };
+    assert!(matches!(conns[0].request(hi).await.unwrap(), Response::RoomSent { .. }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = next(&mut pushes[1]);
+    assert_eq!((m.seq, m.kind, m.sender), (seq, RoomMessageKind::Commit, u("carol")));
+    let m = next(&mut pushes[3]);
+    assert_eq!((m.seq, m.payload), (seq + 1, b"hi dave".to_vec()));
+    assert!(pushes[3].try_recv().is_err());
     h.shutdown().await;
 }
 
