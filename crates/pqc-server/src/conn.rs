@@ -447,22 +447,11 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if let Err(r) = check_attachment_size(shared, total_len) {
                 return r;
             }
-            let t = to.clone();
-            match shared.db(move |st| st.identity_key(&t)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Response::error(ErrorCode::UnknownUser, "no such recipient"),
-                Err(e) => return store_err(e),
-            }
             begin_attachment(shared, user, Audience::User(to), total_len).await
         }
         Request::RoomAttachmentBegin { room_id, total_len } => {
             if let Err(r) = check_attachment_size(shared, total_len) {
                 return r;
-            }
-            match shared.room_members(room_id).await {
-                Ok(m) if m.contains(&user) => {}
-                Ok(_) => return store_err(StoreError::NotAMember),
-                Err(e) => return store_err(e),
             }
             begin_attachment(shared, user, Audience::Room(room_id), total_len).await
         }
@@ -679,13 +668,25 @@ fn check_attachment_size(shared: &Shared, total_len: u64) -> Result<(), Response
     Ok(())
 }
 
-async fn begin_attachment(shared: &Shared, from: Username, to: Audience, total_len: u64) -> Response {
+/// Creates an attachment for a user who exists, or for a room the sender is
+/// a member of: the check and the creation are one store operation.
+async fn begin_attachment(shared: &Arc<Shared>, from: Username, to: Audience, total_len: u64) -> Response {
     let meta = AttachmentMeta { id: random_attachment_id(), from, to, total_len, received: 0, complete: false };
-    let id = meta.id;
-    match shared.db(move |st| st.attachment_begin(&meta)).await {
-        Ok(()) => Response::AttachmentCreated { id },
-        Err(e) => store_err(e),
-    }
+    let (id, sh) = (meta.id, shared.clone());
+    let created = shared.db(move |st| {
+        match &meta.to {
+            Audience::User(to) if st.identity_key(to)?.is_none() => {
+                return Ok(Response::error(ErrorCode::UnknownUser, "no such recipient"));
+            }
+            Audience::Room(room) if !sh.members_in_job(st, room)?.contains(&meta.from) => {
+                return Ok(store_err(StoreError::NotAMember));
+            }
+            _ => {}
+        }
+        st.attachment_begin(&meta)?;
+        Ok(Response::AttachmentCreated { id })
+    });
+    created.await.unwrap_or_else(store_err)
 }
 
 /// How a room entry changes who is in the room.

@@ -26,12 +26,11 @@ type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<PushFrame>)>>;
 const MAX_CACHED_ROOMS: usize = 10_000;
 
 /// Member lists of rooms, cached for pushes (the database stays the truth).
-/// Every change of a room's membership bumps `generation`, and a list read
-/// from the database is cached only if no change happened while it was
-/// being read, so a stale list can never be cached.
+/// Read, filled and invalidated only from database jobs, which run one at a
+/// time: every job that changes a room's membership invalidates its entry,
+/// and a failed commit empties the cache.
 #[derive(Default)]
 struct RoomMembers {
-    generation: u64,
     rooms: HashMap<RoomId, Arc<[Username]>>,
 }
 
@@ -80,9 +79,7 @@ fn run_database(
         if let Err(e) = &committed {
             tracing::error!("storage error committing a batch of {}: {e}", completions.len());
             let _ = store.rollback_batch();
-            let mut cache = room_members.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.generation = cache.generation.wrapping_add(1);
-            cache.rooms.clear();
+            room_members.lock().unwrap_or_else(PoisonError::into_inner).rooms.clear();
         }
         for done in completions {
             done(committed.as_ref().err());
@@ -178,27 +175,6 @@ impl Shared {
         n
     }
 
-    /// The members of `room`, from the cache or else the database.
-    pub(crate) async fn room_members(&self, room: RoomId) -> Result<Arc<[Username]>, StoreError> {
-        let generation = {
-            let cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(m) = cache.rooms.get(&room) {
-                return Ok(m.clone());
-            }
-            cache.generation
-        };
-        use pqc_store::server::ServerStore;
-        let members: Arc<[Username]> = self.db(move |st| st.room_members(&room)).await?.into();
-        let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.generation == generation {
-            if cache.rooms.len() >= MAX_CACHED_ROOMS {
-                cache.rooms.clear();
-            }
-            cache.rooms.insert(room, members.clone());
-        }
-        Ok(members)
-    }
-
     /// The members of `room` as of the operation running now: for use inside
     /// a database job, where the cache is current because every change of
     /// membership invalidates it from inside its own job.
@@ -223,9 +199,7 @@ impl Shared {
     /// Forgets the cached members of `room`: call from inside the database
     /// job that changed its membership.
     pub(crate) fn room_membership_changed(&self, room: &RoomId) {
-        let mut cache = self.room_members.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.generation = cache.generation.wrapping_add(1);
-        cache.rooms.remove(room);
+        self.room_members.lock().unwrap_or_else(PoisonError::into_inner).rooms.remove(room);
     }
 }
 
