@@ -1,5 +1,6 @@
 //! Server-side storage.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -293,7 +294,7 @@ pub struct SqliteServerStore {
     /// Folder of attachment bodies (`None`: bodies in the database).
     files: Option<PathBuf>,
     /// Uploads in progress: bytes written past the last checkpoint.
-    written: std::collections::HashMap<AttachmentId, u64>,
+    written: HashMap<AttachmentId, u64>,
     /// Attachments deleted by the current transaction: their files go once it commits.
     doomed: Vec<AttachmentId>,
     /// Inside [`SqliteServerStore::begin_batch`].
@@ -379,6 +380,12 @@ impl SqliteServerStore {
             }
         }
         Ok(())
+    }
+
+    /// Bytes of attachment `id` received: `durable` (the database's count) or
+    /// more, written since its last checkpoint.
+    fn received(written: &HashMap<AttachmentId, u64>, id: AttachmentId, durable: u64) -> u64 {
+        durable.max(written.get(&id).copied().unwrap_or(0))
     }
 
     fn body_path(&self, id: AttachmentId) -> Option<PathBuf> {
@@ -841,7 +848,7 @@ impl ServerStore for SqliteServerStore {
                     None => Audience::User(user_of(to)?),
                 },
                 total_len: u64::try_from(total).unwrap_or(0),
-                received: u64::try_from(received).unwrap_or(0).max(self.written.get(&id).copied().unwrap_or(0)),
+                received: Self::received(&self.written, id, u64::try_from(received).unwrap_or(0)),
                 complete,
             })
         })
@@ -861,7 +868,7 @@ impl ServerStore for SqliteServerStore {
         if complete {
             return Err(StoreError::Invalid("attachment already finished".into()));
         }
-        let received = durable.max(self.written.get(&id).copied().unwrap_or(0));
+        let received = Self::received(&self.written, id, durable);
         if offset != received {
             return Err(StoreError::Invalid(format!(
                 "chunk offset {offset} but {received} bytes received; resume there"
@@ -874,9 +881,17 @@ impl ServerStore for SqliteServerStore {
         if data.is_empty() {
             return Ok(received);
         }
-        // An upload an earlier version started in the database stays there.
-        let path = body.filter(|p| received == 0 || p.exists());
-        match path {
+        // The file is created by the first chunk; an upload an earlier version
+        // started in the database (no file) stays there.
+        let file = match body {
+            Some(path) => match std::fs::OpenOptions::new().create(received == 0).write(true).open(&path) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        match file {
             None => {
                 tx.exec(
                     "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
@@ -884,8 +899,7 @@ impl ServerStore for SqliteServerStore {
                 )?;
                 tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, i64_of(new)?])?;
             }
-            Some(path) => {
-                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            Some(file) => {
                 file.write_all_at(data, offset)?;
                 if new - durable >= ATTACHMENT_CHECKPOINT || new == total {
                     // Checkpoint: the bytes are on disk before the database says so.
