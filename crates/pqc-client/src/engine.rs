@@ -129,9 +129,9 @@ pub struct Client {
     /// Messages handled inline from pushes, acknowledged in one go by
     /// [`Client::flush_acks`] once no push is waiting.
     pub(crate) acks: PendingAcks,
-    /// An invitation to a room was accepted since the last push handled:
-    /// its first line waits in the room for a room sync.
-    joined_room: bool,
+    /// An invitation to a room was accepted and no room sync has shown its
+    /// first line yet ([`Client::rooms_receive`] clears it).
+    pub(crate) joined_room: bool,
 }
 
 use pqc_wire::ACK_DELAY;

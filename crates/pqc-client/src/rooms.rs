@@ -844,6 +844,7 @@ impl Client {
     /// a room are downloaded into `out_dir` (`[NAME] file from SENDER: PATH`).
     /// Returns how many lines.
     pub async fn rooms_receive(&mut self, out_dir: &Path, on_line: &mut dyn FnMut(String)) -> Result<usize> {
+        self.joined_room = false;
         let mut n = 0;
         let records = self.profile().list_sealed(ns::ROOM)?;
         for (_, rec) in records {
