@@ -7,7 +7,7 @@
 #   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
 #   5. a room of ROOM members: server CPU per join and per message to all, relay latency.
 # Release build. Every process started here is stopped on exit (trap); every
-# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB
+# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
 # the MLS objects; defaults measured for OpenMLS X-Wing at 100 members by the pqc-rooms bench).
 # Needs: mosquitto (apt-get install -y mosquitto), openssl, python3 (free ports).
@@ -20,6 +20,7 @@ PAYLOAD=${PAYLOAD:-256}
 WINDOW=${WINDOW:-1}
 IDLE=${IDLE:-5000}
 FILE_MIB=${FILE_MIB:-100}
+FILE_ROUNDS=${FILE_ROUNDS:-5}
 ROOM=${ROOM:-100}
 ROOM_SENDERS=${ROOM_SENDERS:-10}
 ROOM_MESSAGES=${ROOM_MESSAGES:-100}
@@ -139,7 +140,7 @@ stop_server
 fi
 
 if step file; then
-echo "== 4. file transfer: $FILE_MIB MiB"
+echo "== 4. file transfer: $FILE_MIB MiB, $FILE_ROUNDS rounds (plain quinn, send-file, recv in turn)"
 start_server "$WORK/file"
 export PQC_PASSPHRASE=bench-only-passphrase
 RID=$RANDOM
@@ -147,20 +148,39 @@ head -c "$((FILE_MIB << 20))" /dev/urandom > "$WORK/payload.bin"
 C="timeout 300 $BIN/pqc-client --server 127.0.0.1:$PORT"
 $C --profile "$WORK/alice" register "alice$RID" > /dev/null
 $C --profile "$WORK/bob" register "bob$RID" > /dev/null
-mkdir -p "$WORK/out"
 now() { date +%s.%N; }
 t0=$(now); $C --profile "$WORK/alice" whoami > /dev/null; t1=$(now)
 OPEN_S=$(echo "$t1 - $t0" | bc -l)
-t0=$(now); $C --profile "$WORK/alice" send-file "bob$RID" "$WORK/payload.bin" > /dev/null; t1=$(now)
-SEND_S=$(echo "$t1 - $t0" | bc -l)
-t0=$(now); $C --profile "$WORK/bob" recv --out "$WORK/out" > "$WORK/recv.out"; t1=$(now)
-RECV_S=$(echo "$t1 - $t0" | bc -l)
-cmp "$WORK/payload.bin" "$WORK/out/payload.bin"
+# The host's speed drifts: each round measures the peer and ours minutes
+# apart at most, and the medians are compared.
+# Wall time of the whole command (process start, profile open, login, the
+# transfer, the end-to-end announcement), and the transfer alone as the
+# client reports it: send-file's "sent ...: N MiB in S s" line (upload start
+# to acknowledged announcement), recv's "file downloaded" log line (download,
+# decryption, check and fsync of the file).
+QUINN_ALL=(); SEND_ALL=(); RECV_ALL=(); SEND_X=(); RECV_X=()
+for round in $(seq "$FILE_ROUNDS"); do
+    timeout 150 "$BIN/examples/quinn_transfer" --bytes "$((FILE_MIB << 20))" > "$WORK/quinn.out"
+    QUINN_ALL+=("$(result "$WORK/quinn.out" secs)")
+    t0=$(now); $C --profile "$WORK/alice" send-file "bob$RID" "$WORK/payload.bin" > "$WORK/send.out"; t1=$(now)
+    SEND_ALL+=("$(echo "$t1 - $t0" | bc -l)")
+    SEND_X+=("$(sed -n 's/.* in \([0-9.]*\) s (.*/\1/p' "$WORK/send.out")")
+    rm -rf "$WORK/out"; mkdir -p "$WORK/out"
+    t0=$(now); RUST_LOG=pqc_client=info $C --profile "$WORK/bob" recv --out "$WORK/out" > "$WORK/recv.out" 2> "$WORK/recv.err"; t1=$(now)
+    RECV_ALL+=("$(echo "$t1 - $t0" | bc -l)")
+    RECV_X+=("$(sed -n 's/.*file downloaded.* ms=\([0-9.]*\).*/\1/p; s/.* ms=\([0-9.]*\).*file downloaded.*/\1/p' "$WORK/recv.err" | head -1 | awk '{print $1 / 1000}')")
+    cmp "$WORK/payload.bin" "$WORK/out/payload.bin"
+    printf 'round %s: plain quinn %.3f s; send-file %.3f s (transfer %.3f s); recv %.3f s (transfer %.3f s)\n' "$round" \
+        "${QUINN_ALL[-1]}" "${SEND_ALL[-1]}" "${SEND_X[-1]}" "${RECV_ALL[-1]}" "${RECV_X[-1]}"
+done
 stop_server
-timeout 150 "$BIN/examples/quinn_transfer" --bytes "$((FILE_MIB << 20))" | tee "$WORK/quinn.out"
-QUINN=$(result "$WORK/quinn.out" mib_per_s)
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+QUINN_S=$(median "${QUINN_ALL[@]}"); SEND_S=$(median "${SEND_ALL[@]}"); RECV_S=$(median "${RECV_ALL[@]}")
+SEND_XS=$(median "${SEND_X[@]}"); RECV_XS=$(median "${RECV_X[@]}")
 mibs() { echo "scale=1; $FILE_MIB / $1" | bc -l; }
-SEND_MIBS=$(mibs "$SEND_S"); RECV_MIBS=$(mibs "$RECV_S"); E2E_MIBS=$(mibs "$(echo "$SEND_S + $RECV_S" | bc -l)")
+QUINN=$(mibs "$QUINN_S"); SEND_MIBS=$(mibs "$SEND_S"); RECV_MIBS=$(mibs "$RECV_S")
+SEND_XMIBS=$(mibs "$SEND_XS"); RECV_XMIBS=$(mibs "$RECV_XS")
+E2E_MIBS=$(mibs "$(echo "$SEND_S + $RECV_S" | bc -l)")
 fi
 
 if step room; then
@@ -195,13 +215,17 @@ printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections"
 printf '%-58s %s KiB\n' "  per connection" "$(result "$WORK/idle.out" per_conn_kib)"
 fi
 if step file; then
-printf '%-58s %.2f s, %s MiB/s\n' "pqc-client send-file ${FILE_MIB} MiB (wall, incl. profile open)" "$SEND_S" "$SEND_MIBS"
-printf '%-58s %.2f s, %s MiB/s\n' "pqc-client recv ${FILE_MIB} MiB (wall, incl. profile open)" "$RECV_S" "$RECV_MIBS"
+printf '%-58s %.2f s, %s MiB/s\n' "pqc-client send-file ${FILE_MIB} MiB (wall, whole command; median)" "$SEND_S" "$SEND_MIBS"
+printf '%-58s %.2f s, %s MiB/s\n' "pqc-client recv ${FILE_MIB} MiB (wall, whole command; median)" "$RECV_S" "$RECV_MIBS"
 printf '%-58s %s MiB/s\n' "pqc-client end to end (upload + download)" "$E2E_MIBS"
 printf '%-58s %.2f s\n' "  profile open (Argon2id) per command (whoami)" "$OPEN_S"
-printf '%-58s %s MiB/s\n' "plain quinn, one stream, same bytes" "$QUINN"
-printf '%-58s %s%% / %s%%\n' "send-file / recv vs plain quinn" \
+printf '%-58s %s MiB/s\n' "plain quinn, one stream, same bytes (median)" "$QUINN"
+printf '%-58s %.2f s, %s MiB/s\n' "  send-file: the upload alone (median)" "$SEND_XS" "$SEND_XMIBS"
+printf '%-58s %.2f s, %s MiB/s\n' "  recv: the download alone (median)" "$RECV_XS" "$RECV_XMIBS"
+printf '%-58s %s%% / %s%%\n' "send-file / recv vs plain quinn (whole commands)" \
     "$(echo "scale=0; 100 * $SEND_MIBS / $QUINN" | bc -l)" "$(echo "scale=0; 100 * $RECV_MIBS / $QUINN" | bc -l)"
+printf '%-58s %s%% / %s%%\n' "upload / download alone vs plain quinn" \
+    "$(echo "scale=0; 100 * $SEND_XMIBS / $QUINN" | bc -l)" "$(echo "scale=0; 100 * $RECV_XMIBS / $QUINN" | bc -l)"
 fi
 if step room; then
 printf '%-58s %s us\n' "room of $ROOM: server CPU per message to all members" "$(result "$WORK/room.out" cpu_per_msg_us)"

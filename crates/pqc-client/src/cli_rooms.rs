@@ -131,8 +131,10 @@ pub async fn run(client: &mut Client, cmd: RoomsCommand) -> Result<()> {
         RoomsCommand::SendFile { name, path } => {
             use std::io::IsTerminal;
             let mut bar = crate::Progress::new(std::io::stderr().is_terminal());
+            let started = std::time::Instant::now();
             client.room_send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
             bar.finish();
+            println!("sent {} to [{name}]: {}", path.display(), bar.summary(started.elapsed()));
         }
         RoomsCommand::Audio { name, state } => client.room_toggle(&name, Media::Audio, state == OnOff::On).await?,
         RoomsCommand::Video { name, state } => client.room_toggle(&name, Media::Video, state == OnOff::On).await?,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pqc_crypto::kdf::{Sha256Hasher, sha256};
+use pqc_crypto::kdf::sha256;
 use pqc_crypto::rng::{SystemRng, random_array};
 use pqc_net::{Connection, ServerTrust};
 use pqc_proto::prekey::PreKeyStore;
@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, FileRef, sanitize_file_name};
 use crate::error::{ClientError, Result};
-use crate::files::{CHUNK, FileCipher, chunk_count, cipher_len};
+use crate::files::{CHUNK, FileCipher, chunk_count, cipher_len, open_chunks, seal_chunks};
 use crate::profile::{MAX_SESSIONS_PER_PEER, Profile, ns};
 
 /// One-time prekeys uploaded per batch.
@@ -552,12 +552,12 @@ impl Client {
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<FileRef> {
-        use tokio::io::AsyncReadExt;
         let name = name.to_string();
-        let mut file = tokio::fs::File::open(path)
+        let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
         let plain_len = file.metadata().await.map_err(|e| ClientError::io("cannot stat the file", e))?.len();
+        let file = file.into_std().await;
         let key: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(&mut SystemRng));
         let cipher = FileCipher::new(&key, plain_len, CHUNK)?;
         let total = cipher_len(plain_len, CHUNK);
@@ -565,18 +565,15 @@ impl Client {
             Response::AttachmentCreated { id } => id,
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
-        let mut hasher = Sha256Hasher::new();
+        // Reading, hashing and sealing run on a blocking thread a few chunks
+        // ahead, while this task keeps up to PIPELINE uploads in flight, so
+        // the transfer is bound neither by one round trip (and one server
+        // store operation) per chunk nor by the file's encryption.
+        let (tx, mut sealed) = tokio::sync::mpsc::channel(PIPELINE);
+        let sealer = tokio::task::spawn_blocking(move || seal_chunks(file, plain_len, &cipher, &tx));
         let mut offset = 0u64;
-        // Chunks are pipelined: up to PIPELINE uploads in flight, so the
-        // transfer is not bound by one round trip (and one server commit) per chunk.
         let mut inflight = std::collections::VecDeque::new();
-        for index in 0..chunk_count(plain_len, CHUNK) {
-            let want = (plain_len - index * u64::from(CHUNK)).min(u64::from(CHUNK)) as usize;
-            let mut buf = vec![0u8; want];
-            buf.reserve(16);
-            file.read_exact(&mut buf).await.map_err(|e| ClientError::io("cannot read the file", e))?;
-            hasher.update(&buf);
-            cipher.seal(index, &mut buf)?;
+        while let Some(buf) = sealed.recv().await {
             let len = buf.len() as u64;
             inflight
                 .push_back((self.conn.submit(Request::AttachmentChunk { id, offset, data: buf }).await?, offset + len));
@@ -588,12 +585,16 @@ impl Client {
                 progress(done, total);
             }
         }
+        let sha256 = sealer.await.map_err(|e| ClientError::Unexpected(format!("file reader: {e}")))??;
         while let Some((pending, done)) = inflight.pop_front() {
             expect_ok(pending.response().await?)?;
             progress(done, total);
         }
+        if offset != total {
+            return Err(ClientError::Usage(format!("{} changed while it was being sent", path.display())));
+        }
         call(&self.conn, Request::AttachmentFinish { id }).await?;
-        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk: CHUNK, key, sha256: hasher.finish(), name })
+        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk: CHUNK, key, sha256, name })
     }
 
     fn record_history(&self, conv: &str, line: &str) -> Result<()> {
@@ -936,7 +937,7 @@ impl Client {
     /// Downloads, decrypts and checks an announced file into `out_dir` (under
     /// its sanitised name); returns where it was saved.
     pub(crate) async fn download(&mut self, from: &str, f: &FileRef, out_dir: &Path) -> Result<PathBuf> {
-        use tokio::io::AsyncWriteExt;
+        let started = Instant::now();
         tokio::fs::create_dir_all(out_dir)
             .await
             .map_err(|e| ClientError::io(format!("cannot create {}", out_dir.display()), e))?;
@@ -946,53 +947,78 @@ impl Client {
             return Err(ClientError::Malformed("file announcement (length)"));
         }
         let tmp = out_dir.join(format!(".pqc-download-{}.part", f.attachment));
-        let mut out = tokio::fs::File::create(&tmp)
+        let out = tokio::fs::File::create(&tmp)
             .await
-            .map_err(|e| ClientError::io(format!("cannot create {}", tmp.display()), e))?;
-        let mut hasher = Sha256Hasher::new();
+            .map_err(|e| ClientError::io(format!("cannot create {}", tmp.display()), e))?
+            .into_std()
+            .await;
         let step = cipher.sealed_chunk_len();
         let chunks = chunk_count(f.plain_len, f.chunk);
+        // Opening, hashing and writing run on a blocking thread beside the
+        // downloads, which keep up to PIPELINE chunk requests in flight.
+        let (tx, rx) = tokio::sync::mpsc::channel(PIPELINE);
+        let sender = from.to_string();
+        let writer = tokio::task::spawn_blocking(move || open_chunks(out, &cipher, rx, &sender));
         let window = u64::try_from(PIPELINE).unwrap_or(1);
         let mut requested = 0u64;
         let mut inflight = std::collections::VecDeque::new();
         let mut offset = 0u64;
         let mut index = 0u64;
-        while offset < f.cipher_len {
-            // Keep up to PIPELINE chunk requests in flight ahead of the one being written.
-            while requested < chunks && requested < index + window {
-                let at = requested * step;
-                let max_len = u32::try_from((f.cipher_len - at).min(step)).unwrap_or(u32::MAX);
-                inflight.push_back(self.conn.submit(Request::AttachmentGet { id, offset: at, max_len }).await?);
-                requested += 1;
-            }
-            let want = (f.cipher_len - offset).min(step);
-            let mut got = match inflight.pop_front() {
-                Some(p) => match p.response().await? {
-                    Response::AttachmentData { data, .. } if !data.is_empty() => data,
-                    other => return Err(server_error(other)),
-                },
-                None => Vec::new(),
-            };
-            while (got.len() as u64) < want {
-                let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
-                let at = offset + got.len() as u64;
-                match call(&self.conn, Request::AttachmentGet { id, offset: at, max_len }).await? {
-                    Response::AttachmentData { data, .. } if !data.is_empty() => got.extend_from_slice(&data),
-                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        let fetched = async {
+            while offset < f.cipher_len {
+                while requested < chunks && requested < index + window {
+                    let at = requested * step;
+                    let max_len = u32::try_from((f.cipher_len - at).min(step)).unwrap_or(u32::MAX);
+                    inflight.push_back(self.conn.submit(Request::AttachmentGet { id, offset: at, max_len }).await?);
+                    requested += 1;
                 }
+                let want = (f.cipher_len - offset).min(step);
+                let mut got = match inflight.pop_front() {
+                    Some(p) => match p.response().await? {
+                        Response::AttachmentData { data, .. } if !data.is_empty() => data,
+                        other => return Err(server_error(other)),
+                    },
+                    None => Vec::new(),
+                };
+                while (got.len() as u64) < want {
+                    let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
+                    let at = offset + got.len() as u64;
+                    match call(&self.conn, Request::AttachmentGet { id, offset: at, max_len }).await? {
+                        Response::AttachmentData { data, .. } if !data.is_empty() => got.extend_from_slice(&data),
+                        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                    }
+                }
+                // A closed channel: the writer failed; its error is the one to report.
+                if tx.send(got).await.is_err() {
+                    break;
+                }
+                offset += want;
+                index += 1;
             }
-            let plain = cipher.open(index, &got).map_err(|_| ClientError::FileCorrupt(from.to_string()))?;
-            hasher.update(&plain);
-            out.write_all(&plain).await.map_err(|e| ClientError::io("cannot write the file", e))?;
-            offset += want;
-            index += 1;
+            drop(tx);
+            Ok(())
         }
-        out.sync_all().await.map_err(|e| ClientError::io("cannot write the file", e))?;
-        drop(out);
-        if hasher.finish() != f.sha256 {
+        .await;
+        let written = writer.await.map_err(|e| ClientError::Unexpected(format!("file writer: {e}")));
+        // A failed download ends the writer early (with a short file): report
+        // the download's error. A failed writer ends the download early:
+        // report the writer's.
+        let sha256 = match (fetched, written) {
+            (Ok(()), Ok(Ok(sha256))) => sha256,
+            (Err(e), _) | (Ok(()), Ok(Err(e)) | Err(e)) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if sha256 != f.sha256 {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(ClientError::FileCorrupt(from.to_string()));
         }
+        tracing::info!(
+            bytes = f.cipher_len,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "file downloaded, decrypted, checked and on disk"
+        );
         let path = unique_path(out_dir, &sanitize_file_name(&f.name));
         tokio::fs::rename(&tmp, &path).await.map_err(|e| ClientError::io("cannot save the file", e))?;
         Ok(path)

@@ -6,6 +6,7 @@
 //! the end-to-end encrypted message that announces the file.
 
 use pqc_crypto::aead::{AeadAlgorithm, AeadKey, TAG_LEN};
+use pqc_crypto::kdf::Sha256Hasher;
 
 use crate::error::{ClientError, Result};
 
@@ -61,6 +62,14 @@ impl FileCipher {
         Ok(self.key.seal_in_place(&nonce(index), &aad(index + 1 == self.chunks), buf)?)
     }
 
+    /// Opens chunk `index` in place, returning its plaintext (the front of `sealed`).
+    pub fn open_in_place<'a>(&self, index: u64, sealed: &'a mut [u8]) -> Result<&'a mut [u8]> {
+        if index >= self.chunks {
+            return Err(ClientError::Malformed("file chunk index"));
+        }
+        Ok(self.key.open_in_place(&nonce(index), &aad(index + 1 == self.chunks), sealed)?)
+    }
+
     /// Opens chunk `index`, returning its plaintext.
     pub fn open(&self, index: u64, sealed: &[u8]) -> Result<Vec<u8>> {
         if index >= self.chunks {
@@ -68,6 +77,87 @@ impl FileCipher {
         }
         Ok(self.key.open(&nonce(index), &aad(index + 1 == self.chunks), sealed)?)
     }
+}
+
+/// Bytes of a download written between two fsyncs of the file, each on a
+/// thread of its own while the download goes on, so the fsync at the end
+/// has little left to write.
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// Reads, hashes and seals the chunks of `file` (`plain_len` bytes) in
+/// order, handing each sealed chunk to `out`; returns the plaintext's
+/// SHA-256. Runs on a blocking thread, a few chunks ahead of the uploads.
+/// Stops early once `out` is closed (the upload was abandoned).
+pub(crate) fn seal_chunks(
+    mut file: std::fs::File,
+    plain_len: u64,
+    cipher: &FileCipher,
+    out: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<[u8; 32]> {
+    use std::io::Read;
+    let mut hasher = Sha256Hasher::new();
+    let chunk = u64::from(cipher.chunk);
+    for index in 0..cipher.chunks {
+        let want = usize::try_from((plain_len - index * chunk).min(chunk))
+            .map_err(|_| ClientError::Malformed("file chunk size"))?;
+        let mut buf = Vec::with_capacity(want + TAG_LEN);
+        buf.resize(want, 0);
+        file.read_exact(&mut buf).map_err(|e| ClientError::io("cannot read the file", e))?;
+        hasher.update(&buf);
+        cipher.seal(index, &mut buf)?;
+        if out.blocking_send(buf).is_err() {
+            break;
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// Opens, hashes and writes the sealed chunks of a download to `file` in
+/// order as they come from `chunks`; returns the plaintext's SHA-256 once
+/// the file is complete and on disk. Runs on a blocking thread beside the
+/// downloads. A chunk that does not open is [`ClientError::FileCorrupt`]
+/// (`from` names the sender).
+pub(crate) fn open_chunks(
+    mut file: std::fs::File,
+    cipher: &FileCipher,
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    from: &str,
+) -> Result<[u8; 32]> {
+    use std::io::Write;
+    let written = |e| ClientError::io("cannot write the file", e);
+    let mut hasher = Sha256Hasher::new();
+    let (mut index, mut unsynced) = (0u64, 0u64);
+    let mut syncing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
+    while let Some(mut sealed) = chunks.blocking_recv() {
+        let plain = cipher.open_in_place(index, &mut sealed).map_err(|_| ClientError::FileCorrupt(from.to_string()))?;
+        hasher.update(plain);
+        file.write_all(plain).map_err(written)?;
+        index += 1;
+        unsynced += plain.len() as u64;
+        if unsynced >= SYNC_EVERY {
+            unsynced = 0;
+            if let Some(sync) = syncing.take() {
+                join_sync(sync).map_err(written)?;
+            }
+            let copy = file.try_clone().map_err(written)?;
+            match std::thread::Builder::new().name("pqc-fsync".into()).spawn(move || copy.sync_data()) {
+                Ok(sync) => syncing = Some(sync),
+                Err(_) => file.sync_data().map_err(written)?,
+            }
+        }
+    }
+    if index != cipher.chunks {
+        return Err(ClientError::FileCorrupt(from.to_string()));
+    }
+    if let Some(sync) = syncing.take() {
+        join_sync(sync).map_err(written)?;
+    }
+    file.sync_all().map_err(written)?;
+    Ok(hasher.finish())
+}
+
+fn join_sync(sync: std::thread::JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
+    sync.join().unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread failed")))
 }
 
 #[cfg(test)]

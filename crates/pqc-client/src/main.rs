@@ -122,6 +122,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in redirected logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -192,8 +194,10 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
             let tty = std::io::stderr().is_terminal();
             let mut bar = Progress::new(tty);
+            let started = std::time::Instant::now();
             client.send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
             bar.finish();
+            println!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed()));
             client.close().await;
         }
         Command::Recv { wait, out } => {
@@ -267,14 +271,17 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
 struct Progress {
     tty: bool,
     last: u64,
+    /// Bytes sent, as last reported.
+    done: u64,
 }
 
 impl Progress {
     fn new(tty: bool) -> Self {
-        Self { tty, last: u64::MAX }
+        Self { tty, last: u64::MAX, done: 0 }
     }
 
     fn update(&mut self, done: u64, total: u64) {
+        self.done = done;
         if !self.tty || total == 0 {
             return;
         }
@@ -296,6 +303,17 @@ impl Progress {
     fn finish(&self) {
         if self.tty {
             eprintln!();
+        }
+    }
+
+    /// "12.5 MiB in 0.31 s (40.3 MiB/s)": what was sent, and how fast.
+    fn summary(&self, took: std::time::Duration) -> String {
+        let mib = self.done as f64 / 1048576.0;
+        let secs = took.as_secs_f64();
+        if secs > 0.0 {
+            format!("{mib:.1} MiB in {secs:.2} s ({:.1} MiB/s)", mib / secs)
+        } else {
+            format!("{mib:.1} MiB")
         }
     }
 }

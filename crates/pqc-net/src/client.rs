@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NetError;
-use crate::framed::{read_frame, write_frame};
+use crate::framed::{read_frame, write_encoded};
 use crate::tls::{CertFingerprint, ServerTrust, client_parts};
 
 /// Largest frame body the client accepts from a server, whatever it announces.
@@ -41,6 +41,7 @@ pub struct ConnectInfo {
 pub struct Connection {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
+    /// Whole frames (length prefix and body) for the writer task.
     out: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     closed: Arc<AtomicBool>,
@@ -101,8 +102,8 @@ impl Connection {
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(body) = out_rx.recv().await {
-                if write_frame(&mut send, &body).await.is_err() {
+            while let Some(frame) = out_rx.recv().await {
+                if write_encoded(&mut send, frame).await.is_err() {
                     break;
                 }
             }
@@ -184,9 +185,10 @@ impl Connection {
     /// for each. The server answers the requests of a connection in order.
     pub async fn submit(&self, request: Request) -> Result<PendingResponse<'_>, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = ClientFrame { id: RequestId(id), request }.encode_body();
-        if body.len() > self.info.max_frame {
-            return Err(pqc_wire::WireError::TooLarge { len: body.len(), max: self.info.max_frame }.into());
+        let frame = ClientFrame { id: RequestId(id), request }.encode();
+        let len = frame.len().saturating_sub(4);
+        if len > self.info.max_frame {
+            return Err(pqc_wire::WireError::TooLarge { len, max: self.info.max_frame }.into());
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
@@ -194,7 +196,7 @@ impl Connection {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(self.closed_reason());
         }
-        if self.out.send(body).await.is_err() {
+        if self.out.send(frame).await.is_err() {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(NetError::Closed);
         }
@@ -204,7 +206,7 @@ impl Connection {
     /// Sends raw bytes on the control stream (tests of malformed input).
     #[doc(hidden)]
     pub async fn send_raw_frame_body(&self, body: Vec<u8>) -> Result<(), NetError> {
-        self.out.send(body).await.map_err(|_| NetError::Closed)
+        self.out.send(pqc_wire::encode_frame(&body)).await.map_err(|_| NetError::Closed)
     }
 
     fn closed_reason(&self) -> NetError {
@@ -225,9 +227,16 @@ impl Connection {
     }
 
     /// Closes the connection and waits briefly for the close to be sent.
+    ///
+    /// The close goes out at once; the wait (three round trips, at least
+    /// 10 ms, at most 1 s) only lets it be sent again if the server's next
+    /// packets show it was lost. Waiting for the whole draining period
+    /// (three probe timeouts, ≈ 80 ms even on loopback) would delay every
+    /// command for nothing.
     pub async fn close(self) {
+        let grace = (self.conn.rtt() * 3).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.conn.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
     }
 }
 

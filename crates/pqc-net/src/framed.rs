@@ -19,12 +19,23 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Opti
     if len > max {
         return Err(WireError::TooLarge { len, max }.into());
     }
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body)),
-        Err(quinn::ReadExactError::FinishedEarly(n)) => Err(WireError::Truncated { needed: len - n }.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+    // Filled from quinn's buffers as they come: copied once, never zeroed first.
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(WireError::Truncated { needed: len - body.len() }.into()),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(Some(body))
+}
+
+/// Writes one whole frame (length prefix and body, as the `encode` methods
+/// of the frame types make it): handed to quinn without a copy.
+pub async fn write_encoded(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<(), NetError> {
+    send.write_chunk(bytes::Bytes::from(frame)).await?;
+    Ok(())
 }
 
 /// Writes one frame: `u32 BE length || body`.

@@ -25,7 +25,7 @@ pub mod tls;
 
 pub use client::{ConnectInfo, Connection, PendingResponse};
 pub use error::NetError;
-pub use framed::{read_frame, write_frame};
+pub use framed::{read_frame, write_encoded, write_frame};
 pub use kx::KxProbe;
 pub use rustls::NamedGroup;
 pub use tls::{CertFingerprint, SelfSigned, ServerTls, ServerTrust, client_config, generate_self_signed};

@@ -1,17 +1,19 @@
 //! One task per connection.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::{Rng, SystemRng};
 use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
-use pqc_net::{NetError, ServerTls, write_frame};
+use pqc_net::{NetError, ServerTls, write_encoded};
 use pqc_store::StoreError;
 use pqc_store::server::{AttachmentMeta, Audience, ServerStore, SqliteServerStore};
 use pqc_wire::{
     AttachmentId, CHALLENGE_LEN, ClientFrame, Envelope, ErrorCode, LOGIN_CONTEXT, PROTOCOL_VERSION, Push,
-    REGISTER_CONTEXT, Request, Response, RoomId, RoomMessage, RoomMessageKind, ServerFrame, Username, WireError,
-    login_transcript, register_transcript,
+    REGISTER_CONTEXT, Request, RequestId, Response, RoomId, RoomMessage, RoomMessageKind, ServerFrame, Username,
+    WireError, login_transcript, register_transcript,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -27,6 +29,14 @@ const CLOSE_POLICY: u32 = 3;
 
 /// Queued pushes are written together up to about this many bytes.
 const PUSH_COALESCE_BYTES: usize = 64 * 1024;
+
+/// Most file-chunk requests of one connection queued for the database at
+/// once (the client pipelines fewer); past it the connection reads no
+/// further frames until the oldest is answered.
+const MAX_QUEUED: usize = 16;
+
+/// The response to come of a request whose store operation is queued.
+type Queued = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// Token bucket: `rate` tokens per second, capacity `2 * rate`.
 struct Bucket {
@@ -138,7 +148,7 @@ async fn run(
         challenge: s.challenge,
         max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
     };
-    if write_frame(&mut send, &hello.encode_body()).await.is_err() {
+    if write_encoded(&mut send, hello.encode()).await.is_err() {
         return;
     }
     // Reading is not cancel-safe, so a separate task reads and forwards frames.
@@ -157,13 +167,38 @@ async fn run(
         }
     });
     let mut bucket = Bucket::new(shared.limits.requests_per_second);
-    loop {
+    // File chunks whose store operations are queued, oldest first.
+    let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
+    'conn: loop {
         tokio::select! {
-            f = frames.recv() => match f {
+            Some((id, response)) = next_answer(&mut queued), if !queued.is_empty() => {
+                if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
+                    break;
+                }
+            }
+            f = frames.recv(), if queued.len() < MAX_QUEUED => match f {
                 Some(Ok(frame)) => {
                     let is_auth = matches!(frame.request, Request::Register { .. } | Request::Login { .. });
-                    let response = if bucket.take() {
-                        dispatch(shared, s, frame.request).await
+                    let allowed = bucket.take();
+                    let request = match (&s.user, allowed) {
+                        (Some(user), true) => match queue(shared, user.clone(), frame.request) {
+                            Ok(response) => {
+                                queued.push_back((frame.id, response));
+                                continue;
+                            }
+                            Err(request) => request,
+                        },
+                        _ => frame.request,
+                    };
+                    // Any other request is answered after the queued ones, so
+                    // a connection's responses keep the order of its requests.
+                    while let Some((id, response)) = next_answer(&mut queued).await {
+                        if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    let response = if allowed {
+                        dispatch(shared, s, request).await
                     } else {
                         inc(&m.refused_rate_limited);
                         tracing::debug!(conn_id = s.conn_id, "refused: request over the rate limit");
@@ -172,7 +207,7 @@ async fn run(
                     let failed_auth = is_auth && s.user.is_none() && matches!(response, Response::Error { .. });
                     let out = ServerFrame::Response { id: frame.id, response };
                     // One write per frame (prefix and body together).
-                    if send.write_all(&out.encode()).await.is_err() {
+                    if write_encoded(&mut send, out.encode()).await.is_err() {
                         break;
                     }
                     if failed_auth {
@@ -231,7 +266,7 @@ async fn run(
                     let Ok(next) = push_rx.try_recv() else { break };
                     out.extend_from_slice(&next);
                 }
-                if send.write_all(&out).await.is_err() {
+                if write_encoded(&mut send, out).await.is_err() {
                     break;
                 }
             }
@@ -277,13 +312,21 @@ async fn read_frame_timed(
         return Err(WireError::TooLarge { len, max }.into());
     }
     let body = async {
-        let mut body = Vec::with_capacity(len.min(64 * 1024));
-        while body.len() < len {
-            match recv.read_chunk(len - body.len(), true).await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-                Ok(None) => return Err(WireError::Truncated { needed: len - body.len() }.into()),
+        // The pieces as they arrive, copied once into the body at the end.
+        let (mut pieces, mut got) = (Vec::new(), 0);
+        while got < len {
+            match recv.read_chunk(len - got, true).await {
+                Ok(Some(chunk)) => {
+                    got += chunk.bytes.len();
+                    pieces.push(chunk.bytes);
+                }
+                Ok(None) => return Err(WireError::Truncated { needed: len - got }.into()),
                 Err(e) => return Err(NetError::from(e)),
             }
+        }
+        let mut body = Vec::with_capacity(len);
+        for piece in pieces {
+            body.extend_from_slice(&piece);
         }
         Ok(Some(body))
     };
@@ -457,21 +500,10 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         }
         // Each attachment request is one store operation (permission check,
         // work and status together): one group commit per chunk, not three.
-        Request::AttachmentChunk { id, offset, data } => {
-            let chunk = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Sender)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
-                Ok(match st.attachment_append(id, offset, &data) {
-                    Ok(received) => {
-                        Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false }
-                    }
-                    Err(e) => store_err(e),
-                })
-            });
-            chunk.await.unwrap_or_else(store_err)
-        }
+        req @ (Request::AttachmentChunk { .. } | Request::AttachmentGet { .. }) => match queue(shared, user, req) {
+            Ok(response) => response.await,
+            Err(_) => Response::error(ErrorCode::Invalid, "unexpected request"),
+        },
         Request::AttachmentStatus { id } => {
             let status = shared.db(move |st| {
                 Ok(match check_attachment(st, id, &user, Role::Either)? {
@@ -493,24 +525,6 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 })
             });
             finish.await.unwrap_or_else(store_err)
-        }
-        Request::AttachmentGet { id, offset, max_len } => {
-            let cap = u32::try_from(limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
-            let n = max_len.min(cap);
-            let get = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
-                if !meta.complete {
-                    return Ok(Response::error(ErrorCode::Invalid, "attachment upload is not finished yet"));
-                }
-                Ok(match st.attachment_read(id, offset, n) {
-                    Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
-                    Err(e) => store_err(e),
-                })
-            });
-            get.await.unwrap_or_else(store_err)
         }
         Request::AttachmentAck { id } => {
             let ack = shared.db(move |st| {
@@ -743,6 +757,57 @@ enum Role {
     Sender,
     Recipient,
     Either,
+}
+
+/// Queues the store operation of a request that is nothing else (a file
+/// chunk uploaded or downloaded) and returns its response to come; any
+/// other request is handed back. Queued operations run in order, so a
+/// connection may send the next chunk before the previous one is answered.
+fn queue(shared: &Arc<Shared>, user: Username, req: Request) -> Result<Queued, Request> {
+    match req {
+        Request::AttachmentChunk { id, offset, data } => {
+            let chunk = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Sender)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                Ok(match st.attachment_append(id, offset, &data) {
+                    Ok(received) => {
+                        Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false }
+                    }
+                    Err(e) => store_err(e),
+                })
+            });
+            Ok(Box::pin(async move { chunk.await.unwrap_or_else(store_err) }))
+        }
+        Request::AttachmentGet { id, offset, max_len } => {
+            let cap = u32::try_from(shared.limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
+            let n = max_len.min(cap);
+            let get = shared.db(move |st| {
+                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
+                    Ok(m) => m,
+                    Err(r) => return Ok(r),
+                };
+                if !meta.complete {
+                    return Ok(Response::error(ErrorCode::Invalid, "attachment upload is not finished yet"));
+                }
+                Ok(match st.attachment_read(id, offset, n) {
+                    Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
+                    Err(e) => store_err(e),
+                })
+            });
+            Ok(Box::pin(async move { get.await.unwrap_or_else(store_err) }))
+        }
+        other => Err(other),
+    }
+}
+
+/// Waits for the oldest queued request's response and takes it off the queue.
+async fn next_answer(queued: &mut VecDeque<(RequestId, Queued)>) -> Option<(RequestId, Response)> {
+    let (_, response) = queued.front_mut()?;
+    let response = response.await;
+    let (id, _) = queued.pop_front()?;
+    Some((id, response))
 }
 
 /// Checks that `user` may act on attachment `id` as `role`; inside a store

@@ -100,23 +100,26 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Runs a store operation on the database thread, in the next group
-    /// commit; returns once that commit is on disk.
-    pub(crate) async fn db<T: Send + 'static>(
+    /// commit; the returned future resolves once that commit is on disk.
+    /// The operation is queued when this is called, not when the future is
+    /// first polled: operations queued one after the other run in that
+    /// order even if their results are awaited later (pipelining).
+    pub(crate) fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.db_then(f, |_| {}).await
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        self.db_then(f, |_| {})
     }
 
     /// [`Self::db`], and once the operation succeeded and its commit is on
     /// disk, `after_commit` runs on the database thread, before the caller
     /// is answered. Operations' `after_commit`s run in commit order: pushes
     /// sent from there reach each connection in the order of the store.
-    pub(crate) async fn db_then<T: Send + 'static>(
+    pub(crate) fn db_then<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
         after_commit: impl FnOnce(&T) + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |store| {
             let result = f(store);
@@ -131,8 +134,12 @@ impl Shared {
                 let _ = tx.send(result);
             })
         });
-        self.jobs.send(job).map_err(|_| StoreError::Invalid("the database thread has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Invalid("the database thread has stopped".into()))?
+        let queued = self.jobs.send(job);
+        async move {
+            let stopped = || StoreError::Invalid("the database thread has stopped".into());
+            queued.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())?
+        }
     }
 
     pub(crate) async fn queued_now(&self) -> u64 {

@@ -127,6 +127,21 @@ impl Writer {
         self.buf
     }
 
+    /// A writer for a whole frame: room for the `u32` length prefix that
+    /// [`Self::into_frame`] fills in, so the body is never copied to add it.
+    pub fn framed() -> Self {
+        Self { buf: vec![0; 4] }
+    }
+
+    /// The frame started by [`Self::framed`]: its length prefix, then the body.
+    pub fn into_frame(mut self) -> Vec<u8> {
+        let len = u32::try_from(self.buf.len().saturating_sub(4)).unwrap_or(u32::MAX);
+        if let Some(prefix) = self.buf.get_mut(..4) {
+            prefix.copy_from_slice(&len.to_be_bytes());
+        }
+        self.buf
+    }
+
     /// Raw bytes, no length prefix.
     pub fn raw(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);

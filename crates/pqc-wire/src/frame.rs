@@ -781,8 +781,9 @@ fn header<'a>(body: &'a [u8]) -> Result<(u8, Reader<'a>), WireError> {
     Ok((t, r))
 }
 
+/// Starts a frame of type `t` (with room for its length prefix).
 fn start(t: u8) -> Writer {
-    let mut w = Writer::new();
+    let mut w = Writer::framed();
     w.u8(PROTOCOL_VERSION);
     w.u8(t);
     w
@@ -859,8 +860,8 @@ impl ClientFrame {
         Ok(Self { id, request })
     }
 
-    /// Encodes the body (without the length prefix).
-    pub fn encode_body(&self) -> Vec<u8> {
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
         let t = match &self.request {
             Request::Register { .. } => T_REGISTER,
             Request::Login { .. } => T_LOGIN,
@@ -970,12 +971,12 @@ impl ClientFrame {
                 w.bytes(group_info);
             }
         }
-        w.into_inner()
+        w.into_frame()
     }
 
-    /// Encodes the frame with its length prefix.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_frame(&self.encode_body())
+    /// Encodes the body (without the length prefix).
+    pub fn encode_body(&self) -> Vec<u8> {
+        body_of(self.encode())
     }
 }
 
@@ -1055,17 +1056,17 @@ impl ServerFrame {
         Ok(frame)
     }
 
-    /// Encodes the body (without the length prefix).
-    pub fn encode_body(&self) -> Vec<u8> {
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
         match self {
             ServerFrame::Hello { version, challenge, max_frame } => {
                 let mut w = start(T_HELLO);
                 w.u8(*version);
                 w.raw(challenge);
                 w.u32(*max_frame);
-                w.into_inner()
+                w.into_frame()
             }
-            ServerFrame::Push(p) => push_body(p),
+            ServerFrame::Push(p) => push_frame(p),
             ServerFrame::Response { id, response } => {
                 let t = match response {
                     Response::Ok => T_R_OK,
@@ -1132,19 +1133,19 @@ impl ServerFrame {
                     }
                     Response::KeyPackage { package } => w.bytes(package),
                 }
-                w.into_inner()
+                w.into_frame()
             }
         }
     }
 
-    /// Encodes the frame with its length prefix.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_frame(&self.encode_body())
+    /// Encodes the body (without the length prefix).
+    pub fn encode_body(&self) -> Vec<u8> {
+        body_of(self.encode())
     }
 }
 
-/// The body of a push frame.
-fn push_body(p: &Push) -> Vec<u8> {
+/// A push frame (length prefix and body).
+fn push_frame(p: &Push) -> Vec<u8> {
     let w = match p {
         Push::NewEnvelope { id, from } => {
             let mut w = start(T_P_NEW_ENVELOPE);
@@ -1179,15 +1180,21 @@ fn push_body(p: &Push) -> Vec<u8> {
             w
         }
     };
-    w.into_inner()
+    w.into_frame()
 }
 
 impl Push {
     /// The whole frame (length prefix and body) of this push: the server
     /// encodes a push once and sends the same bytes to every recipient.
     pub fn encode_frame(&self) -> Vec<u8> {
-        encode_frame(&push_body(self))
+        push_frame(self)
     }
+}
+
+/// The body of a frame encoded with its length prefix.
+fn body_of(mut frame: Vec<u8>) -> Vec<u8> {
+    frame.drain(..4.min(frame.len()));
+    frame
 }
 
 /// Prefixes `body` with its `u32` big-endian length.

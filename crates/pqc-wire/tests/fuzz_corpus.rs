@@ -163,6 +163,7 @@ fn round_trip_all_frames() {
     for f in client {
         let body = f.encode_body();
         assert_eq!(ClientFrame::decode(&body).unwrap(), f);
+        assert_eq!(f.encode(), encode_frame(&body), "the frame is its length prefix and the body");
         assert!(ServerFrame::decode(&body).is_err());
         // Every strict prefix fails cleanly; one trailing byte is rejected.
         for cut in 0..body.len() {
@@ -175,6 +176,7 @@ fn round_trip_all_frames() {
     for f in server {
         let body = f.encode_body();
         assert_eq!(ServerFrame::decode(&body).unwrap(), f);
+        assert_eq!(f.encode(), encode_frame(&body), "the frame is its length prefix and the body");
         if let ServerFrame::Push(p) = &f {
             assert_eq!(p.encode_frame(), f.encode(), "a push encodes alike either way");
         }
