@@ -31,9 +31,10 @@ const CLOSE_POLICY: u32 = 3;
 const PUSH_COALESCE_BYTES: usize = 64 * 1024;
 
 /// Most file-chunk requests of one connection queued for the database at
-/// once (the client pipelines fewer); past it the connection reads no
-/// further frames until the oldest is answered.
-const MAX_QUEUED: usize = 16;
+/// once; past it the connection reads no further frames until the oldest is
+/// answered. With the frames read ahead, a connection holds at most about
+/// nine frames (`max_frame` each) in memory.
+const MAX_QUEUED: usize = 4;
 
 /// The response to come of a request whose store operation is queued.
 type Queued = Pin<Box<dyn Future<Output = Response> + Send>>;
