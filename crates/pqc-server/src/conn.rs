@@ -313,8 +313,12 @@ async fn read_frame_timed(
         return Err(WireError::TooLarge { len, max }.into());
     }
     let body = async {
-        // The pieces as they arrive, copied once into the body at the end.
-        let (mut pieces, mut got) = (Vec::new(), 0);
+        // Pieces as they arrive are kept (each pins a packet buffer, so at
+        // most MAX_PIECES of them) and copied into the body in batches; the
+        // body is allocated for the announced length once 64 KiB of it have
+        // arrived, so every byte is copied once, without reallocations.
+        const MAX_PIECES: usize = 64;
+        let (mut body, mut pieces, mut got) = (Vec::new(), Vec::with_capacity(MAX_PIECES), 0);
         while got < len {
             match recv.read_chunk(len - got, true).await {
                 Ok(Some(chunk)) => {
@@ -324,10 +328,13 @@ async fn read_frame_timed(
                 Ok(None) => return Err(WireError::Truncated { needed: len - got }.into()),
                 Err(e) => return Err(NetError::from(e)),
             }
-        }
-        let mut body = Vec::with_capacity(len);
-        for piece in pieces {
-            body.extend_from_slice(&piece);
+            if pieces.len() == MAX_PIECES || got == len {
+                let room = if got >= 64 * 1024 || got == len { len } else { got.saturating_mul(2) };
+                body.reserve_exact(room.saturating_sub(body.len()));
+                for piece in pieces.drain(..) {
+                    body.extend_from_slice(&piece);
+                }
+            }
         }
         Ok(Some(body))
     };
