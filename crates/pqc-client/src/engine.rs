@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, FileRef, sanitize_file_name};
 use crate::error::{ClientError, Result};
-use crate::files::{CHUNK, FileCipher, chunk_count, cipher_len, open_chunks, seal_chunks};
+use crate::files::{FileCipher, chunk_count, chunk_for, cipher_len, open_chunks, seal_chunks};
 use crate::profile::{MAX_SESSIONS_PER_PEER, Profile, ns};
 
 /// One-time prekeys uploaded per batch.
@@ -559,8 +559,9 @@ impl Client {
         let plain_len = file.metadata().await.map_err(|e| ClientError::io("cannot stat the file", e))?.len();
         let file = file.into_std().await;
         let key: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(&mut SystemRng));
-        let cipher = FileCipher::new(&key, plain_len, CHUNK)?;
-        let total = cipher_len(plain_len, CHUNK);
+        let chunk = chunk_for(self.conn.info().max_frame);
+        let cipher = FileCipher::new(&key, plain_len, chunk)?;
+        let total = cipher_len(plain_len, chunk);
         let id = match call(&self.conn, begin(total)).await? {
             Response::AttachmentCreated { id } => id,
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
@@ -594,7 +595,7 @@ impl Client {
             return Err(ClientError::Usage(format!("{} changed while it was being sent", path.display())));
         }
         call(&self.conn, Request::AttachmentFinish { id }).await?;
-        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk: CHUNK, key, sha256, name })
+        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk, key, sha256, name })
     }
 
     fn record_history(&self, conv: &str, line: &str) -> Result<()> {

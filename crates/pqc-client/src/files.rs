@@ -10,8 +10,18 @@ use pqc_crypto::kdf::Sha256Hasher;
 
 use crate::error::{ClientError, Result};
 
-/// Plaintext bytes per chunk.
-pub const CHUNK: u32 = 256 * 1024;
+/// Plaintext bytes per chunk of the files this client sends, when the
+/// server's frames allow it (see [`chunk_for`]); receivers take the size
+/// from the file's announcement.
+pub const CHUNK: u32 = 512 * 1024;
+
+/// The chunk size for uploads to a server whose frames carry at most
+/// `max_frame` bytes: [`CHUNK`], or the largest multiple of 16 KiB that
+/// leaves 1 KiB for the request around it (at least 16 KiB).
+pub fn chunk_for(max_frame: usize) -> u32 {
+    let fit = max_frame.saturating_sub(1024) / (16 << 10) * (16 << 10);
+    u32::try_from(fit).unwrap_or(CHUNK).clamp(16 << 10, CHUNK)
+}
 const AAD_LABEL: &[u8] = b"pqc-chat/file/v1";
 
 /// Number of chunks of a file of `plain_len` bytes (an empty file is one empty chunk).
@@ -163,6 +173,17 @@ fn join_sync(sync: std::thread::JoinHandle<std::io::Result<()>>) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_size_fits_the_servers_frames() {
+        assert_eq!(chunk_for(1 << 20), CHUNK);
+        assert_eq!(chunk_for(64 << 20), CHUNK);
+        assert_eq!(chunk_for(300 << 10), 288 << 10);
+        assert_eq!(chunk_for(0), 16 << 10);
+        // Sealed, plus the request's header, it fits the frame.
+        let c = chunk_for(300 << 10) as usize;
+        assert!(c + TAG_LEN + 1024 <= 300 << 10);
+    }
 
     #[test]
     fn chunks_are_bound_to_position_and_end() {

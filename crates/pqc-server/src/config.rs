@@ -39,9 +39,11 @@ pub struct Limits {
     /// Envelopes queued per recipient.
     pub max_mailbox: u32,
     /// Largest attachment as stored, i.e. encrypted (bytes). The default lets
-    /// a 100 MiB file through: clients add a 16-byte tag per 256 KiB chunk.
+    /// a 100 MiB file through: clients add a 16-byte tag per chunk (512 KiB
+    /// with the default `max_frame`).
     pub max_attachment: u64,
-    /// Sustained requests per second per connection (burst: twice that).
+    /// Sustained requests per second per connection (burst: twice that). A
+    /// file chunk of 64 KiB or more counts as 1/16 of a request.
     pub requests_per_second: u32,
     /// Concurrent connections.
     pub max_connections: usize,

@@ -52,18 +52,36 @@ impl Bucket {
         Self { tokens: rate * 2.0, rate, last: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    /// Takes `cost` tokens if there are that many.
+    fn take(&mut self, cost: f64) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
         }
     }
 }
+
+/// What a request costs against the rate limit: one token, but a file chunk
+/// of at least [`BULK_CHUNK`] bytes (uploaded, or asked for) only 1/16 of
+/// one, so a file of `max_attachment` goes through at the default rate (100
+/// MiB is 200 chunks of 512 KiB, or 400 of 256 KiB) while small requests of
+/// any kind stay limited as before.
+fn request_cost(request: &Request) -> f64 {
+    let bulk = match request {
+        Request::AttachmentChunk { data, .. } => data.len() >= BULK_CHUNK,
+        Request::AttachmentGet { max_len, .. } => usize::try_from(*max_len).is_ok_and(|n| n >= BULK_CHUNK),
+        _ => false,
+    };
+    if bulk { 1.0 / 16.0 } else { 1.0 }
+}
+
+/// File chunks at least this large count as 1/16 of a request.
+const BULK_CHUNK: usize = 64 * 1024;
 
 struct Session {
     conn_id: u64,
@@ -180,7 +198,7 @@ async fn run(
             f = frames.recv(), if queued.len() < MAX_QUEUED => match f {
                 Some(Ok(frame)) => {
                     let is_auth = matches!(frame.request, Request::Register { .. } | Request::Login { .. });
-                    let allowed = bucket.take();
+                    let allowed = bucket.take(request_cost(&frame.request));
                     let request = match (&s.user, allowed) {
                         (Some(user), true) => match queue(shared, user.clone(), frame.request) {
                             Ok(response) => {

@@ -529,3 +529,65 @@ async fn rate_limit_and_connection_cap() {
     assert!(r.is_err());
     h.shutdown().await;
 }
+
+/// A file of hundreds of chunks goes through at the default request rate
+/// (large chunks count as 1/16 of a request), pipelined, answered in
+/// order; small requests stay limited.
+#[tokio::test]
+async fn a_large_file_goes_through_at_the_default_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    let ca = alice.register(&h).await;
+    let cb = bob.register(&h).await;
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 400;
+    let total = (CHUNK * CHUNKS) as u64;
+    let Response::AttachmentCreated { id } =
+        ca.request(Request::AttachmentBegin { to: u("bob"), total_len: total }).await.unwrap()
+    else {
+        panic!()
+    };
+    let mut inflight = std::collections::VecDeque::new();
+    for i in 0..CHUNKS {
+        let offset = (i * CHUNK) as u64;
+        let data = vec![(i % 251) as u8; CHUNK];
+        inflight.push_back((offset, ca.submit(Request::AttachmentChunk { id, offset, data }).await.unwrap()));
+        if inflight.len() == 8 || i + 1 == CHUNKS {
+            while let Some((offset, p)) = inflight.pop_front() {
+                let r = p.response().await.unwrap();
+                assert!(
+                    matches!(r, Response::AttachmentStatus { received, .. } if received == offset + CHUNK as u64),
+                    "chunk at {offset}: {r:?}"
+                );
+            }
+        }
+    }
+    let r = ca.request(Request::AttachmentFinish { id }).await.unwrap();
+    assert!(matches!(r, Response::AttachmentStatus { complete: true, .. }), "{r:?}");
+    // Downloaded the same way, pipelined, in order.
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..CHUNKS {
+        let offset = (i * CHUNK) as u64;
+        pending.push_back(cb.submit(Request::AttachmentGet { id, offset, max_len: CHUNK as u32 }).await.unwrap());
+        if pending.len() == 8 || i + 1 == CHUNKS {
+            let first = i + 1 - pending.len();
+            for (k, p) in pending.drain(..).enumerate() {
+                match p.response().await.unwrap() {
+                    Response::AttachmentData { data, .. } => assert_eq!(data, vec![((first + k) % 251) as u8; CHUNK]),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    // Small requests are still limited to about 100/s (bursts of 200).
+    let mut limited = 0;
+    for _ in 0..400 {
+        if let Response::Error { code: ErrorCode::RateLimited, .. } = ca.request(Request::Ping).await.unwrap() {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0);
+    h.shutdown().await;
+}
