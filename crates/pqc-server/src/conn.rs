@@ -336,7 +336,7 @@ async fn read_frame_timed(
         // body is allocated for the announced length once 64 KiB of it have
         // arrived, so every byte is copied once, without reallocations.
         const MAX_PIECES: usize = 64;
-        let (mut body, mut pieces, mut got) = (Vec::new(), Vec::with_capacity(MAX_PIECES), 0);
+        let (mut body, mut pieces, mut got) = (Vec::new(), Vec::new(), 0);
         while got < len {
             match recv.read_chunk(len - got, true).await {
                 Ok(Some(chunk)) => {
