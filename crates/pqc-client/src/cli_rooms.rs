@@ -134,7 +134,7 @@ pub async fn run(client: &mut Client, cmd: RoomsCommand) -> Result<()> {
             let started = std::time::Instant::now();
             client.room_send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
             bar.finish();
-            println!("sent {} to [{name}]: {}", path.display(), bar.summary(started.elapsed()));
+            crate::print_line(&format!("sent {} to [{name}]: {}", path.display(), bar.summary(started.elapsed())));
         }
         RoomsCommand::Audio { name, state } => client.room_toggle(&name, Media::Audio, state == OnOff::On).await?,
         RoomsCommand::Video { name, state } => client.room_toggle(&name, Media::Video, state == OnOff::On).await?,

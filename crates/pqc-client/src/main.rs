@@ -197,7 +197,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             let started = std::time::Instant::now();
             client.send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
             bar.finish();
-            println!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed()));
+            print_line(&format!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed())));
             client.close().await;
         }
         Command::Recv { wait, out } => {

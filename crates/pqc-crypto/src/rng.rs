@@ -6,7 +6,8 @@ use core::convert::Infallible;
 
 pub use rand_core::{CryptoRng, Rng, TryCryptoRng, TryRng};
 
-/// The operating system's CSPRNG, reached through aws-lc's DRBG.
+/// The operating system's CSPRNG, reached through aws-lc's DRBG (built
+/// without aws-lc's CPU jitter entropy source, see `.cargo/config.toml`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemRng;
 
