@@ -49,7 +49,9 @@ fn real_main(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour codes only on a terminal, not in a journal or a redirected log.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     let listen = match args.listen {
         Some(a) => a,
         None => format!("{}:{}", cfg.signaling_host, cfg.signaling_port).parse()?,
