@@ -526,49 +526,31 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         }
         // Each attachment request is one store operation (permission check,
         // work and status together): one group commit per chunk, not three.
-        req @ (Request::AttachmentChunk { .. } | Request::AttachmentGet { .. }) => match queue(shared, user, req) {
-            Ok(response) => response.await,
-            Err(_) => Response::error(ErrorCode::Invalid, "unexpected request"),
-        },
+        Request::AttachmentChunk { id, offset, data } => upload_chunk(shared, user, id, offset, data).await,
+        Request::AttachmentGet { id, offset, max_len } => download_chunk(shared, user, id, offset, max_len).await,
         Request::AttachmentStatus { id } => {
-            let status = shared.db(move |st| {
-                Ok(match check_attachment(st, id, &user, Role::Either)? {
-                    Ok(m) => status_of(&m),
-                    Err(r) => r,
-                })
-            });
-            status.await.unwrap_or_else(store_err)
+            on_attachment(shared, id, user, Role::Either, |_, meta, _| status_of(&meta)).await
         }
         Request::AttachmentFinish { id } => {
-            let finish = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Sender)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
-                Ok(match st.attachment_finish(id) {
-                    Ok(()) => status_of(&AttachmentMeta { complete: true, ..meta }),
-                    Err(e) => store_err(e),
-                })
-            });
-            finish.await.unwrap_or_else(store_err)
+            on_attachment(shared, id, user, Role::Sender, move |st, meta, _| match st.attachment_finish(id) {
+                Ok(()) => status_of(&AttachmentMeta { complete: true, ..meta }),
+                Err(e) => store_err(e),
+            })
+            .await
         }
         Request::AttachmentAck { id } => {
-            let ack = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
+            on_attachment(shared, id, user, Role::Recipient, move |st, meta, user| {
                 let done = match meta.to {
                     Audience::User(_) => st.attachment_delete(id),
                     // A room file goes once its last reader is done with it.
-                    Audience::Room(_) => st.attachment_reader_done(id, &user),
+                    Audience::Room(_) => st.attachment_reader_done(id, user),
                 };
-                Ok(match done {
+                match done {
                     Ok(d) => Response::Deleted { count: u32::from(d) },
                     Err(e) => store_err(e),
-                })
-            });
-            ack.await.unwrap_or_else(store_err)
+                }
+            })
+            .await
         }
         Request::RoomCreate { room_id, max_participants, group_info } => {
             if group_info.is_empty() {
@@ -791,41 +773,67 @@ enum Role {
 /// connection may send the next chunk before the previous one is answered.
 fn queue(shared: &Arc<Shared>, user: Username, req: Request) -> Result<Queued, Request> {
     match req {
-        Request::AttachmentChunk { id, offset, data } => {
-            let chunk = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Sender)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
-                Ok(match st.attachment_append(id, offset, &data) {
-                    Ok(received) => {
-                        Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false }
-                    }
-                    Err(e) => store_err(e),
-                })
-            });
-            Ok(Box::pin(async move { chunk.await.unwrap_or_else(store_err) }))
-        }
+        Request::AttachmentChunk { id, offset, data } => Ok(Box::pin(upload_chunk(shared, user, id, offset, data))),
         Request::AttachmentGet { id, offset, max_len } => {
-            let cap = u32::try_from(shared.limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
-            let n = max_len.min(cap);
-            let get = shared.db(move |st| {
-                let meta = match check_attachment(st, id, &user, Role::Recipient)? {
-                    Ok(m) => m,
-                    Err(r) => return Ok(r),
-                };
-                if !meta.complete {
-                    return Ok(Response::error(ErrorCode::Invalid, "attachment upload is not finished yet"));
-                }
-                Ok(match st.attachment_read(id, offset, n) {
-                    Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
-                    Err(e) => store_err(e),
-                })
-            });
-            Ok(Box::pin(async move { get.await.unwrap_or_else(store_err) }))
+            Ok(Box::pin(download_chunk(shared, user, id, offset, max_len)))
         }
         other => Err(other),
     }
+}
+
+/// One store operation on attachment `id`: checks that `user` may act on it
+/// as `role`, then runs `op` with its metadata. Queued when called (see
+/// [`Shared::db`]); a refusal or a store error is the response.
+fn on_attachment(
+    shared: &Shared,
+    id: AttachmentId,
+    user: Username,
+    role: Role,
+    op: impl FnOnce(&mut SqliteServerStore, AttachmentMeta, &Username) -> Response + Send + 'static,
+) -> impl Future<Output = Response> + Send + 'static {
+    let done = shared.db(move |st| {
+        Ok(match check_attachment(st, id, &user, role)? {
+            Ok(meta) => op(st, meta, &user),
+            Err(refused) => refused,
+        })
+    });
+    async move { done.await.unwrap_or_else(store_err) }
+}
+
+/// `AttachmentChunk`: appends `data` at `offset` (the sender only).
+fn upload_chunk(
+    shared: &Shared,
+    user: Username,
+    id: AttachmentId,
+    offset: u64,
+    data: Vec<u8>,
+) -> impl Future<Output = Response> + Send + 'static {
+    on_attachment(shared, id, user, Role::Sender, move |st, meta, _| match st.attachment_append(id, offset, &data) {
+        Ok(received) => Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false },
+        Err(e) => store_err(e),
+    })
+}
+
+/// `AttachmentGet`: up to `max_len` bytes (and about `max_frame`) of a
+/// finished attachment from `offset` (its recipients only).
+fn download_chunk(
+    shared: &Shared,
+    user: Username,
+    id: AttachmentId,
+    offset: u64,
+    max_len: u32,
+) -> impl Future<Output = Response> + Send + 'static {
+    let cap = u32::try_from(shared.limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
+    let n = max_len.min(cap);
+    on_attachment(shared, id, user, Role::Recipient, move |st, meta, _| {
+        if !meta.complete {
+            return Response::error(ErrorCode::Invalid, "attachment upload is not finished yet");
+        }
+        match st.attachment_read(id, offset, n) {
+            Ok(data) => Response::AttachmentData { id, offset, total_len: meta.total_len, data },
+            Err(e) => store_err(e),
+        }
+    })
 }
 
 /// Waits for the oldest queued request's response and takes it off the queue.
