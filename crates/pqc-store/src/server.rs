@@ -922,13 +922,17 @@ impl ServerStore for SqliteServerStore {
             },
             None => None,
         };
+        let record = |at: u64| -> Result<(), StoreError> {
+            tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, i64_of(at)?])?;
+            Ok(())
+        };
         match file {
             None => {
                 tx.exec(
                     "INSERT INTO attachment_chunks (attachment_id, offset, data) VALUES (?1, ?2, ?3)",
                     params![i64_of(id.0)?, i64_of(received)?, data],
                 )?;
-                tx.exec("UPDATE attachments SET received = ?2 WHERE id = ?1", params![i64_of(id.0)?, i64_of(new)?])?;
+                record(new)?;
             }
             Some(file) => {
                 file.write_all_at(data, offset)?;
@@ -942,27 +946,21 @@ impl ServerStore for SqliteServerStore {
                         let _ = sync.join();
                     }
                     file.sync_data()?;
-                    tx.exec(
-                        "UPDATE attachments SET received = ?2 WHERE id = ?1",
-                        params![i64_of(id.0)?, i64_of(new)?],
-                    )?;
+                    record(new)?;
                     self.written.remove(&id);
-                } else if new - started >= ATTACHMENT_CHECKPOINT {
-                    if let Some((at, sync)) = self.syncing.remove(&id)
-                        && matches!(sync.join(), Ok(Ok(())))
-                    {
-                        tx.exec(
-                            "UPDATE attachments SET received = ?2 WHERE id = ?1",
-                            params![i64_of(id.0)?, i64_of(at)?],
-                        )?;
-                    }
-                    let sync = std::thread::Builder::new().name("pqc-fsync".into()).spawn(move || file.sync_data());
-                    // No thread: the next chunk tries again.
-                    if let Ok(handle) = sync {
-                        self.syncing.insert(id, (new, handle));
-                    }
-                    self.written.insert(id, new);
                 } else {
+                    if new - started >= ATTACHMENT_CHECKPOINT {
+                        if let Some((at, sync)) = self.syncing.remove(&id)
+                            && matches!(sync.join(), Ok(Ok(())))
+                        {
+                            record(at)?;
+                        }
+                        let sync = std::thread::Builder::new().name("pqc-fsync".into()).spawn(move || file.sync_data());
+                        // No thread: the next chunk tries again.
+                        if let Ok(handle) = sync {
+                            self.syncing.insert(id, (new, handle));
+                        }
+                    }
                     self.written.insert(id, new);
                 }
             }
