@@ -70,6 +70,17 @@ fn u(s: &str) -> Username {
     Username::new(s).unwrap()
 }
 
+/// Sends `n` pings one after the other; how many were refused as over the rate limit.
+async fn pings_refused(c: &Connection, n: usize) -> usize {
+    let mut limited = 0;
+    for _ in 0..n {
+        if let Response::Error { code: ErrorCode::RateLimited, .. } = c.request(Request::Ping).await.unwrap() {
+            limited += 1;
+        }
+    }
+    limited
+}
+
 #[tokio::test]
 async fn register_login_and_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,13 +528,7 @@ async fn rate_limit_and_connection_cap() {
     })
     .await;
     let c = connect(&h).await;
-    let mut limited = 0;
-    for _ in 0..30 {
-        if let Response::Error { code: ErrorCode::RateLimited, .. } = c.request(Request::Ping).await.unwrap() {
-            limited += 1;
-        }
-    }
-    assert!(limited > 0);
+    assert!(pings_refused(&c, 30).await > 0);
     // Second connection is refused at the cap.
     let r = Connection::connect(h.addr, "localhost", ServerTrust::Pinned(h.fingerprint)).await;
     assert!(r.is_err());
@@ -582,12 +587,6 @@ async fn a_large_file_goes_through_at_the_default_rate_limit() {
         }
     }
     // Small requests are still limited to about 100/s (bursts of 200).
-    let mut limited = 0;
-    for _ in 0..400 {
-        if let Response::Error { code: ErrorCode::RateLimited, .. } = ca.request(Request::Ping).await.unwrap() {
-            limited += 1;
-        }
-    }
-    assert!(limited > 0);
+    assert!(pings_refused(&ca, 400).await > 0);
     h.shutdown().await;
 }
