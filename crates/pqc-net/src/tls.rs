@@ -164,7 +164,18 @@ impl ResolvesServerCert for SingleCert {
 pub struct ServerTls {
     key: Arc<CertifiedKey>,
     fingerprint: CertFingerprint,
+    /// QUIC stateless-reset key, derived from the certificate's private key
+    /// so that it stays the same across restarts.
+    reset_key: Arc<aws_lc_rs::hmac::Key>,
+    /// Key of the connection ids' check value, derived likewise: a restarted
+    /// server must accept its predecessor's connection ids as its own to
+    /// answer them with a reset.
+    cid_key: u64,
 }
+
+/// Label of the stateless-reset key's derivation (HKDF-Extract with this
+/// salt over the private key's DER encoding).
+const RESET_KEY_LABEL: &[u8] = b"pqc-chat/quic-stateless-reset/v1";
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,7 +189,20 @@ impl ServerTls {
         let leaf = chain.first().ok_or_else(|| NetError::Cert("empty certificate chain".into()))?;
         let fingerprint = CertFingerprint::of_der(leaf);
         let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)?;
-        Ok(Self { key: Arc::new(CertifiedKey::new(chain, signer)), fingerprint })
+        // A restarted server must recognise its predecessor's connections
+        // to reset them: the key that makes stateless-reset tokens is a
+        // function of the long-term private key, not random per process.
+        // Clients of a server that crashed and came back then learn at their
+        // next packet that their connection is gone (and reconnect) instead
+        // of waiting out the idle timeout.
+        use aws_lc_rs::hmac;
+        let prk = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, RESET_KEY_LABEL), key.secret_der());
+        let reset_key = Arc::new(hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()));
+        let cid = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()), b"connection ids");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cid.as_ref()[..8]);
+        let cid_key = u64::from_be_bytes(cid_key);
+        Ok(Self { key: Arc::new(CertifiedKey::new(chain, signer)), fingerprint, reset_key, cid_key })
     }
 
     /// From PEM strings.
@@ -227,7 +251,12 @@ impl ServerTls {
     /// Binds a server endpoint on `addr` (UDP).
     pub fn endpoint(&self, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, NetError> {
         let (cfg, _probe) = self.connection_config()?;
-        Ok(quinn::Endpoint::server(Arc::unwrap_or_clone(cfg), addr)?)
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+        let mut endpoint = quinn::EndpointConfig::new(self.reset_key.clone());
+        let cid_key = self.cid_key;
+        endpoint.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        Ok(quinn::Endpoint::new(endpoint, Some(Arc::unwrap_or_clone(cfg)), socket, runtime)?)
     }
 }
 

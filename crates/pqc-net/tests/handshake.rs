@@ -9,7 +9,15 @@ use pqc_wire::{ClientFrame, Request, Response, ServerFrame};
 /// A minimal server: Hello, then answers Ping with Pong. Returns the address
 /// and a channel reporting each connection's negotiated group.
 async fn mini_server(tls: ServerTls) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<NamedGroup>>) {
-    let ep = tls.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    mini_server_on(tls, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`mini_server`] on `addr`.
+async fn mini_server_on(
+    tls: ServerTls,
+    addr: SocketAddr,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<NamedGroup>>) {
+    let ep = tls.endpoint(addr).unwrap();
     let addr = ep.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -91,4 +99,44 @@ fn fingerprint_text_forms() {
     assert_eq!(s.parse::<CertFingerprint>().unwrap(), fp);
     assert_eq!(fp.to_hex().parse::<CertFingerprint>().unwrap(), fp);
     assert!("zz".parse::<CertFingerprint>().is_err());
+}
+
+/// Runs [`mini_server`] on `addr` in a runtime of its own, on its own
+/// thread; dropping the returned sender stops that runtime without closing
+/// anything (as a crash would).
+fn crashable_server(tls: ServerTls, addr: SocketAddr) -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (bound, _groups) = mini_server_on(tls, addr).await;
+            bound_tx.send(bound).unwrap();
+            // Serve until the test drops `stop` (a blocking wait elsewhere).
+            let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+        });
+        rt.shutdown_background();
+    });
+    (bound.recv().unwrap(), stop)
+}
+
+#[tokio::test]
+async fn a_restarted_server_resets_its_predecessors_connections() {
+    let tls = tls();
+    let (addr, stop) = crashable_server(tls.clone(), "127.0.0.1:0".parse().unwrap());
+    let (c, _, _) = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap();
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    // The server crashes and comes back on the same port with the same key.
+    drop(stop);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_again, _stop_again) = crashable_server(tls, addr);
+    // Its stateless reset ends the old connection at the next packet, well
+    // before the 15 s idle timeout.
+    let started = std::time::Instant::now();
+    let err = c.request(Request::Ping).await.unwrap_err();
+    assert!(matches!(err, NetError::Connection(quinn::ConnectionError::Reset)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    // And a new connection works.
+    let (c, _, _) = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap();
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
 }
