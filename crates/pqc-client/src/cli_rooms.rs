@@ -63,6 +63,7 @@ pub enum RoomsCommand {
     },
     /// Encrypt a file once and send it to the room (with a progress bar on a
     /// terminal); the members at this moment can download it with `recv`.
+    /// Interrupted uploads resume as `send-file`'s do.
     SendFile {
         /// Room name.
         name: String,
@@ -132,6 +133,7 @@ pub async fn run(client: &mut Client, cmd: RoomsCommand) -> Result<()> {
             use std::io::IsTerminal;
             let mut bar = crate::Progress::new(std::io::stderr().is_terminal());
             let started = std::time::Instant::now();
+            client.set_notices(crate::transfer_notice);
             client.room_send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
             bar.finish();
             crate::print_line(&format!("sent {} to [{name}]: {}", path.display(), bar.summary(started.elapsed())));

@@ -144,10 +144,11 @@ impl Content {
     }
 }
 
-struct Rd<'a>(&'a [u8]);
+/// A reader of big-endian fields that fails cleanly on short input.
+pub(crate) struct Rd<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Rd<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
             return Err(ClientError::Malformed("message content (truncated)"));
         }
@@ -155,24 +156,24 @@ impl<'a> Rd<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
-    fn u8(&mut self) -> Result<u8> {
+    pub(crate) fn u8(&mut self) -> Result<u8> {
         Ok(self.array::<1>()?[0])
     }
-    fn u16(&mut self) -> Result<u16> {
+    pub(crate) fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_be_bytes(self.array()?))
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64> {
+    pub(crate) fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.array()?))
     }
-    fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.0)
     }
 }
@@ -183,8 +184,10 @@ pub fn fuzz_decode(bytes: &[u8]) {
         let again = Content::decode(&c.encode());
         debug_assert!(again.is_ok());
     }
-    // The same bytes as a room message's content (text, audio/video, file).
+    // The same bytes as a room message's content (text, audio/video, file),
+    // and as an unfinished upload's record in the profile.
     crate::rooms::fuzz_room_content(bytes);
+    crate::files::fuzz_pending_upload(bytes);
 }
 
 /// Makes a sender-chosen file name safe to create inside the output folder:

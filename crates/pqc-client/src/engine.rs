@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, FileRef, sanitize_file_name};
 use crate::error::{ClientError, Result};
-use crate::files::{FileCipher, chunk_count, chunk_for, cipher_len, open_chunks, seal_chunks};
+use crate::files::{FileCipher, PendingUpload, chunk_count, chunk_for, cipher_len, open_chunks, seal_chunks};
 use crate::profile::{MAX_SESSIONS_PER_PEER, Profile, ns};
 
 /// One-time prekeys uploaded per batch.
@@ -40,6 +40,14 @@ pub const PREKEY_LOW: u32 = 20;
 pub const DEFAULT_PORT: u16 = 8443;
 /// Attachment chunk requests kept in flight per transfer.
 const PIPELINE: usize = 8;
+/// How long a transfer waits for a lost connection to the server to come
+/// back (a server restart, a network change) before it gives up.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(60);
+/// Bound of one connection attempt while reconnecting (a server that is
+/// down does not answer at all: QUIC would wait out its idle timeout).
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
+/// Reconnections one transfer makes before it gives up.
+const MAX_RECONNECTS: u32 = 5;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -123,9 +131,13 @@ pub async fn connect(profile: &Profile, opts: &ConnectOptions, notice: &mut dyn 
 pub struct Client {
     profile: Profile,
     conn: Connection,
+    opts: ConnectOptions,
     me: Username,
     identity: IdentityKeyPair,
     pushes: Option<UnboundedReceiver<Push>>,
+    /// Where notices of a long operation go (a lost connection, a resumed
+    /// upload); see [`Client::set_notices`].
+    notices: Box<dyn FnMut(String) + Send>,
     /// Messages handled inline from pushes, acknowledged in one go by
     /// [`Client::flush_acks`] once no push is waiting.
     pub(crate) acks: PendingAcks,
@@ -203,6 +215,38 @@ pub(crate) fn server_error(resp: Response) -> ClientError {
     }
 }
 
+/// Whether `e` means the connection to the server was lost (so a new one
+/// may get further), rather than a refusal or a local failure.
+pub(crate) fn is_connection_lost(e: &ClientError) -> bool {
+    use pqc_net::NetError as N;
+    matches!(e, ClientError::Net(N::Connection(_) | N::Closed | N::Timeout | N::Write(_) | N::Read(_) | N::Io(_)))
+}
+
+/// Connects and logs in as `me`.
+async fn log_in(
+    profile: &Profile,
+    opts: &ConnectOptions,
+    me: &Username,
+    identity: &IdentityKeyPair,
+    notice: &mut dyn FnMut(String),
+) -> Result<Connection> {
+    let conn = connect(profile, opts, notice).await?;
+    let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), me);
+    let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
+    call(&conn, Request::Login { username: me.clone(), signature }).await?;
+    Ok(conn)
+}
+
+/// The notice sink of a client nobody set one for: the log, at info level
+/// (notices name no user content).
+fn log_notice(msg: String) {
+    tracing::info!("{msg}");
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
+
 fn expect_ok(resp: Response) -> Result<()> {
     match resp {
         Response::Ok | Response::AttachmentStatus { .. } => Ok(()),
@@ -244,8 +288,7 @@ impl Client {
         call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await?;
         profile.set_meta("username", me.as_str())?;
         profile.set_meta("server", &opts.server)?;
-        let mut client =
-            Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default(), joined_room: false };
+        let mut client = Self::new(profile, conn, opts, me, identity);
         client.pushes = client.conn.take_pushes();
         client.ensure_prekeys(None).await?;
         client.publish_key_packages().await?;
@@ -257,13 +300,8 @@ impl Client {
         let name = profile.username()?.ok_or(ClientError::NotRegistered)?;
         let me = Username::new(&name)?;
         let identity = profile.identity()?;
-        let conn = connect(&profile, opts, notice).await?;
-        let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), &me);
-        let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
-        call(&conn, Request::Login { username: me.clone(), signature }).await?;
-        let mut client =
-            Self { profile, conn, me, identity, pushes: None, acks: PendingAcks::default(), joined_room: false };
-        client.pushes = client.conn.take_pushes();
+        let conn = log_in(&profile, opts, &me, &identity, notice).await?;
+        let mut client = Self::new(profile, conn, opts, me, identity);
         if client.profile.meta("signed_prekeys_blob")?.is_none() {
             client.ensure_prekeys(None).await?;
         }
@@ -277,6 +315,67 @@ impl Client {
             }
         }
         Ok(client)
+    }
+
+    fn new(
+        profile: Profile,
+        mut conn: Connection,
+        opts: &ConnectOptions,
+        me: Username,
+        identity: IdentityKeyPair,
+    ) -> Self {
+        let pushes = conn.take_pushes();
+        Self {
+            profile,
+            conn,
+            opts: opts.clone(),
+            me,
+            identity,
+            pushes,
+            notices: Box::new(log_notice),
+            acks: PendingAcks::default(),
+            joined_room: false,
+        }
+    }
+
+    /// Sends the notices of long operations (a lost connection being
+    /// re-established, an upload resumed) to `sink` instead of the log.
+    pub fn set_notices(&mut self, sink: impl FnMut(String) + Send + 'static) {
+        self.notices = Box::new(sink);
+    }
+
+    /// Replaces a lost connection with a new one (logged in), trying for up
+    /// to [`RECONNECT_WITHIN`] with growing pauses. Pushes come from the new
+    /// connection afterwards ([`Self::take_pushes`]).
+    pub(crate) async fn reconnect(&mut self, lost: &ClientError) -> Result<()> {
+        (self.notices)(format!("{lost}; reconnecting to {}", self.opts.server));
+        let deadline = Instant::now() + RECONNECT_WITHIN;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let mut quiet = |_| {};
+            let attempt = log_in(&self.profile, &self.opts, &self.me, &self.identity, &mut quiet);
+            let failed = match tokio::time::timeout(CONNECT_ATTEMPT, attempt).await {
+                Ok(Ok(mut conn)) => {
+                    self.pushes = conn.take_pushes();
+                    let old = std::mem::replace(&mut self.conn, conn);
+                    drop(old);
+                    (self.notices)(format!("reconnected to {}", self.opts.server));
+                    return Ok(());
+                }
+                Ok(Err(e)) if !is_connection_lost(&e) => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => ClientError::Net(pqc_net::NetError::Timeout),
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(ClientError::Usage(format!(
+                    "lost the connection to {} and could not reconnect within {} s (last attempt: {failed})",
+                    self.opts.server,
+                    RECONNECT_WITHIN.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// This user's name.
@@ -535,46 +634,182 @@ impl Client {
     ) -> Result<()> {
         let to_name = Username::new(to)?;
         let begin = |total_len| Request::AttachmentBegin { to: to_name.clone(), total_len };
-        let file = self.upload_file(&begin, path, name, progress).await?;
-        let plain_len = file.plain_len;
+        let file = self.upload_file(&format!("user {to}"), &begin, path, name, progress).await?;
+        let (plain_len, attachment) = (file.plain_len, file.attachment);
         let content = Content { id: random_array(&mut SystemRng), max_views: None, body: Body::File(file) };
         self.record_history(to, &format!("{} sent file {name} ({plain_len} bytes)", self.me))?;
-        self.queue_and_flush(&to_name, &content).await
+        // Queued and no longer pending in one transaction: a crash leaves
+        // either a resumable upload or an announcement to send, never both.
+        self.profile.atomically(|p| {
+            self.queue(&to_name, &content)?;
+            p.db().delete(ns::UPLOAD, &attachment.to_string())?;
+            Ok(())
+        })?;
+        match self.flush_outbox().await {
+            Ok(_) => Ok(()),
+            Err(e @ ClientError::NotSent { .. }) => Err(e),
+            Err(e) => Err(ClientError::Queued(Box::new(e))),
+        }
     }
 
-    /// Encrypts the file at `path` with a fresh key in chunks and uploads it
-    /// to a new attachment (`begin(encrypted length)` is the request that
-    /// creates it); returns the reference to send end to end.
+    /// Encrypts the file at `path` in chunks and uploads it; returns the
+    /// reference to send end to end. `audience` names the recipients (`user
+    /// NAME`, `room ID`): an unfinished upload of the same unchanged file to
+    /// them (a crashed or interrupted earlier command) is resumed where the
+    /// server's copy ends; otherwise the file gets a fresh key and a new
+    /// attachment (`begin(encrypted length)` is the request that creates
+    /// it). A connection lost meanwhile is re-established and the upload
+    /// resumed. The upload stays recorded in the profile until the caller
+    /// announces it ([`ns::UPLOAD`]).
     pub(crate) async fn upload_file(
         &mut self,
+        audience: &str,
         begin: &dyn Fn(u64) -> Request,
         path: &Path,
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<FileRef> {
-        let name = name.to_string();
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
-        let plain_len = file.metadata().await.map_err(|e| ClientError::io("cannot stat the file", e))?.len();
-        let file = file.into_std().await;
-        let key: Zeroizing<[u8; 32]> = Zeroizing::new(random_array(&mut SystemRng));
-        let chunk = chunk_for(self.conn.info().max_frame);
-        let cipher = FileCipher::new(&key, plain_len, chunk)?;
-        let total = cipher_len(plain_len, chunk);
-        let id = match call(&self.conn, begin(total)).await? {
-            Response::AttachmentCreated { id } => id,
-            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        let (abs, plain_len, modified_ns) = file_identity(path)?;
+        let (record, mut received) = match self.unfinished_upload(audience, &abs, plain_len, modified_ns).await? {
+            Some((record, received)) => {
+                let total = cipher_len(plain_len, record.chunk);
+                (self.notices)(format!(
+                    "resuming an unfinished upload of this file: {:.1} of {:.1} MiB are on the server",
+                    mib(received),
+                    mib(total)
+                ));
+                (record, received)
+            }
+            None => {
+                let chunk = chunk_for(self.conn.info().max_frame);
+                let id = match call(&self.conn, begin(cipher_len(plain_len, chunk))).await? {
+                    Response::AttachmentCreated { id } => id,
+                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                };
+                let key = Zeroizing::new(random_array(&mut SystemRng));
+                let record = PendingUpload {
+                    attachment: id.0,
+                    audience: audience.to_string(),
+                    path: abs,
+                    plain_len,
+                    modified_ns,
+                    chunk,
+                    key,
+                };
+                if let Some(rec) = record.encode() {
+                    self.profile.put_sealed(ns::UPLOAD, &id.0.to_string(), &rec)?;
+                }
+                (record, 0)
+            }
         };
+        let id = AttachmentId(record.attachment);
+        let total = cipher_len(plain_len, record.chunk);
+        let mut reconnects = 0;
+        let sha256 = loop {
+            let sent = self.upload_from(path, &record, received, progress).await;
+            let finished = match sent {
+                Ok(sha256) if received >= total => Ok(sha256),
+                Ok(sha256) => call(&self.conn, Request::AttachmentFinish { id }).await.map(|_| sha256),
+                Err(e) => Err(e),
+            };
+            match finished {
+                Ok(sha256) => break sha256,
+                Err(e) if is_connection_lost(&e) && reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    self.reconnect(&e).await?;
+                    let (on_server, complete) = self.upload_status(id).await?;
+                    // Finished already (the answer was lost): only the digest is missing.
+                    received = if complete { total } else { on_server };
+                    (self.notices)(format!("resuming the upload at {:.1} of {:.1} MiB", mib(received), mib(total)));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let PendingUpload { chunk, key, .. } = record;
+        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk, key, sha256, name: name.to_string() })
+    }
+
+    /// The recorded unfinished upload of this file to `audience`, if the
+    /// file is unchanged and the server still has the attachment, with the
+    /// bytes the server holds (all of them if it was finished). Records the
+    /// server no longer knows, or of a changed file, are dropped.
+    async fn unfinished_upload(
+        &mut self,
+        audience: &str,
+        abs: &str,
+        plain_len: u64,
+        modified_ns: u64,
+    ) -> Result<Option<(PendingUpload, u64)>> {
+        for (key, rec) in self.profile.list_sealed(ns::UPLOAD)? {
+            let Ok(record) = PendingUpload::decode(&rec) else {
+                self.profile.db().delete(ns::UPLOAD, &key)?;
+                continue;
+            };
+            if record.audience != audience || record.path != abs {
+                continue;
+            }
+            let unchanged = record.plain_len == plain_len && record.modified_ns == modified_ns;
+            let status = if unchanged { Some(self.upload_status(AttachmentId(record.attachment)).await) } else { None };
+            match status {
+                Some(Ok((received, complete))) => {
+                    let total = cipher_len(plain_len, record.chunk);
+                    return Ok(Some((record, if complete { total } else { received })));
+                }
+                Some(Err(e)) if is_connection_lost(&e) => return Err(e),
+                // Changed since, or gone from the server (expired, another
+                // account's id after a server reset): start over.
+                Some(Err(_)) | None => {
+                    self.profile.db().delete(ns::UPLOAD, &key)?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many bytes of an attachment the server has, and whether it is finished.
+    async fn upload_status(&self, id: AttachmentId) -> Result<(u64, bool)> {
+        match call(&self.conn, Request::AttachmentStatus { id }).await? {
+            Response::AttachmentStatus { received, complete, .. } => Ok((received, complete)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Uploads `record`'s file from byte `from` of its encryption (what the
+    /// server has) to the end; returns the file's SHA-256 (the whole file is
+    /// read and hashed, the part on the server already is not sent again).
+    async fn upload_from(
+        &mut self,
+        path: &Path,
+        record: &PendingUpload,
+        from: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<[u8; 32]> {
+        let changed = || ClientError::Usage(format!("{} changed while it was being sent", path.display()));
+        let file =
+            std::fs::File::open(path).map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
+        let plain_len = file.metadata().map_err(|e| ClientError::io("cannot stat the file", e))?.len();
+        if plain_len != record.plain_len {
+            return Err(changed());
+        }
+        let cipher = FileCipher::new(&record.key, plain_len, record.chunk)?;
+        let (total, step) = (cipher_len(plain_len, record.chunk), cipher.sealed_chunk_len());
+        let id = AttachmentId(record.attachment);
+        let first = from / step;
+        // Bytes of the first sealed chunk the server has already.
+        let mut skip = usize::try_from(from - first * step).map_err(|_| ClientError::Malformed("upload offset"))?;
         // Reading, hashing and sealing run on a blocking thread a few chunks
         // ahead, while this task keeps up to PIPELINE uploads in flight, so
         // the transfer is bound neither by one round trip (and one server
         // store operation) per chunk nor by the file's encryption.
         let (tx, mut sealed) = tokio::sync::mpsc::channel(PIPELINE);
-        let sealer = tokio::task::spawn_blocking(move || seal_chunks(file, plain_len, &cipher, &tx));
-        let mut offset = 0u64;
+        let sealer = tokio::task::spawn_blocking(move || seal_chunks(file, plain_len, &cipher, first, &tx));
+        let mut offset = from;
         let mut inflight = std::collections::VecDeque::new();
-        while let Some(buf) = sealed.recv().await {
+        while let Some(mut buf) = sealed.recv().await {
+            if skip > 0 {
+                buf.drain(..skip.min(buf.len()));
+                skip = 0;
+            }
             let len = buf.len() as u64;
             inflight
                 .push_back((self.conn.submit(Request::AttachmentChunk { id, offset, data: buf }).await?, offset + len));
@@ -591,11 +826,10 @@ impl Client {
             expect_ok(pending.response().await?)?;
             progress(done, total);
         }
-        if offset != total {
-            return Err(ClientError::Usage(format!("{} changed while it was being sent", path.display())));
+        if offset != total.max(from) {
+            return Err(changed());
         }
-        call(&self.conn, Request::AttachmentFinish { id }).await?;
-        Ok(FileRef { attachment: id.0, cipher_len: total, plain_len, chunk, key, sha256, name })
+        Ok(sha256)
     }
 
     fn record_history(&self, conv: &str, line: &str) -> Result<()> {
@@ -1059,6 +1293,23 @@ impl Client {
         let _ = self.flush_acks().await;
         self.conn.close().await;
     }
+}
+
+/// A file's absolute path, length and modification time (nanoseconds since
+/// the epoch; 0 where the system does not tell), which identify it for
+/// resuming an upload.
+fn file_identity(path: &Path) -> Result<(String, u64, u64)> {
+    let meta = std::fs::metadata(path).map_err(|e| ClientError::io(format!("cannot open {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(ClientError::Usage(format!("{} is not a file", path.display())));
+    }
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok((abs.to_string_lossy().into_owned(), meta.len(), modified))
 }
 
 fn unique_path(dir: &Path, name: &str) -> PathBuf {

@@ -7,7 +7,9 @@
 
 use pqc_crypto::aead::{AeadAlgorithm, AeadKey, TAG_LEN};
 use pqc_crypto::kdf::Sha256Hasher;
+use zeroize::Zeroizing;
 
+use crate::content::Rd;
 use crate::error::{ClientError, Result};
 
 /// Plaintext bytes per chunk of the files this client sends, when the
@@ -94,32 +96,116 @@ impl FileCipher {
 /// has little left to write.
 const SYNC_EVERY: u64 = 8 << 20;
 
-/// Reads, hashes and seals the chunks of `file` (`plain_len` bytes) in
-/// order, handing each sealed chunk to `out`; returns the plaintext's
-/// SHA-256. Runs on a blocking thread, a few chunks ahead of the uploads.
-/// Stops early once `out` is closed (the upload was abandoned).
+/// Reads and hashes the chunks of `file` (`plain_len` bytes) in order, and
+/// seals those from chunk `first` on, handing each to `out` (the chunks
+/// before `first` are on the server already: a resumed upload); returns the
+/// plaintext's SHA-256. Runs on a blocking thread, a few chunks ahead of the
+/// uploads. Stops early once `out` is closed (the upload was abandoned).
 pub(crate) fn seal_chunks(
     mut file: std::fs::File,
     plain_len: u64,
     cipher: &FileCipher,
+    first: u64,
     out: &tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<[u8; 32]> {
     use std::io::Read;
     let mut hasher = Sha256Hasher::new();
     let chunk = u64::from(cipher.chunk);
     for index in 0..cipher.chunks {
-        let want = usize::try_from((plain_len - index * chunk).min(chunk))
+        let want = usize::try_from(plain_len.saturating_sub(index * chunk).min(chunk))
             .map_err(|_| ClientError::Malformed("file chunk size"))?;
         let mut buf = Vec::with_capacity(want + TAG_LEN);
         buf.resize(want, 0);
         file.read_exact(&mut buf).map_err(|e| ClientError::io("cannot read the file", e))?;
         hasher.update(&buf);
+        if index < first {
+            continue;
+        }
         cipher.seal(index, &mut buf)?;
         if out.blocking_send(buf).is_err() {
             break;
         }
     }
     Ok(hasher.finish())
+}
+
+/// An upload not yet announced to its recipients, recorded (sealed) in the
+/// profile from the moment the server created its attachment until the
+/// message announcing it is queued: a later `send-file` of the same file
+/// to the same recipient, after a crash or a lost connection, resumes it
+/// where the server's copy ends instead of starting over.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// Server attachment id.
+    pub attachment: u64,
+    /// For whom: `user NAME` or `room HEX-ID`.
+    pub audience: String,
+    /// The file's absolute path.
+    pub path: String,
+    /// The file's length when the upload began.
+    pub plain_len: u64,
+    /// The file's modification time then (nanoseconds since the epoch).
+    pub modified_ns: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk: u32,
+    /// The file's key.
+    pub key: Zeroizing<[u8; 32]>,
+}
+
+impl core::fmt::Debug for PendingUpload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PendingUpload(attachment={}, {} bytes)", self.attachment, self.plain_len)
+    }
+}
+
+const PENDING_UPLOAD_VERSION: u8 = 1;
+
+impl PendingUpload {
+    /// Encodes the record; `None` if a name or path is too long to record
+    /// (such an upload is simply not resumable).
+    pub fn encode(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let mut out = Zeroizing::new(vec![PENDING_UPLOAD_VERSION]);
+        out.extend_from_slice(&self.attachment.to_be_bytes());
+        out.extend_from_slice(&self.plain_len.to_be_bytes());
+        out.extend_from_slice(&self.modified_ns.to_be_bytes());
+        out.extend_from_slice(&self.chunk.to_be_bytes());
+        out.extend_from_slice(self.key.as_ref());
+        for text in [&self.audience, &self.path] {
+            out.extend_from_slice(&u16::try_from(text.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        Some(out)
+    }
+
+    /// Decodes a record; never panics, rejects trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = |_| ClientError::Malformed("unfinished upload record");
+        let mut r = Rd(bytes);
+        if r.u8().map_err(bad)? != PENDING_UPLOAD_VERSION {
+            return Err(ClientError::Malformed("unfinished upload record (version)"));
+        }
+        let (attachment, plain_len, modified_ns) =
+            (r.u64().map_err(bad)?, r.u64().map_err(bad)?, r.u64().map_err(bad)?);
+        let chunk = r.u32().map_err(bad)?;
+        let key = Zeroizing::new(r.array::<32>().map_err(bad)?);
+        let mut text = || -> Result<String> {
+            let n = usize::from(r.u16().map_err(bad)?);
+            let t = r.take(n).map_err(bad)?;
+            String::from_utf8(t.to_vec()).map_err(|_| ClientError::Malformed("unfinished upload record (text)"))
+        };
+        let (audience, path) = (text()?, text()?);
+        if !r.0.is_empty() {
+            return Err(ClientError::Malformed("unfinished upload record (trailing bytes)"));
+        }
+        Ok(Self { attachment, audience, path, plain_len, modified_ns, chunk, key })
+    }
+}
+
+/// Fuzz entry: decoding never panics; what decodes re-encodes to the same.
+pub(crate) fn fuzz_pending_upload(bytes: &[u8]) {
+    if let Ok(p) = PendingUpload::decode(bytes) {
+        debug_assert!(p.encode().is_some_and(|e| PendingUpload::decode(&e).is_ok_and(|q| q == p)));
+    }
 }
 
 /// Opens, hashes and writes the sealed chunks of a download to `file` in
@@ -183,6 +269,32 @@ mod tests {
         // Sealed, plus the request's header, it fits the frame.
         let c = chunk_for(300 << 10) as usize;
         assert!(c + TAG_LEN + 1024 <= 300 << 10);
+    }
+
+    #[test]
+    fn pending_upload_records_round_trip_and_reject_garbage() {
+        let p = PendingUpload {
+            attachment: 7,
+            audience: "user bob".into(),
+            path: "/home/alice/video.mp4".into(),
+            plain_len: 100 << 20,
+            modified_ns: 1_700_000_000_000_000_000,
+            chunk: CHUNK,
+            key: Zeroizing::new([3; 32]),
+        };
+        let e = p.encode().unwrap();
+        assert_eq!(PendingUpload::decode(&e).unwrap(), p);
+        for cut in 0..e.len() {
+            assert!(PendingUpload::decode(&e[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = e.to_vec();
+        long.push(0);
+        assert!(PendingUpload::decode(&long).is_err());
+        let mut v2 = e.to_vec();
+        v2[0] = 2;
+        assert!(PendingUpload::decode(&v2).is_err());
+        let too_long = PendingUpload { path: "x".repeat(70_000), ..p };
+        assert!(too_long.encode().is_none());
     }
 
     #[test]

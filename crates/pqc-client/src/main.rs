@@ -55,6 +55,11 @@ enum Command {
         max_views: Option<u32>,
     },
     /// Encrypt and send a file (with a progress bar on a terminal).
+    ///
+    /// A lost connection is re-established (for up to a minute) and the
+    /// upload goes on where the server's copy ends; an upload interrupted
+    /// otherwise (Ctrl-C, a crash) resumes when the same unchanged file is
+    /// sent to the same recipient again.
     SendFile {
         /// Recipient.
         name: String,
@@ -145,6 +150,16 @@ fn notice(msg: String) {
     eprintln!("{msg}");
 }
 
+/// A notice during a transfer (a lost connection, a resumed upload): on a
+/// terminal it replaces the progress bar's line, which the next update
+/// draws again below it.
+pub(crate) fn transfer_notice(msg: String) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K");
+    }
+    eprintln!("{msg}");
+}
+
 async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
     let dir = cli.profile.clone().or(config.profile.clone()).unwrap_or_else(profile::default_dir);
     let registering = matches!(cli.command, Command::Register { .. });
@@ -192,6 +207,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         }
         Command::SendFile { name, path } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
+            client.set_notices(transfer_notice);
             let tty = std::io::stderr().is_terminal();
             let mut bar = Progress::new(tty);
             let started = std::time::Instant::now();

@@ -56,6 +56,8 @@ pub mod ns {
     pub const ROOM_MEMBER: &str = "room-member";
     /// A room commit sent but not yet known to be accepted, with the state after it.
     pub const ROOM_PENDING: &str = "room-pending";
+    /// Sealed uploads not yet announced (resumable), by attachment id.
+    pub const UPLOAD: &str = "upload";
 }
 
 /// An open, unlocked profile.

@@ -667,9 +667,14 @@ impl Client {
         self.room_sync(id).await?;
         let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
         let begin = |total_len| Request::RoomAttachmentBegin { room_id: id, total_len };
-        let file = self.upload_file(&begin, path, &file_name, progress).await?;
+        let file = self.upload_file(&format!("room {}", id.to_hex()), &begin, path, &file_name, progress).await?;
+        let attachment = file.attachment;
         let content = Content { id: random_array(&mut SystemRng), max_views: None, body: Body::File(file) };
-        self.room_send_content(name, RoomContent::File(content.encode().to_vec())).await
+        self.room_send_content(name, RoomContent::File(content.encode().to_vec())).await?;
+        // Announced: no longer an upload to resume. (A crash just before this
+        // would announce it again on the next `rooms send-file` of the file.)
+        self.profile().db().delete(ns::UPLOAD, &attachment.to_string())?;
+        Ok(())
     }
 
     /// Invites `user` to the room: takes one of their published key packages

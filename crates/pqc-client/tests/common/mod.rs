@@ -154,8 +154,9 @@ impl User {
         self.run_with_stdin(args, None)
     }
 
-    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
+    /// `pqc-client` with this user's profile, server and passphrase, its
+    /// output captured.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pqc-client"));
         cmd.arg("--profile")
             .arg(&self.profile)
@@ -164,9 +165,18 @@ impl User {
             .args(args)
             .env("PQC_PASSPHRASE", format!("passphrase of {}", self.name))
             .env_remove("PQC_PROFILE")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = self.command(args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         let mut child = cmd.spawn().expect("run pqc-client");
         if let Some(input) = stdin {
             child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();

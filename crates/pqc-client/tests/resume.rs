@@ -1,0 +1,132 @@
+//! Resumable uploads, with real processes: a `send-file` whose server
+//! crashes (SIGKILL) and comes back mid-upload finishes by itself, and a
+//! `send-file` that is itself killed mid-upload is resumed by the next
+//! `send-file` of the same file. In both cases the recipient gets the file
+//! once and intact, and the upload continued from the bytes the server kept
+//! instead of starting over.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, User};
+
+/// 48 MiB: several of the server's 8 MiB checkpoints, and enough bytes left
+/// after the interruption to see that they were not all sent again.
+const FILE_LEN: usize = 48 << 20;
+
+fn random_file(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..FILE_LEN / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let path = dir.join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    (path, data)
+}
+
+/// Size of the largest attachment body on the server.
+fn uploaded(server: &TestServer) -> u64 {
+    let dir = server.data.join("attachments");
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).max().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Waits until the server holds at least `bytes` of the upload.
+fn wait_for_upload(server: &TestServer, child: &mut Child, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while uploaded(server) < bytes {
+        assert!(child.try_wait().unwrap().is_none(), "send-file ended before the interruption");
+        assert!(Instant::now() < deadline, "the upload did not reach {bytes} bytes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Bob receives exactly one file, identical to `data`.
+fn bob_gets_it_once(bob: &User, root: &Path, data: &[u8]) {
+    let out = root.join("bob-out");
+    let listing = bob.ok(&["recv", "--out", out.to_str().unwrap()]);
+    let files: Vec<_> = listing.lines().filter(|l| l.starts_with("file from alice: ")).collect();
+    assert_eq!(files.len(), 1, "{listing}");
+    let got = std::fs::read(out.join("big.bin")).unwrap();
+    assert!(got == data, "the received file differs");
+    assert_eq!(bob.ok(&["recv"]).trim(), "", "delivered twice");
+}
+
+/// "… are on the server" / "resuming the upload at X of Y MiB": X.
+fn resumed_at_mib(stderr: &str) -> f64 {
+    let line =
+        stderr.lines().find(|l| l.contains("resuming")).unwrap_or_else(|| panic!("no resume notice in: {stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let of = words.iter().rposition(|w| *w == "of").unwrap_or_else(|| panic!("{line}"));
+    words[of - 1].parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+#[test]
+fn an_upload_goes_on_after_the_server_crashed_and_came_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(&root.path().join("server"));
+    let alice = User::new(root.path(), "alice", &server.addr());
+    let bob = User::new(root.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    let (path, data) = random_file(root.path());
+
+    let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
+    // Past two checkpoints, so at least the first is recorded as durable.
+    wait_for_upload(&server, &mut send, 20 << 20);
+    server.kill();
+    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+
+    let out = send.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "send-file failed: {stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    assert!(resumed_at_mib(&stderr) >= 8.0, "the upload started over: {stderr}");
+    bob_gets_it_once(&bob, root.path(), &data);
+    drop(server);
+}
+
+#[test]
+fn a_killed_send_file_is_resumed_by_the_next_one() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server"));
+    let alice = User::new(root.path(), "alice", &server.addr());
+    let bob = User::new(root.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    let (path, data) = random_file(root.path());
+
+    let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
+    wait_for_upload(&server, &mut send, 20 << 20);
+    send.kill().unwrap();
+    send.wait().unwrap();
+    // Nothing was announced: bob has nothing yet.
+    assert_eq!(bob.ok(&["recv"]).trim(), "");
+
+    let out = alice.run(&["send-file", "bob", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "send-file failed: {stderr}");
+    let at = resumed_at_mib(&stderr);
+    // The server keeps what it received; without a server crash that is
+    // everything up to the kill.
+    assert!(at >= 20.0, "the upload started over: {stderr}");
+    bob_gets_it_once(&bob, root.path(), &data);
+
+    // A changed file is not resumed: it is sent whole under a new key.
+    let mut changed = data.clone();
+    changed[0] ^= 1;
+    std::fs::write(&path, &changed).unwrap();
+    let out = alice.run(&["send-file", "bob", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("resuming"), "{stderr}");
+}
