@@ -704,6 +704,7 @@ impl Client {
         };
         let id = AttachmentId(record.attachment);
         let total = cipher_len(plain_len, record.chunk);
+        progress(received, total);
         let mut reconnects = 0;
         let sha256 = loop {
             let sent = self.upload_from(path, &record, received, progress).await;

@@ -287,17 +287,20 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
 struct Progress {
     tty: bool,
     last: u64,
-    /// Bytes sent, as last reported.
+    /// Bytes on the server, as last reported.
     done: u64,
+    /// Bytes on the server at the first report (a resumed upload's start).
+    start: Option<u64>,
 }
 
 impl Progress {
     fn new(tty: bool) -> Self {
-        Self { tty, last: u64::MAX, done: 0 }
+        Self { tty, last: u64::MAX, done: 0, start: None }
     }
 
     fn update(&mut self, done: u64, total: u64) {
         self.done = done;
+        self.start.get_or_insert(done);
         if !self.tty || total == 0 {
             return;
         }
@@ -322,15 +325,21 @@ impl Progress {
         }
     }
 
-    /// "12.5 MiB in 0.31 s (40.3 MiB/s)": what was sent, and how fast.
+    /// "12.5 MiB in 0.31 s (40.3 MiB/s)": what was sent, and how fast; for
+    /// a resumed upload, also what the server had already.
     fn summary(&self, took: std::time::Duration) -> String {
-        let mib = self.done as f64 / 1048576.0;
+        let start = self.start.unwrap_or(0);
+        let mib = self.done.saturating_sub(start) as f64 / 1048576.0;
         let secs = took.as_secs_f64();
-        if secs > 0.0 {
+        let mut line = if secs > 0.0 {
             format!("{mib:.1} MiB in {secs:.2} s ({:.1} MiB/s)", mib / secs)
         } else {
             format!("{mib:.1} MiB")
+        };
+        if start > 0 {
+            line.push_str(&format!("; resumed: {:.1} MiB were on the server already", start as f64 / 1048576.0));
         }
+        line
     }
 }
 
