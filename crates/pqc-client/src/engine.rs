@@ -894,7 +894,7 @@ impl Client {
                 let Some(wait) = wait else { return Ok(()) };
                 let Some(rx) = pushes.as_mut() else { return Ok(()) };
                 let mut deadline = Instant::now() + wait;
-                (mailbox, rooms) = loop {
+                let next = loop {
                     if rx.is_empty() {
                         self.flush_acks_if_due().await?;
                     }
@@ -902,15 +902,30 @@ impl Client {
                     let p = match tokio::time::timeout_at(until.into(), rx.recv()).await {
                         Ok(Some(p)) => p,
                         Err(_) if Instant::now() < deadline => continue,
-                        Ok(None) | Err(_) => return self.flush_acks().await,
+                        Err(_) => return self.flush_acks().await,
+                        Ok(None) => break None,
                     };
                     let (n, wake) = self.handle_push(p, out_dir, on_event, on_room_line.as_deref_mut()).await?;
                     count += n;
                     match wake {
-                        Wake::Mailbox => break (true, false),
-                        Wake::Rooms => break (false, true),
+                        Wake::Mailbox => break Some((true, false)),
+                        Wake::Rooms => break Some((false, true)),
                         Wake::Nothing if n > 0 => deadline = Instant::now() + wait,
                         Wake::Nothing => {}
+                    }
+                };
+                (mailbox, rooms) = match next {
+                    Some(what) => what,
+                    // The connection ended (a server restart, a network
+                    // change; or a download reconnected already): go on with
+                    // a new one and fetch what arrived meanwhile.
+                    None => {
+                        if self.pushes.is_none() {
+                            let lost = self.conn.close_reason().map_or(pqc_net::NetError::Closed, Into::into);
+                            self.reconnect(&lost.into()).await?;
+                        }
+                        pushes = self.pushes.take();
+                        (true, on_room_line.is_some())
                     }
                 };
             }
@@ -1189,52 +1204,28 @@ impl Client {
             .into_std()
             .await;
         let step = cipher.sealed_chunk_len();
-        let chunks = chunk_count(f.plain_len, f.chunk);
         // Opening, hashing and writing run on a blocking thread beside the
         // downloads, which keep up to PIPELINE chunk requests in flight.
         let (tx, rx) = tokio::sync::mpsc::channel(PIPELINE);
         let sender = from.to_string();
         let writer = tokio::task::spawn_blocking(move || open_chunks(out, &cipher, rx, &sender));
-        let window = u64::try_from(PIPELINE).unwrap_or(1);
-        let mut requested = 0u64;
-        let mut inflight = std::collections::VecDeque::new();
-        let mut offset = 0u64;
-        let mut index = 0u64;
-        let fetched = async {
-            while offset < f.cipher_len {
-                while requested < chunks && requested < index + window {
-                    let at = requested * step;
-                    let max_len = u32::try_from((f.cipher_len - at).min(step)).unwrap_or(u32::MAX);
-                    inflight.push_back(self.conn.submit(Request::AttachmentGet { id, offset: at, max_len }).await?);
-                    requested += 1;
-                }
-                let want = (f.cipher_len - offset).min(step);
-                let mut got = match inflight.pop_front() {
-                    Some(p) => match p.response().await? {
-                        Response::AttachmentData { data, .. } if !data.is_empty() => data,
-                        other => return Err(server_error(other)),
-                    },
-                    None => Vec::new(),
-                };
-                while (got.len() as u64) < want {
-                    let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
-                    let at = offset + got.len() as u64;
-                    match call(&self.conn, Request::AttachmentGet { id, offset: at, max_len }).await? {
-                        Response::AttachmentData { data, .. } if !data.is_empty() => got.extend_from_slice(&data),
-                        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        let (mut offset, mut index, mut reconnects) = (0u64, 0u64, 0u32);
+        let fetched = loop {
+            match self.download_from(id, f, step, &tx, &mut offset, &mut index).await {
+                Ok(()) => break Ok(()),
+                // Reconnect and go on from the next chunk the writer needs.
+                Err(e) if is_connection_lost(&e) && reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    if let Err(e) = self.reconnect(&e).await {
+                        break Err(e);
                     }
+                    let (at, of) = (mib(offset), mib(f.cipher_len));
+                    (self.notices)(format!("resuming the download at {at:.1} of {of:.1} MiB"));
                 }
-                // A closed channel: the writer failed; its error is the one to report.
-                if tx.send(got).await.is_err() {
-                    break;
-                }
-                offset += want;
-                index += 1;
+                Err(e) => break Err(e),
             }
-            drop(tx);
-            Ok(())
-        }
-        .await;
+        };
+        drop(tx);
         let written = writer.await.map_err(|e| ClientError::Unexpected(format!("file writer: {e}")));
         // A failed download ends the writer early (with a short file): report
         // the download's error. A failed writer ends the download early:
@@ -1258,6 +1249,56 @@ impl Client {
         let path = unique_path(out_dir, &sanitize_file_name(&f.name));
         tokio::fs::rename(&tmp, &path).await.map_err(|e| ClientError::io("cannot save the file", e))?;
         Ok(path)
+    }
+
+    /// Downloads the chunks of `f` from chunk `index` (at `offset`) on,
+    /// with up to PIPELINE requests in flight, handing each whole sealed
+    /// chunk to `tx` and advancing `index` and `offset` past it. Returns
+    /// once every chunk is handed over, or the writer stopped taking them.
+    async fn download_from(
+        &self,
+        id: AttachmentId,
+        f: &FileRef,
+        step: u64,
+        tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+        offset: &mut u64,
+        index: &mut u64,
+    ) -> Result<()> {
+        let chunks = chunk_count(f.plain_len, f.chunk);
+        let window = u64::try_from(PIPELINE).unwrap_or(1);
+        let mut requested = *index;
+        let mut inflight = std::collections::VecDeque::new();
+        while *offset < f.cipher_len {
+            while requested < chunks && requested < *index + window {
+                let at = requested * step;
+                let max_len = u32::try_from((f.cipher_len - at).min(step)).unwrap_or(u32::MAX);
+                inflight.push_back(self.conn.submit(Request::AttachmentGet { id, offset: at, max_len }).await?);
+                requested += 1;
+            }
+            let want = (f.cipher_len - *offset).min(step);
+            let mut got = match inflight.pop_front() {
+                Some(p) => match p.response().await? {
+                    Response::AttachmentData { data, .. } if !data.is_empty() => data,
+                    other => return Err(server_error(other)),
+                },
+                None => Vec::new(),
+            };
+            while (got.len() as u64) < want {
+                let max_len = u32::try_from(want - got.len() as u64).unwrap_or(u32::MAX);
+                let at = *offset + got.len() as u64;
+                match call(&self.conn, Request::AttachmentGet { id, offset: at, max_len }).await? {
+                    Response::AttachmentData { data, .. } if !data.is_empty() => got.extend_from_slice(&data),
+                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                }
+            }
+            // A closed channel: the writer failed; its error is the one to report.
+            if tx.send(got).await.is_err() {
+                return Ok(());
+            }
+            *offset += want;
+            *index += 1;
+        }
+        Ok(())
     }
 
     pub(crate) async fn ack_attachment(&mut self, id: AttachmentId) -> Result<()> {

@@ -219,6 +219,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         Command::Recv { wait, out } => {
             let out = out.or(config.download_dir.clone()).unwrap_or_else(|| PathBuf::from("."));
             let mut client = Client::login(profile, &opts, &mut notice).await?;
+            client.set_notices(transfer_notice);
             // Room messages and events follow the mailbox, and with --wait they
             // are shown live: `[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`.
             client

@@ -130,3 +130,78 @@ fn a_killed_send_file_is_resumed_by_the_next_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("resuming"), "{stderr}");
 }
+
+/// Size of bob's partial download in `dir`.
+fn downloaded(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_download_goes_on_after_the_server_crashed_and_came_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(&root.path().join("server"));
+    let alice = User::new(root.path(), "alice", &server.addr());
+    let bob = User::new(root.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    let (path, data) = random_file(root.path());
+    alice.ok(&["send-file", "bob", path.to_str().unwrap()]);
+
+    let out = root.path().join("bob-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut recv = bob.command(&["recv", "--out", out.to_str().unwrap()]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while downloaded(&out) < 16 << 20 {
+        assert!(recv.try_wait().unwrap().is_none(), "recv ended before the interruption");
+        assert!(Instant::now() < deadline, "the download did not get going");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.kill();
+    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+
+    let done = recv.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "recv failed: {stderr}");
+    assert!(stderr.contains("resuming the download at"), "{stderr}");
+    assert!(resumed_at_mib(&stderr) >= 16.0, "the download started over: {stderr}");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("file from alice: ")).count(), 1, "{stdout}");
+    assert!(std::fs::read(out.join("big.bin")).unwrap() == data, "the received file differs");
+    assert_eq!(bob.ok(&["recv"]).trim(), "", "delivered twice");
+    drop(server);
+}
+
+#[test]
+fn recv_wait_goes_on_after_the_server_restarted() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(&root.path().join("server"));
+    let alice = User::new(root.path(), "alice", &server.addr());
+    let bob = User::new(root.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    alice.ok(&["send", "bob", "before the crash"]);
+
+    let recv = bob.command(&["recv", "--wait", "8"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+    alice.ok(&["send", "bob", "after the restart"]);
+
+    let done = recv.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    assert!(done.status.success(), "recv failed: {stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, ["alice: before the crash", "alice: after the restart"], "{stderr}");
+    assert_eq!(bob.ok(&["recv"]).trim(), "");
+    drop(server);
+}

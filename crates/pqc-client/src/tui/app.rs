@@ -371,8 +371,10 @@ pub enum Update {
         /// The text (without the `[NAME] ` prefix).
         text: String,
     },
-    /// The connection is gone.
+    /// The connection is gone (a new one is being made).
     Disconnected(String),
+    /// A new connection replaced the lost one.
+    Reconnected,
 }
 
 /// A contact as known at start.
@@ -747,7 +749,11 @@ impl App {
             }
             Update::Disconnected(why) => {
                 self.conn = ConnState::Disconnected(why.clone());
-                self.note(None, LineKind::Error, format!("disconnected: {why}; restart pqc-client chat to reconnect"));
+                self.note(None, LineKind::Error, format!("disconnected: {why}; reconnecting"));
+            }
+            Update::Reconnected => {
+                self.conn = ConnState::Connected;
+                self.note(None, LineKind::Info, "reconnected".to_string());
             }
         }
     }

@@ -89,7 +89,11 @@ fn status_bar_shows_server_group_and_verification() {
     app.apply(Update::Disconnected("timed out".into()));
     let s = screen(&app);
     assert!(s.lines().last().unwrap().contains("DISCONNECTED"), "{s}");
-    assert!(s.contains("disconnected: timed out"), "{s}");
+    assert!(s.contains("disconnected: timed out; reconnecting"), "{s}");
+    app.apply(Update::Reconnected);
+    let s = screen(&app);
+    assert!(!s.lines().last().unwrap().contains("DISCONNECTED"), "{s}");
+    assert!(s.contains("reconnected"), "{s}");
 }
 
 #[test]

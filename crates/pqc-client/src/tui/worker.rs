@@ -85,13 +85,26 @@ pub async fn run(
                     }
                 }
                 None => {
-                    pushes = None;
-                    let why = client
-                        .connection()
-                        .close_reason()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "the connection closed".into());
-                    send(Update::Disconnected(why));
+                    // A transfer may have reconnected already; otherwise
+                    // reconnect now and fetch what arrived meanwhile.
+                    pushes = client.take_pushes();
+                    if pushes.is_none() {
+                        let reason = client.connection().close_reason();
+                        let why = reason.as_ref().map_or_else(|| "the connection closed".into(), |r| r.to_string());
+                        send(Update::Disconnected(why));
+                        let lost = reason.map_or(ClientError::Net(pqc_net::NetError::Closed), |r| {
+                            ClientError::Net(r.into())
+                        });
+                        match client.reconnect(&lost).await {
+                            Ok(()) => {
+                                pushes = client.take_pushes();
+                                send(Update::Reconnected);
+                                fetch(&mut client, &out_dir, &send).await;
+                                room_fetch(&mut client, &out_dir, &send).await;
+                            }
+                            Err(e) => send(Update::Error { conv: None, text: format!("{e}; restart pqc-client chat to try again") }),
+                        }
+                    }
                 }
             },
         }
