@@ -61,6 +61,12 @@ pub struct Limits {
     /// Failed Register/Login attempts allowed per connection; one more
     /// closes it (registration spam and password-spray defence).
     pub max_auth_attempts: u32,
+    /// Unfinished uploads kept per sender: beginning one more deletes the
+    /// sender's oldest (bounds the disk abandoned uploads can hold).
+    pub max_unfinished_uploads: u32,
+    /// Hours an upload may stay unfinished (resumable); older ones are
+    /// deleted (checked at start and every hour).
+    pub unfinished_upload_hours: u64,
 }
 
 impl Default for Config {
@@ -92,6 +98,8 @@ impl Default for Limits {
             login_timeout_secs: 10,
             frame_timeout_secs: 30,
             max_auth_attempts: 5,
+            max_unfinished_uploads: 16,
+            unfinished_upload_hours: 72,
         }
     }
 }

@@ -695,6 +695,7 @@ fn check_attachment_size(shared: &Shared, total_len: u64) -> Result<(), Response
 async fn begin_attachment(shared: &Arc<Shared>, from: Username, to: Audience, total_len: u64) -> Response {
     let meta = AttachmentMeta { id: random_attachment_id(), from, to, total_len, received: 0, complete: false };
     let (id, sh) = (meta.id, shared.clone());
+    let keep = shared.limits.max_unfinished_uploads.max(1);
     let created = shared.db(move |st| {
         match &meta.to {
             Audience::User(to) if st.identity_key(to)?.is_none() => {
@@ -706,6 +707,10 @@ async fn begin_attachment(shared: &Arc<Shared>, from: Username, to: Audience, to
             _ => {}
         }
         st.attachment_begin(&meta)?;
+        let dropped = st.attachments_keep_unfinished(&meta.from, keep)?;
+        if dropped > 0 {
+            tracing::info!(dropped, "deleted a sender's oldest unfinished uploads (max_unfinished_uploads)");
+        }
         Ok(Response::AttachmentCreated { id })
     });
     created.await.unwrap_or_else(store_err)

@@ -314,8 +314,35 @@ impl Server {
             None => None,
         };
         let fingerprint = tls.fingerprint();
+        tokio::spawn(expire_uploads(Arc::downgrade(&shared), cfg.limits.unfinished_upload_hours, shutdown_rx.clone()));
         let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
         Ok(ServerHandle { addr, status_addr: status_bound, fingerprint, metrics, shutdown, task })
+    }
+}
+
+/// Deletes uploads left unfinished for `hours` (abandoned: their sender
+/// no longer resumes them), at start and then hourly, until shutdown. Holds
+/// the shared state only while it works, so it never keeps the database
+/// open past the server's end.
+async fn expire_uploads(shared: std::sync::Weak<Shared>, hours: u64, mut shutdown: watch::Receiver<bool>) {
+    use pqc_store::server::ServerStore;
+    let max_age = i64::try_from(hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+    loop {
+        let Some(sh) = shared.upgrade() else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let before = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(max_age);
+        match sh.db(move |st| st.attachments_expire_unfinished(before)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(n, hours, "deleted uploads left unfinished for longer than unfinished_upload_hours")
+            }
+            Err(e) => tracing::error!("storage error expiring unfinished uploads: {e}"),
+        }
+        drop(sh);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

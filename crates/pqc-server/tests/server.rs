@@ -590,3 +590,48 @@ async fn a_large_file_goes_through_at_the_default_rate_limit() {
     assert!(pings_refused(&ca, 400).await > 0);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.max_unfinished_uploads = 2).await;
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    let ca = alice.register(&h).await;
+    bob.register(&h).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let Response::AttachmentCreated { id } =
+            ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 10 }).await.unwrap()
+        else {
+            panic!()
+        };
+        let r = ca.request(Request::AttachmentChunk { id, offset: 0, data: b"12345".to_vec() }).await.unwrap();
+        assert!(matches!(r, Response::AttachmentStatus { received: 5, .. }), "{r:?}");
+        ids.push(id);
+    }
+    // The third upload took the place of the oldest.
+    assert_eq!(code(ca.request(Request::AttachmentStatus { id: ids[0] }).await.unwrap()), ErrorCode::NotFound);
+    for id in &ids[1..] {
+        let r = ca.request(Request::AttachmentStatus { id: *id }).await.unwrap();
+        assert!(matches!(r, Response::AttachmentStatus { received: 5, complete: false, .. }), "{r:?}");
+    }
+    ca.close().await;
+    h.shutdown().await;
+
+    // Restarted with a zero-hour window: the unfinished uploads are now
+    // older than it and go at start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let h = start(dir.path(), |c| c.limits.unfinished_upload_hours = 0).await;
+    let ca = alice.login(&h).await;
+    let mut gone = false;
+    for _ in 0..50 {
+        gone = code(ca.request(Request::AttachmentStatus { id: ids[2] }).await.unwrap()) == ErrorCode::NotFound;
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "an expired upload is still there");
+    h.shutdown().await;
+}

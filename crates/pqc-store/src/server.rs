@@ -112,6 +112,12 @@ pub trait ServerStore: Send {
     fn attachment_read(&mut self, id: AttachmentId, offset: u64, max_len: u32) -> Result<Vec<u8>, StoreError>;
     /// Deletes an attachment and its bytes.
     fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError>;
+    /// Deletes `sender`'s unfinished uploads but the newest `keep`; returns
+    /// how many went. Bounds what abandoned uploads can hold on disk.
+    fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError>;
+    /// Deletes the unfinished uploads begun before `before` (Unix seconds);
+    /// returns how many went.
+    fn attachments_expire_unfinished(&mut self, before: i64) -> Result<u32, StoreError>;
 
     /// Creates a room at epoch 0 with `owner` as its only member (`RoomExists` if taken).
     fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError>;
@@ -181,7 +187,7 @@ pub trait ServerStore: Send {
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -277,6 +283,14 @@ CREATE TABLE key_packages (
     package BLOB NOT NULL
 );
 CREATE INDEX key_packages_by_user ON key_packages(username, id);
+";
+
+/// Unfinished uploads are bounded per sender: `begun` (microseconds since
+/// the epoch) orders a sender's uploads, oldest first, where the random id
+/// and the one-second `created_at` cannot.
+const MIGRATION_5: &str = "
+ALTER TABLE attachments ADD COLUMN begun INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX attachments_by_sender ON attachments(sender, complete, begun);
 ";
 
 /// SQLite implementation of [`ServerStore`].
@@ -435,6 +449,24 @@ impl SqliteServerStore {
         Ok(())
     }
 
+    /// Deletes the unfinished attachments `select` names (their files go
+    /// after the commit); returns how many.
+    fn delete_unfinished(&mut self, select: &str, args: impl rusqlite::Params) -> Result<u32, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let ids: Vec<i64> = {
+            let mut st = tx.prepare(select)?;
+            st.query_map(args, |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            tx.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![id])?;
+            tx.exec("DELETE FROM attachments WHERE id = ?1 AND complete = 0", params![id])?;
+        }
+        tx.commit()?;
+        self.doomed.extend(ids.iter().filter_map(|i| u64::try_from(*i).ok().map(AttachmentId)));
+        self.after_delete()?;
+        Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+    }
+
     /// Outside a batch, an operation's own commit is final: delete files now.
     fn after_delete(&mut self) -> Result<(), StoreError> {
         if self.in_batch { Ok(()) } else { self.remove_doomed() }
@@ -522,6 +554,12 @@ impl SqliteServerStore {
             let tx = self.conn.savepoint()?;
             tx.execute_batch(MIGRATION_4)?;
             tx.pragma_update(None, "user_version", 4)?;
+            tx.commit()?;
+        }
+        if v < 5 {
+            let tx = self.conn.savepoint()?;
+            tx.execute_batch(MIGRATION_5)?;
+            tx.pragma_update(None, "user_version", 5)?;
             tx.commit()?;
         }
         Ok(())
@@ -852,10 +890,13 @@ impl ServerStore for SqliteServerStore {
             Audience::User(u) => (u.as_str(), None),
             Audience::Room(r) => ("", Some(&r.0[..])),
         };
+        let begun = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         self.conn.exec(
-            "INSERT INTO attachments (id, sender, recipient, room_id, total_len, received, complete)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
-            params![i64_of(m.id.0)?, m.from.as_str(), recipient, room, i64_of(m.total_len)?],
+            "INSERT INTO attachments (id, sender, recipient, room_id, total_len, received, complete, begun)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6)",
+            params![i64_of(m.id.0)?, m.from.as_str(), recipient, room, i64_of(m.total_len)?, begun],
         )?;
         Ok(())
     }
@@ -1068,6 +1109,18 @@ impl ServerStore for SqliteServerStore {
         self.doomed.push(id);
         self.after_delete()?;
         Ok(n > 0)
+    }
+
+    fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError> {
+        self.delete_unfinished(
+            "SELECT id FROM attachments WHERE sender = ?1 AND complete = 0
+             ORDER BY begun DESC LIMIT -1 OFFSET ?2",
+            params![sender.as_str(), keep],
+        )
+    }
+
+    fn attachments_expire_unfinished(&mut self, before: i64) -> Result<u32, StoreError> {
+        self.delete_unfinished("SELECT id FROM attachments WHERE complete = 0 AND created_at < ?1", params![before])
     }
 
     fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError> {
@@ -1515,6 +1568,44 @@ mod tests {
         let mut s = SqliteServerStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn abandoned_uploads_are_bounded_per_sender_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteServerStore::open(&dir.path().join("server.db")).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        let begin = |s: &mut SqliteServerStore, id: u64, from: &str| {
+            let to = Audience::User(u("bob"));
+            let m =
+                AttachmentMeta { id: AttachmentId(id), from: u(from), to, total_len: 10, received: 0, complete: false };
+            s.attachment_begin(&m).unwrap();
+            s.attachment_append(AttachmentId(id), 0, b"12345").unwrap();
+        };
+        let file = |id: u64| dir.path().join("attachments").join(format!("{id:016x}"));
+        // Begun in the order 5, 4, 3, 2, 1 (ids are random in real life).
+        for id in (1..=5).rev() {
+            begin(&mut s, id, "alice");
+        }
+        begin(&mut s, 6, "carol");
+        // A finished one is never an abandoned upload.
+        s.attachment_append(AttachmentId(1), 5, b"67890").unwrap();
+        s.attachment_finish(AttachmentId(1)).unwrap();
+        assert!(file(2).exists());
+        // alice keeps her newest 2 unfinished uploads: 2 and 3 (1 is finished).
+        assert_eq!(s.attachments_keep_unfinished(&u("alice"), 2).unwrap(), 2);
+        let left: Vec<u64> = (1..=6).filter(|i| s.attachment(AttachmentId(*i)).unwrap().is_some()).collect();
+        assert_eq!(left, [1, 2, 3, 6]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!file(4).exists() && !file(5).exists() && file(2).exists());
+        // Expiry: none begun before the epoch; all unfinished begun before tomorrow.
+        assert_eq!(s.attachments_expire_unfinished(0).unwrap(), 0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let tomorrow = i64::try_from(now).unwrap() + 86_400;
+        assert_eq!(s.attachments_expire_unfinished(tomorrow).unwrap(), 3);
+        let left: Vec<u64> = (1..=6).filter(|i| s.attachment(AttachmentId(*i)).unwrap().is_some()).collect();
+        assert_eq!(left, [1]);
+        assert_eq!(s.attachment_read(AttachmentId(1), 0, 10).unwrap(), b"1234567890");
     }
 
     #[test]
