@@ -670,38 +670,39 @@ impl Client {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<FileRef> {
         let (abs, plain_len, modified_ns) = file_identity(path)?;
-        let (record, mut received) = match self.unfinished_upload(audience, &abs, plain_len, modified_ns).await? {
-            Some((record, received)) => {
-                let total = cipher_len(plain_len, record.chunk);
-                (self.notices)(format!(
-                    "resuming an unfinished upload of this file: {:.1} of {:.1} MiB are on the server",
-                    mib(received),
-                    mib(total)
-                ));
-                (record, received)
-            }
-            None => {
-                let chunk = chunk_for(self.conn.info().max_frame);
-                let id = match call(&self.conn, begin(cipher_len(plain_len, chunk))).await? {
-                    Response::AttachmentCreated { id } => id,
-                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-                };
-                let key = Zeroizing::new(random_array(&mut SystemRng));
-                let record = PendingUpload {
-                    attachment: id.0,
-                    audience: audience.to_string(),
-                    path: abs,
-                    plain_len,
-                    modified_ns,
-                    chunk,
-                    key,
-                };
-                if let Some(rec) = record.encode() {
-                    self.profile.put_sealed(ns::UPLOAD, &id.0.to_string(), &rec)?;
+        let (record, mut received, mut complete) =
+            match self.unfinished_upload(audience, &abs, plain_len, modified_ns).await? {
+                Some((record, received, complete)) => {
+                    let total = cipher_len(plain_len, record.chunk);
+                    (self.notices)(format!(
+                        "resuming an unfinished upload of this file: {:.1} of {:.1} MiB are on the server",
+                        mib(received),
+                        mib(total)
+                    ));
+                    (record, received, complete)
                 }
-                (record, 0)
-            }
-        };
+                None => {
+                    let chunk = chunk_for(self.conn.info().max_frame);
+                    let id = match call(&self.conn, begin(cipher_len(plain_len, chunk))).await? {
+                        Response::AttachmentCreated { id } => id,
+                        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                    };
+                    let key = Zeroizing::new(random_array(&mut SystemRng));
+                    let record = PendingUpload {
+                        attachment: id.0,
+                        audience: audience.to_string(),
+                        path: abs,
+                        plain_len,
+                        modified_ns,
+                        chunk,
+                        key,
+                    };
+                    if let Some(rec) = record.encode() {
+                        self.profile.put_sealed(ns::UPLOAD, &id.0.to_string(), &rec)?;
+                    }
+                    (record, 0, false)
+                }
+            };
         let id = AttachmentId(record.attachment);
         let total = cipher_len(plain_len, record.chunk);
         progress(received, total);
@@ -709,7 +710,7 @@ impl Client {
         let sha256 = loop {
             let sent = self.upload_from(path, &record, received, progress).await;
             let finished = match sent {
-                Ok(sha256) if received >= total => Ok(sha256),
+                Ok(sha256) if complete => Ok(sha256),
                 Ok(sha256) => call(&self.conn, Request::AttachmentFinish { id }).await.map(|_| sha256),
                 Err(e) => Err(e),
             };
@@ -718,9 +719,7 @@ impl Client {
                 Err(e) if is_connection_lost(&e) && reconnects < MAX_RECONNECTS => {
                     reconnects += 1;
                     self.reconnect(&e).await?;
-                    let (on_server, complete) = self.upload_status(id).await?;
-                    // Finished already (the answer was lost): only the digest is missing.
-                    received = if complete { total } else { on_server };
+                    (received, complete) = self.upload_status(id).await?;
                     (self.notices)(format!("resuming the upload at {:.1} of {:.1} MiB", mib(received), mib(total)));
                 }
                 Err(e) => return Err(e),
@@ -732,15 +731,16 @@ impl Client {
 
     /// The recorded unfinished upload of this file to `audience`, if the
     /// file is unchanged and the server still has the attachment, with the
-    /// bytes the server holds (all of them if it was finished). Records the
-    /// server no longer knows, or of a changed file, are dropped.
+    /// bytes the server holds and whether it was finished (its announcement
+    /// is all that is missing). Records the server no longer knows, or of a
+    /// changed file, are dropped.
     async fn unfinished_upload(
         &mut self,
         audience: &str,
         abs: &str,
         plain_len: u64,
         modified_ns: u64,
-    ) -> Result<Option<(PendingUpload, u64)>> {
+    ) -> Result<Option<(PendingUpload, u64, bool)>> {
         for (key, rec) in self.profile.list_sealed(ns::UPLOAD)? {
             let Ok(record) = PendingUpload::decode(&rec) else {
                 self.profile.db().delete(ns::UPLOAD, &key)?;
@@ -752,10 +752,7 @@ impl Client {
             let unchanged = record.plain_len == plain_len && record.modified_ns == modified_ns;
             let status = if unchanged { Some(self.upload_status(AttachmentId(record.attachment)).await) } else { None };
             match status {
-                Some(Ok((received, complete))) => {
-                    let total = cipher_len(plain_len, record.chunk);
-                    return Ok(Some((record, if complete { total } else { received })));
-                }
+                Some(Ok((received, complete))) => return Ok(Some((record, received, complete))),
                 Some(Err(e)) if is_connection_lost(&e) => return Err(e),
                 // Changed since, or gone from the server (expired, another
                 // account's id after a server reset): start over.
@@ -810,6 +807,10 @@ impl Client {
             if skip > 0 {
                 buf.drain(..skip.min(buf.len()));
                 skip = 0;
+                // The server has the whole chunk (the whole file, if finished).
+                if buf.is_empty() {
+                    continue;
+                }
             }
             let len = buf.len() as u64;
             inflight

@@ -205,3 +205,45 @@ fn recv_wait_goes_on_after_the_server_restarted() {
     assert_eq!(bob.ok(&["recv"]).trim(), "");
     drop(server);
 }
+
+#[test]
+fn a_send_file_killed_at_the_last_chunk_is_announced_once() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server"));
+    let alice = User::new(root.path(), "alice", &server.addr());
+    let bob = User::new(root.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    // A short last chunk: 4 MiB + 1000 bytes in 512 KiB chunks.
+    let data: Vec<u8> = (0..(4 << 20) + 1000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let path = root.path().join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    let total = data.len() as u64 + 9 * 16;
+
+    // Stopped once the server has every byte: before or after the upload
+    // was finished or announced, whichever the moment hits.
+    let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
+    wait_for_upload(&server, &mut send, total);
+    send.kill().unwrap();
+    send.wait().unwrap();
+
+    let out = alice.run(&["send-file", "bob", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "send-file failed: {stderr}");
+    let out_dir = root.path().join("bob-out");
+    let listing = bob.ok(&["recv", "--out", out_dir.to_str().unwrap()]);
+    let files: Vec<&str> = listing.lines().filter(|l| l.starts_with("file from alice: ")).collect();
+    eprintln!("second send-file: {}", stderr.lines().next().unwrap_or("(no notice)"));
+    if stderr.contains("resuming") {
+        // The killed command had not announced it: the second one did, once.
+        assert!(resumed_at_mib(&stderr) >= 4.0, "{stderr}");
+        assert_eq!(files.len(), 1, "{listing}");
+    } else {
+        // It had: the second command sent the file again, as a new one.
+        assert_eq!(files.len(), 2, "{listing}");
+    }
+    for f in files {
+        let saved = f.trim_start_matches("file from alice: ");
+        assert!(std::fs::read(saved).unwrap() == data, "{saved} differs");
+    }
+}
