@@ -42,6 +42,12 @@ pub async fn run(
     let send = |u: Update| {
         let _ = tx.send(u);
     };
+    // A lost connection being re-established, a resumed transfer: shown
+    // as information lines.
+    let notices = tx.clone();
+    client.set_notices(move |text| {
+        let _ = notices.send(Update::Info { conv: None, text });
+    });
     send(Update::Ready { contacts: contacts(&client, &send), rooms: rooms(&client, &send) });
     fetch(&mut client, &out_dir, &send).await;
     room_fetch(&mut client, &out_dir, &send).await;
