@@ -10,7 +10,7 @@
 # step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
 # the MLS objects; defaults measured for OpenMLS X-Wing at 100 members by the pqc-rooms bench).
-# Needs: mosquitto (apt-get install -y mosquitto), openssl, python3 (free ports).
+# Needs: mosquitto (installed with apt-get when missing), openssl, python3 (free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,16 @@ ROOM_COMMIT=${ROOM_COMMIT:-49626}
 ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
 STEPS=${STEPS:-chat relay mqtt idle file room}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# The MQTT baseline needs mosquitto (the Debian package): installed when missing.
+if step mqtt && ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
+    echo "installing mosquitto (the MQTT baseline)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto
+fi
+export PATH="$PATH:/usr/sbin"
 
 WORK=$(mktemp -d /tmp/pqc-bench.XXXXXX)
 PIDS=()
