@@ -18,6 +18,16 @@ use common::{TestServer, User};
 /// after the interruption to see that they were not all sent again.
 const FILE_LEN: usize = 48 << 20;
 
+/// A server in `root` and two registered users, alice and bob.
+fn alice_and_bob(root: &Path) -> (TestServer, User, User) {
+    let server = TestServer::start(&root.join("server"));
+    let alice = User::new(root, "alice", &server.addr());
+    let bob = User::new(root, "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    (server, alice, bob)
+}
+
 fn random_file(dir: &Path) -> (PathBuf, Vec<u8>) {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let data: Vec<u8> = (0..FILE_LEN / 8)
@@ -74,18 +84,13 @@ fn resumed_at_mib(stderr: &str) -> f64 {
 #[test]
 fn an_upload_goes_on_after_the_server_crashed_and_came_back() {
     let root = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(&root.path().join("server"));
-    let alice = User::new(root.path(), "alice", &server.addr());
-    let bob = User::new(root.path(), "bob", &server.addr());
-    alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let (mut server, alice, bob) = alice_and_bob(root.path());
     let (path, data) = random_file(root.path());
 
     let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
     // Past two checkpoints, so at least the first is recorded as durable.
     wait_for_upload(&server, &mut send, 20 << 20);
-    server.kill();
-    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+    server.crash_and_restart();
 
     let out = send.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -99,11 +104,7 @@ fn an_upload_goes_on_after_the_server_crashed_and_came_back() {
 #[test]
 fn a_killed_send_file_is_resumed_by_the_next_one() {
     let root = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&root.path().join("server"));
-    let alice = User::new(root.path(), "alice", &server.addr());
-    let bob = User::new(root.path(), "bob", &server.addr());
-    alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let (server, alice, bob) = alice_and_bob(root.path());
     let (path, data) = random_file(root.path());
 
     let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
@@ -148,11 +149,7 @@ fn downloaded(dir: &Path) -> u64 {
 #[test]
 fn a_download_goes_on_after_the_server_crashed_and_came_back() {
     let root = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(&root.path().join("server"));
-    let alice = User::new(root.path(), "alice", &server.addr());
-    let bob = User::new(root.path(), "bob", &server.addr());
-    alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let (mut server, alice, bob) = alice_and_bob(root.path());
     let (path, data) = random_file(root.path());
     alice.ok(&["send-file", "bob", path.to_str().unwrap()]);
 
@@ -165,8 +162,7 @@ fn a_download_goes_on_after_the_server_crashed_and_came_back() {
         assert!(Instant::now() < deadline, "the download did not get going");
         std::thread::sleep(Duration::from_millis(2));
     }
-    server.kill();
-    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+    server.crash_and_restart();
 
     let done = recv.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
@@ -183,17 +179,12 @@ fn a_download_goes_on_after_the_server_crashed_and_came_back() {
 #[test]
 fn recv_wait_goes_on_after_the_server_restarted() {
     let root = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(&root.path().join("server"));
-    let alice = User::new(root.path(), "alice", &server.addr());
-    let bob = User::new(root.path(), "bob", &server.addr());
-    alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let (mut server, alice, bob) = alice_and_bob(root.path());
     alice.ok(&["send", "bob", "before the crash"]);
 
     let recv = bob.command(&["recv", "--wait", "8"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    server.kill();
-    server = TestServer::start_on(&server.data.clone(), server.port, server.status_port);
+    server.crash_and_restart();
     alice.ok(&["send", "bob", "after the restart"]);
 
     let done = recv.wait_with_output().unwrap();
@@ -209,11 +200,7 @@ fn recv_wait_goes_on_after_the_server_restarted() {
 #[test]
 fn a_send_file_killed_at_the_last_chunk_is_announced_once() {
     let root = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&root.path().join("server"));
-    let alice = User::new(root.path(), "alice", &server.addr());
-    let bob = User::new(root.path(), "bob", &server.addr());
-    alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let (server, alice, bob) = alice_and_bob(root.path());
     // A short last chunk: 4 MiB + 1000 bytes in 512 KiB chunks.
     let data: Vec<u8> = (0..(4 << 20) + 1000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let path = root.path().join("big.bin");

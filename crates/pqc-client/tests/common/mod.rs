@@ -123,6 +123,14 @@ impl TestServer {
         }
     }
 
+    /// Kills the server with SIGKILL (a crash) and starts it again on the
+    /// same data folder and ports.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        let again = Self::start_on(&self.data, self.port, self.status_port);
+        *self = again;
+    }
+
     /// Restarts on the same data folder and ports.
     pub fn restart(&mut self) {
         self.stop();
