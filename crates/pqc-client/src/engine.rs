@@ -115,7 +115,12 @@ pub async fn connect(profile: &Profile, opts: &ConnectOptions, notice: &mut dyn 
         (None, None) => ServerTrust::FirstUse,
     };
     let first_use = matches!(trust, ServerTrust::FirstUse);
-    let (conn, fingerprint, group) = Connection::connect(addr, &host, trust).await?;
+    let (conn, fingerprint, group) = Connection::connect(addr, &host, trust).await.map_err(|e| match e {
+        pqc_net::NetError::Connection(pqc_net::quinn::ConnectionError::TimedOut) => {
+            ClientError::Unreachable(opts.server.clone())
+        }
+        e => e.into(),
+    })?;
     if first_use {
         profile.set_server_pin(&pin_key, &fingerprint.to_hex())?;
         notice(format!(
@@ -220,6 +225,7 @@ pub(crate) fn server_error(resp: Response) -> ClientError {
 pub(crate) fn is_connection_lost(e: &ClientError) -> bool {
     use pqc_net::NetError as N;
     matches!(e, ClientError::Net(N::Connection(_) | N::Closed | N::Timeout | N::Write(_) | N::Read(_) | N::Io(_)))
+        || matches!(e, ClientError::Unreachable(_))
 }
 
 /// Connects and logs in as `me`.

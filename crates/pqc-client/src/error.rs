@@ -30,6 +30,11 @@ pub enum ClientError {
     /// The server answered something unexpected.
     #[error("unexpected answer from the server: {0}")]
     Unexpected(String),
+    /// The server did not answer the connection attempt at all.
+    #[error(
+        "cannot reach the server at {0}: no answer within 15 s. Is pqc-server running there, and is its UDP port open (pqc-chat uses QUIC over UDP)?"
+    )]
+    Unreachable(String),
     /// Transport failure.
     #[error("{0}")]
     Net(#[from] pqc_net::NetError),

@@ -234,3 +234,13 @@ fn a_send_file_killed_at_the_last_chunk_is_announced_once() {
         assert!(std::fs::read(saved).unwrap() == data, "{saved} differs");
     }
 }
+
+#[test]
+fn an_unreachable_server_gets_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, alice, _bob) = alice_and_bob(root.path());
+    server.kill();
+    let err = alice.fails(&["send", "bob", "hello?"]);
+    assert!(err.contains(&format!("cannot reach the server at {}", server.addr())), "{err}");
+    assert!(err.contains("UDP port"), "{err}");
+}
