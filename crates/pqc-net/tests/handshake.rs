@@ -17,7 +17,18 @@ async fn mini_server_on(
     tls: ServerTls,
     addr: SocketAddr,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<NamedGroup>>) {
-    let ep = tls.endpoint(addr).unwrap();
+    // A crashed predecessor's socket on `addr` may take a moment to close.
+    let mut tries = 0;
+    let ep = loop {
+        match tls.endpoint(addr) {
+            Ok(ep) => break ep,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    };
     let addr = ep.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
