@@ -38,4 +38,25 @@ pub enum ServerError {
     /// Database.
     #[error(transparent)]
     Store(#[from] pqc_store::StoreError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}{hint}", hint = bind_hint(source))]
+    Bind {
+        /// What the port is for.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            ". Is another pqc-server (or another program) using it? Choose another with --listen / --status or in config/server.toml"
+        }
+        std::io::ErrorKind::PermissionDenied => ". Ports below 1024 need privileges: choose a higher one",
+        _ => "",
+    }
 }

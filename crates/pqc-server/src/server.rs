@@ -301,12 +301,19 @@ impl Server {
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,
         });
-        let endpoint = tls.endpoint(listen)?;
+        let endpoint = tls.endpoint(listen).map_err(|e| match e {
+            pqc_net::NetError::Io(source) => ServerError::Bind { what: "QUIC, UDP", addr: listen, source },
+            e => e.into(),
+        })?;
         let addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let status_bound = match status_addr {
             Some(a) => {
-                let l = tokio::net::TcpListener::bind(a).await?;
+                let l = tokio::net::TcpListener::bind(a).await.map_err(|source| ServerError::Bind {
+                    what: "status and metrics, TCP",
+                    addr: a,
+                    source,
+                })?;
                 let bound = l.local_addr()?;
                 tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone()));
                 Some(bound)

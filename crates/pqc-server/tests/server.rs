@@ -635,3 +635,18 @@ async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
     assert!(gone, "an expired upload is still there");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_port_in_use_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let other = tempfile::tempdir().unwrap();
+    let cfg = Config { data_dir: other.path().to_path_buf(), ..Config::default() };
+    let err = Server::start(cfg.clone(), h.addr, None).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("cannot listen on {} (QUIC, UDP)", h.addr)), "{err}");
+    assert!(err.contains("another pqc-server"), "{err}");
+    let status = h.status_addr.unwrap();
+    let err = Server::start(cfg, "127.0.0.1:0".parse().unwrap(), Some(status)).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("cannot listen on {status} (status and metrics, TCP)")), "{err}");
+    h.shutdown().await;
+}
