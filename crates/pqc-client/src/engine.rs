@@ -352,9 +352,13 @@ impl Client {
 
     /// Replaces a lost connection with a new one (logged in), trying for up
     /// to [`RECONNECT_WITHIN`] with growing pauses. Pushes come from the new
-    /// connection afterwards ([`Self::take_pushes`]).
-    pub(crate) async fn reconnect(&mut self, lost: &ClientError) -> Result<()> {
-        (self.notices)(format!("{lost}; reconnecting to {}", self.opts.server));
+    /// connection afterwards ([`Self::take_pushes`]). With `lost`, the
+    /// notices say what was lost and that it is back; without, the caller
+    /// tells the user itself.
+    pub(crate) async fn reconnect(&mut self, lost: Option<&ClientError>) -> Result<()> {
+        if let Some(lost) = lost {
+            (self.notices)(format!("{lost}; reconnecting to {}", self.opts.server));
+        }
         let deadline = Instant::now() + RECONNECT_WITHIN;
         let mut pause = Duration::from_millis(200);
         loop {
@@ -363,9 +367,10 @@ impl Client {
             let failed = match tokio::time::timeout(CONNECT_ATTEMPT, attempt).await {
                 Ok(Ok(mut conn)) => {
                     self.pushes = conn.take_pushes();
-                    let old = std::mem::replace(&mut self.conn, conn);
-                    drop(old);
-                    (self.notices)(format!("reconnected to {}", self.opts.server));
+                    self.conn = conn;
+                    if lost.is_some() {
+                        (self.notices)(format!("reconnected to {}", self.opts.server));
+                    }
                     return Ok(());
                 }
                 Ok(Err(e)) if !is_connection_lost(&e) => return Err(e),
@@ -530,6 +535,13 @@ impl Client {
     /// id, so the recipient never sees it twice.
     async fn queue_and_flush(&mut self, to: &Username, content: &Content) -> Result<()> {
         self.queue(to, content)?;
+        self.flush_queued().await
+    }
+
+    /// Flushes the outbox once a message was queued: a failure says whether
+    /// the message was dropped ([`ClientError::NotSent`]) or stays queued
+    /// ([`ClientError::Queued`]).
+    async fn flush_queued(&mut self) -> Result<()> {
         match self.flush_outbox().await {
             Ok(_) => Ok(()),
             Err(e @ ClientError::NotSent { .. }) => Err(e),
@@ -651,11 +663,7 @@ impl Client {
             p.db().delete(ns::UPLOAD, &attachment.to_string())?;
             Ok(())
         })?;
-        match self.flush_outbox().await {
-            Ok(_) => Ok(()),
-            Err(e @ ClientError::NotSent { .. }) => Err(e),
-            Err(e) => Err(ClientError::Queued(Box::new(e))),
-        }
+        self.flush_queued().await
     }
 
     /// Encrypts the file at `path` in chunks and uploads it; returns the
@@ -724,7 +732,7 @@ impl Client {
                 Ok(sha256) => break sha256,
                 Err(e) if is_connection_lost(&e) && reconnects < MAX_RECONNECTS => {
                     reconnects += 1;
-                    self.reconnect(&e).await?;
+                    self.reconnect(Some(&e)).await?;
                     (received, complete) = self.upload_status(id).await?;
                     (self.notices)(format!("resuming the upload at {:.1} of {:.1} MiB", mib(received), mib(total)));
                 }
@@ -929,7 +937,7 @@ impl Client {
                     None => {
                         if self.pushes.is_none() {
                             let lost = self.conn.close_reason().map_or(pqc_net::NetError::Closed, Into::into);
-                            self.reconnect(&lost.into()).await?;
+                            self.reconnect(Some(&lost.into())).await?;
                         }
                         pushes = self.pushes.take();
                         (true, on_room_line.is_some())
@@ -1223,7 +1231,7 @@ impl Client {
                 // Reconnect and go on from the next chunk the writer needs.
                 Err(e) if is_connection_lost(&e) && reconnects < MAX_RECONNECTS => {
                     reconnects += 1;
-                    if let Err(e) = self.reconnect(&e).await {
+                    if let Err(e) = self.reconnect(Some(&e)).await {
                         break Err(e);
                     }
                     let (at, of) = (mib(offset), mib(f.cipher_len));

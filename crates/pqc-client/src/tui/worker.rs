@@ -95,13 +95,13 @@ pub async fn run(
                     // reconnect now and fetch what arrived meanwhile.
                     pushes = client.take_pushes();
                     if pushes.is_none() {
-                        let reason = client.connection().close_reason();
-                        let why = reason.as_ref().map_or_else(|| "the connection closed".into(), |r| r.to_string());
+                        let why = client
+                            .connection()
+                            .close_reason()
+                            .map_or_else(|| "the connection closed".into(), |r| r.to_string());
+                        // The screen says it (and the status bar shows it), not the notices.
                         send(Update::Disconnected(why));
-                        let lost = reason.map_or(ClientError::Net(pqc_net::NetError::Closed), |r| {
-                            ClientError::Net(r.into())
-                        });
-                        match client.reconnect(&lost).await {
+                        match client.reconnect(None).await {
                             Ok(()) => {
                                 pushes = client.take_pushes();
                                 send(Update::Reconnected);
