@@ -453,18 +453,25 @@ impl SqliteServerStore {
     /// after the commit); returns how many.
     fn delete_unfinished(&mut self, select: &str, args: impl rusqlite::Params) -> Result<u32, StoreError> {
         let tx = self.conn.savepoint()?;
-        let ids: Vec<i64> = {
-            let mut st = tx.prepare(select)?;
-            st.query_map(args, |r| r.get(0))?.collect::<Result<_, _>>()?
+        let ids: Vec<AttachmentId> = {
+            let mut st = tx.prepare_cached(select)?;
+            let rows: Vec<i64> = st.query_map(args, |r| r.get(0))?.collect::<Result<_, _>>()?;
+            rows.into_iter().filter_map(|i| u64::try_from(i).ok().map(AttachmentId)).collect()
         };
         for id in &ids {
-            tx.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![id])?;
-            tx.exec("DELETE FROM attachments WHERE id = ?1 AND complete = 0", params![id])?;
+            Self::delete_attachment_rows(&tx, *id)?;
         }
         tx.commit()?;
-        self.doomed.extend(ids.iter().filter_map(|i| u64::try_from(*i).ok().map(AttachmentId)));
+        self.doomed.extend(ids.iter().copied());
         self.after_delete()?;
         Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Deletes attachment `id`'s rows (its file goes once the caller's
+    /// transaction committed: push it to `doomed`); whether there was one.
+    fn delete_attachment_rows(conn: &Connection, id: AttachmentId) -> Result<bool, StoreError> {
+        conn.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
+        Ok(conn.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])? > 0)
     }
 
     /// Outside a batch, an operation's own commit is final: delete files now.
@@ -1103,12 +1110,11 @@ impl ServerStore for SqliteServerStore {
 
     fn attachment_delete(&mut self, id: AttachmentId) -> Result<bool, StoreError> {
         let tx = self.conn.savepoint()?;
-        tx.exec("DELETE FROM attachment_chunks WHERE attachment_id = ?1", params![i64_of(id.0)?])?;
-        let n = tx.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])?;
+        let deleted = Self::delete_attachment_rows(&tx, id)?;
         tx.commit()?;
         self.doomed.push(id);
         self.after_delete()?;
-        Ok(n > 0)
+        Ok(deleted)
     }
 
     fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError> {
