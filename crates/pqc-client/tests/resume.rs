@@ -43,22 +43,34 @@ fn random_file(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, data)
 }
 
-/// Size of the largest attachment body on the server.
-fn uploaded(server: &TestServer) -> u64 {
-    let dir = server.data.join("attachments");
+/// Size of the largest file in `dir` whose name ends with `suffix`.
+fn largest(dir: &Path, suffix: &str) -> u64 {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).max().unwrap_or(0))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(0)
+}
+
+/// Waits until the file `largest(dir, suffix)` measures holds at least
+/// `bytes`, while `child` (doing the transfer) still runs.
+fn wait_for(child: &mut Child, dir: &Path, suffix: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while largest(dir, suffix) < bytes {
+        assert!(child.try_wait().unwrap().is_none(), "the transfer ended before the interruption");
+        assert!(Instant::now() < deadline, "the transfer did not reach {bytes} bytes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Waits until the server holds at least `bytes` of the upload.
 fn wait_for_upload(server: &TestServer, child: &mut Child, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while uploaded(server) < bytes {
-        assert!(child.try_wait().unwrap().is_none(), "send-file ended before the interruption");
-        assert!(Instant::now() < deadline, "the upload did not reach {bytes} bytes");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(child, &server.data.join("attachments"), "", bytes);
 }
 
 /// Bob receives exactly one file, identical to `data`.
@@ -132,20 +144,6 @@ fn a_killed_send_file_is_resumed_by_the_next_one() {
     assert!(out.status.success() && !stderr.contains("resuming"), "{stderr}");
 }
 
-/// Size of bob's partial download in `dir`.
-fn downloaded(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_download_goes_on_after_the_server_crashed_and_came_back() {
     let root = tempfile::tempdir().unwrap();
@@ -156,12 +154,7 @@ fn a_download_goes_on_after_the_server_crashed_and_came_back() {
     let out = root.path().join("bob-out");
     std::fs::create_dir_all(&out).unwrap();
     let mut recv = bob.command(&["recv", "--out", out.to_str().unwrap()]).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while downloaded(&out) < 16 << 20 {
-        assert!(recv.try_wait().unwrap().is_none(), "recv ended before the interruption");
-        assert!(Instant::now() < deadline, "the download did not get going");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&mut recv, &out, ".part", 16 << 20);
     server.crash_and_restart();
 
     let done = recv.wait_with_output().unwrap();

@@ -70,6 +70,14 @@ fn u(s: &str) -> Username {
     Username::new(s).unwrap()
 }
 
+/// The id of the attachment a begin request created.
+fn created(r: Response) -> AttachmentId {
+    match r {
+        Response::AttachmentCreated { id } => id,
+        other => panic!("expected AttachmentCreated, got {other:?}"),
+    }
+}
+
 /// Sends `n` pings one after the other; how many were refused as over the rate limit.
 async fn pings_refused(c: &Connection, n: usize) -> usize {
     let mut limited = 0;
@@ -292,11 +300,8 @@ async fn attachments_resume_download_ack_and_permissions() {
         code(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap()),
         ErrorCode::TooLarge
     );
-    let Response::AttachmentCreated { id } =
-        ca.request(Request::AttachmentBegin { to: u("bob"), total_len: data.len() as u64 }).await.unwrap()
-    else {
-        panic!()
-    };
+    let id =
+        created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: data.len() as u64 }).await.unwrap());
     // Upload the first 3 chunks, then "lose" the connection.
     for off in (0..30_000).step_by(10_000) {
         let r = ca
@@ -465,7 +470,7 @@ async fn room_files_are_for_the_members_at_upload_and_go_after_the_last_ack() {
     // dave is no member: no room file from him.
     let begin = Request::RoomAttachmentBegin { room_id: room, total_len: 4 };
     assert_eq!(code(cd.request(begin.clone()).await.unwrap()), ErrorCode::Forbidden);
-    let Response::AttachmentCreated { id } = ca.request(begin).await.unwrap() else { panic!() };
+    let id = created(ca.request(begin).await.unwrap());
     ca.request(Request::AttachmentChunk { id, offset: 0, data: b"blob".to_vec() }).await.unwrap();
     assert!(matches!(ca.request(Request::AttachmentFinish { id }).await.unwrap(), Response::AttachmentStatus { .. }));
     // dave joins after the upload: he may not read it; bob and carol may.
@@ -549,11 +554,7 @@ async fn a_large_file_goes_through_at_the_default_rate_limit() {
     const CHUNK: usize = 64 << 10;
     const CHUNKS: usize = 400;
     let total = (CHUNK * CHUNKS) as u64;
-    let Response::AttachmentCreated { id } =
-        ca.request(Request::AttachmentBegin { to: u("bob"), total_len: total }).await.unwrap()
-    else {
-        panic!()
-    };
+    let id = created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: total }).await.unwrap());
     let mut inflight = std::collections::VecDeque::new();
     for i in 0..CHUNKS {
         let offset = (i * CHUNK) as u64;
@@ -601,11 +602,7 @@ async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
     bob.register(&h).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let Response::AttachmentCreated { id } =
-            ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 10 }).await.unwrap()
-        else {
-            panic!()
-        };
+        let id = created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 10 }).await.unwrap());
         let r = ca.request(Request::AttachmentChunk { id, offset: 0, data: b"12345".to_vec() }).await.unwrap();
         assert!(matches!(r, Response::AttachmentStatus { received: 5, .. }), "{r:?}");
         ids.push(id);
