@@ -320,6 +320,10 @@ pub struct SqliteServerStore {
     doomed: Vec<AttachmentId>,
     /// Inside [`SqliteServerStore::begin_batch`].
     in_batch: bool,
+    /// Envelopes queued per recipient, counted once and then kept up to
+    /// date, so checking the mailbox limit does not count a full mailbox's
+    /// rows at every message. Cleared when a batch is rolled back.
+    mailbox_len: HashMap<Username, u32>,
 }
 
 /// Bytes of an upload written between two fsyncs of its file (and updates
@@ -504,6 +508,7 @@ impl SqliteServerStore {
         self.doomed.clear();
         self.written.clear();
         self.syncing.clear();
+        self.mailbox_len.clear();
         Ok(self.conn.execute_batch("ROLLBACK")?)
     }
 
@@ -529,6 +534,7 @@ impl SqliteServerStore {
             syncing: Default::default(),
             doomed: Vec::new(),
             in_batch: false,
+            mailbox_len: HashMap::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -813,21 +819,37 @@ impl ServerStore for SqliteServerStore {
         payload: &[u8],
         max_mailbox: u32,
     ) -> Result<EnvelopeId, StoreError> {
-        let tx = self.conn.savepoint()?;
-        if !Self::account_exists(&tx, to)? {
-            return Err(StoreError::UnknownUser);
-        }
-        let n: i64 =
-            tx.row("SELECT COUNT(*) FROM envelopes WHERE recipient = ?1", params![to.as_str()], |r| r.get(0))?;
-        if n >= i64::from(max_mailbox) {
+        // One INSERT, atomic on its own: no savepoint. The recipient's
+        // existence is checked by the foreign key.
+        let queued = match self.mailbox_len.get(to) {
+            Some(&n) => n,
+            None => {
+                let n: i64 = self.conn.row(
+                    "SELECT COUNT(*) FROM envelopes WHERE recipient = ?1",
+                    params![to.as_str()],
+                    |r| r.get(0),
+                )?;
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
+        if queued >= max_mailbox {
             return Err(StoreError::MailboxFull);
         }
-        tx.exec(
+        let inserted = self.conn.exec(
             "INSERT INTO envelopes (recipient, sender, max_views, views_left, payload) VALUES (?1, ?2, ?3, ?3, ?4)",
             params![to.as_str(), from.as_str(), max_views, payload],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                return Err(StoreError::UnknownUser);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let id = self.conn.last_insert_rowid();
+        self.mailbox_len.insert(to.clone(), queued.saturating_add(1));
         Ok(EnvelopeId(u64::try_from(id).unwrap_or(0)))
     }
 
@@ -870,19 +892,32 @@ impl ServerStore for SqliteServerStore {
             }
         }
         tx.commit()?;
+        let gone = out.iter().filter(|e| e.views_left == Some(0)).count();
+        if let Some(len) = self.mailbox_len.get_mut(user) {
+            *len = len.saturating_sub(u32::try_from(gone).unwrap_or(u32::MAX));
+        }
         Ok((out, more))
     }
 
     fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError> {
-        let tx = self.conn.savepoint()?;
+        // No savepoint: each DELETE is atomic, and one that a failure leaves
+        // done was asked for all the same (the recipient acknowledges again).
         let mut n = 0u32;
-        {
-            let mut st = tx.prepare_cached("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
-            for id in ids {
-                n += u32::try_from(st.execute(params![i64_of(id.0)?, user.as_str()])?).unwrap_or(0);
+        let mut st = self.conn.prepare_cached("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
+        for id in ids {
+            // No envelope has an id past i64::MAX.
+            let Ok(id) = i64::try_from(id.0) else { continue };
+            match st.execute(params![id, user.as_str()]) {
+                Ok(k) => n += u32::try_from(k).unwrap_or(0),
+                Err(e) => {
+                    self.mailbox_len.remove(user);
+                    return Err(e.into());
+                }
             }
         }
-        tx.commit()?;
+        if let Some(len) = self.mailbox_len.get_mut(user) {
+            *len = len.saturating_sub(n);
+        }
         Ok(n)
     }
 
@@ -1472,6 +1507,49 @@ mod tests {
             s.enqueue(&u("bob"), &u("alice"), None, b"x", 2).unwrap();
         }
         assert!(matches!(s.enqueue(&u("bob"), &u("alice"), None, b"x", 2), Err(StoreError::MailboxFull)));
+    }
+
+    /// The mailbox limit holds through everything that adds or removes
+    /// envelopes: acks, a last view, a rolled-back batch, a reopened store.
+    #[test]
+    fn the_mailbox_limit_counts_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        let full = |s: &mut SqliteServerStore| {
+            matches!(s.enqueue(&u("bob"), &u("alice"), None, b"x", 3), Err(StoreError::MailboxFull))
+        };
+        let a = s.enqueue(&u("bob"), &u("alice"), None, b"a", 3).unwrap();
+        s.enqueue(&u("bob"), &u("alice"), Some(1), b"b", 3).unwrap();
+        s.enqueue(&u("bob"), &u("alice"), None, b"c", 3).unwrap();
+        assert!(full(&mut s));
+        // An ack of someone else's mailbox, or of an unknown id, frees nothing.
+        assert_eq!(s.ack(&u("carol"), &[a]).unwrap(), 0);
+        assert_eq!(s.ack(&u("bob"), &[EnvelopeId(999)]).unwrap(), 0);
+        assert!(full(&mut s));
+        assert_eq!(s.ack(&u("bob"), &[a]).unwrap(), 1);
+        s.enqueue(&u("bob"), &u("alice"), None, b"d", 3).unwrap();
+        assert!(full(&mut s));
+        // The single view of "b" deletes it.
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e.len(), 3);
+        s.enqueue(&u("bob"), &u("alice"), None, b"e", 3).unwrap();
+        assert!(full(&mut s));
+        // A batch that is rolled back leaves the count of what is on disk.
+        let ids: Vec<EnvelopeId> = s.fetch(&u("bob"), 1 << 20).unwrap().0.iter().map(|e| e.id).collect();
+        s.begin_batch().unwrap();
+        assert_eq!(s.ack(&u("bob"), &ids).unwrap(), 3);
+        s.enqueue(&u("bob"), &u("alice"), None, b"f", 3).unwrap();
+        s.rollback_batch().unwrap();
+        assert!(full(&mut s));
+        // A reopened store counts again.
+        drop(s);
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        assert!(full(&mut s));
+        assert_eq!(s.ack(&u("bob"), &ids[..1]).unwrap(), 1);
+        s.enqueue(&u("bob"), &u("alice"), None, b"g", 3).unwrap();
+        assert!(full(&mut s));
     }
 
     #[test]
