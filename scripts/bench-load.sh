@@ -214,16 +214,19 @@ if step chat; then
 printf '%-58s %s\n' "pqc-server msgs relayed/s ($CLIENTS clients, ${PAYLOAD} B)" "$(result "$WORK/chat.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "pqc-server delivery latency p50 / p99" "$(result "$WORK/chat.out" p50_ms)" "$(result "$WORK/chat.out" p99_ms)"
 printf '%-58s %s us\n' "pqc-server CPU per message (store, push, ack)" "$(result "$WORK/chat.out" cpu_per_msg_us)"
+printf '%-58s %s us\n' "pqc-server: load generator CPU per message (E2E clients)" "$(result "$WORK/chat.out" gen_cpu_per_msg_us)"
 fi
 if step relay; then
 printf '%-58s %s\n' "pqc-server, opaque payloads: msgs relayed/s" "$(result "$WORK/relay.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "pqc-server, opaque payloads: latency p50 / p99" "$(result "$WORK/relay.out" p50_ms)" "$(result "$WORK/relay.out" p99_ms)"
 printf '%-58s %s us\n' "pqc-server, opaque payloads: CPU per message" "$(result "$WORK/relay.out" cpu_per_msg_us)"
+printf '%-58s %s us\n' "pqc-server, opaque payloads: load generator CPU per msg" "$(result "$WORK/relay.out" gen_cpu_per_msg_us)"
 fi
 if step mqtt; then
 printf '%-58s %s\n' "mosquitto TLS QoS1 msgs relayed/s ($CLIENTS clients)" "$(result "$WORK/mqtt.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "mosquitto delivery latency p50 / p99" "$(result "$WORK/mqtt.out" p50_ms)" "$(result "$WORK/mqtt.out" p99_ms)"
 printf '%-58s %s us\n' "mosquitto CPU per message" "$(result "$WORK/mqtt.out" cpu_per_msg_us)"
+printf '%-58s %s us\n' "mosquitto: load generator CPU per message" "$(result "$WORK/mqtt.out" gen_cpu_per_msg_us)"
 fi
 if step idle; then
 printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections" "$(result "$WORK/idle.out" rss_before_kib)" "$(result "$WORK/idle.out" rss_after_kib)"

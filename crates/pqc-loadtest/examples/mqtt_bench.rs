@@ -279,6 +279,7 @@ async fn run(o: Opts) -> Result<(), BoxError> {
     ready.wait().await;
     let cpu = |pid: Option<u32>| pid.map(pqc_loadtest::rss::cpu_time).transpose();
     let cpu_start = cpu(o.broker_pid)?;
+    let own_start = pqc_loadtest::rss::cpu_time(std::process::id()).ok();
     let epoch = Instant::now();
     go_tx.send(Some(epoch))?;
     let mut lat = Latencies::new();
@@ -307,6 +308,12 @@ async fn run(o: Opts) -> Result<(), BoxError> {
         }
         _ => "-".into(),
     };
+    let gen_us = match (own_start, pqc_loadtest::rss::cpu_time(std::process::id()).ok()) {
+        (Some(a), Some(b)) if received > 0 => {
+            format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64)
+        }
+        _ => "-".into(),
+    };
     let secs = last.duration_since(epoch).as_secs_f64();
     let rate = if secs > 0.0 { received as f64 / secs } else { 0.0 };
     let expected = (o.clients * o.messages) as u64;
@@ -318,10 +325,11 @@ async fn run(o: Opts) -> Result<(), BoxError> {
     println!("throughput: {rate:.0} messages relayed/s");
     println!("delivery latency (publish → received): {}", lat.summary_ms());
     println!("broker CPU per message: {cpu_us} us");
+    println!("load generator CPU per message (its TLS/TCP clients, both ends): {gen_us} us");
     println!("errors: {errors}");
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
-        "RESULT mode=mqtt clients={} messages={} delivered={received} msgs_per_s={rate:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} errors={errors}",
+        "RESULT mode=mqtt clients={} messages={} delivered={received} msgs_per_s={rate:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} gen_cpu_per_msg_us={gen_us} errors={errors}",
         o.clients,
         o.messages,
         ms(lat.quantile(0.5)),

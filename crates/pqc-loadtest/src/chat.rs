@@ -94,6 +94,9 @@ pub struct ChatReport {
     pub timed_out: bool,
     /// Server CPU time (user + system, all threads) over the message phase.
     pub message_cpu: Option<Duration>,
+    /// The load generator's own CPU time over the message phase: on one
+    /// machine it shares the cores with the server.
+    pub generator_cpu: Option<Duration>,
 }
 
 impl ChatReport {
@@ -106,6 +109,12 @@ impl ChatReport {
     /// Server CPU per relayed message (stored, pushed, acknowledged), in microseconds.
     pub fn cpu_per_message_us(&self) -> Option<f64> {
         let cpu = self.message_cpu?;
+        (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
+    }
+
+    /// The load generator's CPU per relayed message (both clients' side), in microseconds.
+    pub fn generator_cpu_per_message_us(&self) -> Option<f64> {
+        let cpu = self.generator_cpu?;
         (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
     }
 }
@@ -173,6 +182,7 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     // 3. Messages.
     let cpu = |pid: Option<u32>| pid.map(crate::rss::cpu_time).transpose();
     let cpu_start = cpu(cfg.server_pid)?;
+    let own_start = crate::rss::cpu_time(std::process::id()).ok();
     let epoch = Instant::now();
     let mut tasks = JoinSet::new();
     let mut results = Vec::with_capacity(peers.len());
@@ -194,6 +204,10 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
+    let generator_cpu = match (own_start, crate::rss::cpu_time(std::process::id()).ok()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let mut report = ChatReport {
         clients: cfg.clients,
         messages_per_client: cfg.messages,
@@ -206,6 +220,7 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
         errors: BTreeMap::new(),
         timed_out,
         message_cpu,
+        generator_cpu,
     };
     let mut last = epoch;
     for r in results {

@@ -131,6 +131,7 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
     };
     let mut r = chat::run(&cfg, deadline).await?;
     let cpu_us = r.cpu_per_message_us().map_or("-".into(), |v| format!("{v:.1}"));
+    let gen_us = r.generator_cpu_per_message_us().map_or("-".into(), |v| format!("{v:.1}"));
     let expected = (cfg.clients * cfg.messages) as u64;
     println!(
         "clients {} (pairs {}), {} messages each, payload {} B, window {}{}",
@@ -153,10 +154,11 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
     println!("throughput: {:.0} messages relayed/s", r.throughput());
     println!("delivery latency (send → decrypted): {}", r.latency.summary_ms());
     println!("server CPU per message: {cpu_us} us");
+    println!("load generator CPU per message (its QUIC clients, both ends): {gen_us} us");
     let total_errors = print_errors(&r.errors);
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
-        "RESULT mode={} clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} errors={total_errors}",
+        "RESULT mode={} clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} gen_cpu_per_msg_us={gen_us} errors={total_errors}",
         if cfg.opaque { "relay" } else { "chat" },
         cfg.clients,
         cfg.messages,
