@@ -170,21 +170,10 @@ async fn run(
     if write_encoded(&mut send, hello.encode()).await.is_err() {
         return;
     }
-    // Reading is not cancel-safe, so a separate task reads and forwards frames.
-    let (frame_tx, mut frames) = mpsc::channel::<Result<ClientFrame, NetError>>(4);
-    let reader = tokio::spawn(async move {
-        loop {
-            let r = match read_frame_timed(&mut recv, max_frame, frame_timeout).await {
-                Ok(Some(body)) => ClientFrame::decode(&body).map_err(pqc_net::NetError::from),
-                Ok(None) => break,
-                Err(e) => Err(e),
-            };
-            let stop = r.is_err();
-            if frame_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    // Read in the select loop below: the reader keeps a partly received
+    // frame across the loop's other branches (no task and channel per
+    // connection for it).
+    let mut reader = FrameReader::new(max_frame, frame_timeout);
     let mut bucket = Bucket::new(shared.limits.requests_per_second);
     // File chunks whose store operations are queued, oldest first.
     let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
@@ -195,7 +184,10 @@ async fn run(
                     break;
                 }
             }
-            f = frames.recv(), if queued.len() < MAX_QUEUED => match f {
+            f = reader.next(&mut recv), if queued.len() < MAX_QUEUED => match f
+                .and_then(|body| body.map(|b| ClientFrame::decode(&b)).transpose().map_err(NetError::from))
+                .transpose()
+            {
                 Some(Ok(frame)) => {
                     let is_auth = matches!(frame.request, Request::Register { .. } | Request::Login { .. });
                     let allowed = bucket.take(request_cost(&frame.request));
@@ -306,57 +298,106 @@ async fn run(
             }
         }
     }
-    reader.abort();
     let _ = send.finish();
 }
 
-/// Reads one frame body like [`pqc_net::read_frame`], but the body must
-/// arrive within `timeout` of its length prefix (`Err(NetError::Timeout)`
-/// otherwise), and memory grows with the bytes actually received rather
-/// than being reserved up front for the announced length.
-async fn read_frame_timed(
-    recv: &mut quinn::RecvStream,
+/// Reads a connection's frames (`u32 BE length || body`) like
+/// [`pqc_net::read_frame`], but cancel-safe: what arrived of a frame stays
+/// here when [`FrameReader::next`] is dropped before it finished, so it can
+/// be polled in a `select!` beside other work. A frame's body must arrive
+/// within `timeout` of its length prefix (`Err(NetError::Timeout)`
+/// otherwise), and memory grows with the bytes actually received rather than
+/// being reserved up front for the announced length.
+struct FrameReader {
     max: usize,
     timeout: Duration,
-) -> Result<Option<Vec<u8>>, NetError> {
-    let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated { needed: 4 }.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+    prefix: [u8; 4],
+    /// Bytes of the prefix received.
+    prefix_got: usize,
+    /// Pieces of the body as they arrived (each pins a packet buffer, so at
+    /// most [`FrameReader::MAX_PIECES`] of them), copied into `body` in batches.
+    pieces: Vec<bytes::Bytes>,
+    body: Vec<u8>,
+    /// Bytes of the body received (in `pieces` and `body`).
+    got: usize,
+    /// When the current frame's body must be complete (set by its prefix).
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl FrameReader {
+    const MAX_PIECES: usize = 64;
+
+    fn new(max: usize, timeout: Duration) -> Self {
+        Self {
+            max,
+            timeout,
+            prefix: [0; 4],
+            prefix_got: 0,
+            pieces: Vec::new(),
+            body: Vec::new(),
+            got: 0,
+            deadline: None,
+        }
     }
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max {
-        return Err(WireError::TooLarge { len, max }.into());
-    }
-    let body = async {
-        // Pieces as they arrive are kept (each pins a packet buffer, so at
-        // most MAX_PIECES of them) and copied into the body in batches; the
-        // body is allocated for the announced length once 64 KiB of it have
-        // arrived, so every byte is copied once, without reallocations.
-        const MAX_PIECES: usize = 64;
-        let (mut body, mut pieces, mut got) = (Vec::new(), Vec::new(), 0);
-        while got < len {
-            match recv.read_chunk(len - got, true).await {
-                Ok(Some(chunk)) => {
-                    got += chunk.bytes.len();
-                    pieces.push(chunk.bytes);
+
+    /// The next frame's body, `Ok(None)` once the peer finished the stream
+    /// between frames. Cancel-safe: each await is a cancel-safe
+    /// `read_chunk`, and what it returned is kept in `self` before the next.
+    async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+        while self.prefix_got < 4 {
+            let chunk = match self.deadline {
+                // A prefix begun must also arrive within the frame timeout.
+                Some(d) => tokio::time::timeout_at(d, recv.read_chunk(4 - self.prefix_got, true))
+                    .await
+                    .map_err(|_| NetError::Timeout)?,
+                None => recv.read_chunk(4 - self.prefix_got, true).await,
+            };
+            match chunk.map_err(NetError::from)? {
+                Some(c) => {
+                    let n = c.bytes.len().min(4 - self.prefix_got);
+                    self.prefix[self.prefix_got..self.prefix_got + n].copy_from_slice(&c.bytes[..n]);
+                    self.prefix_got += n;
+                    if self.deadline.is_none() {
+                        self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+                    }
                 }
-                Ok(None) => return Err(WireError::Truncated { needed: len - got }.into()),
-                Err(e) => return Err(NetError::from(e)),
+                None if self.prefix_got == 0 => return Ok(None),
+                None => return Err(WireError::Truncated { needed: 4 - self.prefix_got }.into()),
             }
-            if pieces.len() == MAX_PIECES || got == len {
-                let room = if got >= 64 * 1024 || got == len { len } else { got.saturating_mul(2) };
-                body.reserve_exact(room.saturating_sub(body.len()));
-                for piece in pieces.drain(..) {
-                    body.extend_from_slice(&piece);
+        }
+        let len = u32::from_be_bytes(self.prefix) as usize;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max }.into());
+        }
+        let deadline = self.deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
+        while self.got < len {
+            let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(len - self.got, true))
+                .await
+                .map_err(|_| NetError::Timeout)?;
+            match chunk.map_err(NetError::from)? {
+                Some(c) => {
+                    self.got += c.bytes.len();
+                    self.pieces.push(c.bytes);
+                }
+                None => return Err(WireError::Truncated { needed: len - self.got }.into()),
+            }
+            if self.pieces.len() == Self::MAX_PIECES || self.got >= len {
+                // The body is allocated for the announced length once 64 KiB
+                // of it have arrived, so every byte is copied once, without
+                // reallocations.
+                let room = if self.got >= 64 * 1024 || self.got >= len { len } else { self.got.saturating_mul(2) };
+                self.body.reserve_exact(room.saturating_sub(self.body.len()));
+                for piece in self.pieces.drain(..) {
+                    self.body.extend_from_slice(&piece);
                 }
             }
         }
+        let body = std::mem::take(&mut self.body);
+        self.prefix_got = 0;
+        self.got = 0;
+        self.deadline = None;
         Ok(Some(body))
-    };
-    tokio::time::timeout(timeout, body).await.map_err(|_| NetError::Timeout)?
+    }
 }
 
 fn store_err(e: StoreError) -> Response {

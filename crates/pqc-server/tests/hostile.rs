@@ -435,3 +435,59 @@ async fn connections_to_a_crashed_server_are_reset_after_restart() {
     // And a new connection is served.
     well_behaved(&srv, "restart", 3).await;
 }
+
+/// The server reads a connection's frames in the same loop that pushes to
+/// it: a frame that arrives in pieces, with pushes going out between them,
+/// is read whole (nothing of it is lost when the loop turns to a push).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_arriving_in_pieces_between_pushes_is_read_whole() {
+    let srv = ServerProc::start("");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = srv.raw_quinn(&endpoint).await;
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let hello = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    let ServerFrame::Hello { challenge, .. } = ServerFrame::decode(&hello).unwrap() else { panic!("no hello") };
+    let bob = User::new("bob");
+    let ik = bob.key.verifying_key().to_bytes();
+    let t = register_transcript(&challenge, &bob.name, &ik);
+    let signature = bob.key.sign(&t, REGISTER_CONTEXT, &mut SystemRng).unwrap().to_bytes();
+    let register = Request::Register { username: bob.name.clone(), identity_key: ik, signature };
+    send.write_all(&ClientFrame { id: RequestId(1), request: register }.encode()).await.unwrap();
+    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    let ServerFrame::Response { response, .. } = ServerFrame::decode(&answer).unwrap() else { panic!("no response") };
+    assert_eq!(response, Response::Ok);
+
+    // A Send of 3 000 bytes to alice, written in three pieces: part of the
+    // length prefix, part of the body, the rest.
+    let alice = User::new("alice");
+    let ca = alice.register(&srv).await;
+    let payload = vec![7u8; 3000];
+    let frame =
+        ClientFrame { id: RequestId(2), request: Request::Send { to: alice.name.clone(), max_views: None, payload } }
+            .encode();
+    for piece in [&frame[..2], &frame[2..1000]] {
+        send.write_all(piece).await.unwrap();
+        // Meanwhile alice sends bob a message: the server pushes it to bob's
+        // stream while bob's frame is half read.
+        let r =
+            ca.request(Request::Send { to: bob.name.clone(), max_views: None, payload: b"hi".to_vec() }).await.unwrap();
+        assert!(matches!(r, Response::Ack { .. }), "{r:?}");
+        let pushed = tokio::time::timeout(Duration::from_secs(5), pqc_net::read_frame(&mut recv, 1 << 20))
+            .await
+            .expect("push arrives")
+            .unwrap()
+            .unwrap();
+        let pushed = ServerFrame::decode(&pushed).unwrap();
+        assert!(matches!(pushed, ServerFrame::Push(_)), "{pushed:?}");
+    }
+    send.write_all(&frame[1000..]).await.unwrap();
+    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    let ServerFrame::Response { id, response } = ServerFrame::decode(&answer).unwrap() else { panic!("no response") };
+    assert_eq!(id, RequestId(2));
+    assert!(matches!(response, Response::Ack { .. }), "{response:?}");
+    // alice got the 3 000 bytes intact.
+    let Response::Envelopes { envelopes, .. } = ca.request(Request::Fetch).await.unwrap() else { panic!("fetch") };
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].payload, vec![7u8; 3000]);
+    assert!(conn.close_reason().is_none());
+}
