@@ -32,9 +32,10 @@ const PUSH_COALESCE_BYTES: usize = 64 * 1024;
 
 /// Most file-chunk requests of one connection queued for the database at
 /// once; past it the connection reads no further frames until the oldest is
-/// answered. With the frames read ahead, a connection holds at most about
-/// nine frames (`max_frame` each) in memory.
-const MAX_QUEUED: usize = 4;
+/// answered. With the frame being read, a connection holds at most nine
+/// frames (`max_frame` each) in memory, and an upload keeps that many chunks
+/// in flight (reading them frees QUIC flow-control credit for the next).
+const MAX_QUEUED: usize = 8;
 
 /// The response to come of a request whose store operation is queued.
 type Queued = Pin<Box<dyn Future<Output = Response> + Send>>;
