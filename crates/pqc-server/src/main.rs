@@ -7,11 +7,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use pqc_server::{Config, Server};
 
-/// mimalloc: the relay allocates and frees small buffers for every frame and
-/// packet, which it serves with less CPU than the system allocator.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// pqc-chat relay server.
 #[derive(Debug, Parser)]
 #[command(version, about)]
