@@ -768,9 +768,22 @@ impl Client {
             match status {
                 Some(Ok((received, complete))) => return Ok(Some((record, received, complete))),
                 Some(Err(e)) if is_connection_lost(&e) => return Err(e),
-                // Changed since, or gone from the server (expired, another
-                // account's id after a server reset): start over.
-                Some(Err(_)) | None => {
+                // Gone from the server (expired, another account's id after
+                // a server reset): start over.
+                Some(Err(_)) => {
+                    self.profile.db().delete(ns::UPLOAD, &key)?;
+                }
+                // Changed since: start over, and the server deletes what it
+                // has of the old upload rather than keep it until it expires
+                // (a finished one it keeps: it is refused, and left alone).
+                None => {
+                    let abandoned =
+                        call(&self.conn, Request::AttachmentAck { id: AttachmentId(record.attachment) }).await;
+                    if let Err(e) = abandoned
+                        && is_connection_lost(&e)
+                    {
+                        return Err(e);
+                    }
                     self.profile.db().delete(ns::UPLOAD, &key)?;
                 }
             }

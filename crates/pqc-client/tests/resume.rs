@@ -144,6 +144,42 @@ fn a_killed_send_file_is_resumed_by_the_next_one() {
     assert!(out.status.success() && !stderr.contains("resuming"), "{stderr}");
 }
 
+/// A file changed since its upload was interrupted is sent whole under a
+/// new key, and the server deletes what it had of the old upload instead of
+/// keeping it until it expires.
+#[test]
+fn a_changed_file_starts_over_and_its_old_upload_is_deleted() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, alice, bob) = alice_and_bob(root.path());
+    let (path, data) = random_file(root.path());
+    let uploads = server.data.join("attachments");
+
+    let mut send = alice.command(&["send-file", "bob", path.to_str().unwrap()]).spawn().unwrap();
+    wait_for_upload(&server, &mut send, 20 << 20);
+    send.kill().unwrap();
+    send.wait().unwrap();
+
+    let mut changed = data.clone();
+    changed[FILE_LEN / 2] ^= 1;
+    std::fs::write(&path, &changed).unwrap();
+    let out = alice.run(&["send-file", "bob", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("resuming"), "{stderr}");
+    bob_gets_it_once(&bob, root.path(), &changed);
+    // Bob acknowledged the new file and the old upload was abandoned: the
+    // server keeps no file (deletions run just after their commits).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&uploads).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "left on the server: {:?}",
+            std::fs::read_dir(&uploads).unwrap().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+}
+
 #[test]
 fn a_download_goes_on_after_the_server_crashed_and_came_back() {
     let root = tempfile::tempdir().unwrap();

@@ -581,11 +581,27 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             .await
         }
         Request::AttachmentAck { id } => {
-            on_attachment(shared, id, user, Role::Recipient, move |st, meta, user| {
+            on_attachment(shared, id, user, Role::Either, move |st, meta, user| {
+                let reader = match &meta.to {
+                    Audience::User(to) => to == user,
+                    Audience::Room(_) => match st.attachment_is_reader(id, user) {
+                        Ok(r) => r,
+                        Err(e) => return store_err(e),
+                    },
+                };
                 let done = match meta.to {
-                    Audience::User(_) => st.attachment_delete(id),
+                    Audience::User(_) if reader => st.attachment_delete(id),
                     // A room file goes once its last reader is done with it.
-                    Audience::Room(_) => st.attachment_reader_done(id, user),
+                    Audience::Room(_) if reader => st.attachment_reader_done(id, user),
+                    // Its sender abandons an upload it will not finish (the
+                    // file changed since): nobody can have it yet.
+                    _ if !meta.complete => st.attachment_delete(id),
+                    _ => {
+                        return Response::error(
+                            ErrorCode::Forbidden,
+                            "a finished file is deleted by its recipients once they have it, not by its sender",
+                        );
+                    }
                 };
                 match done {
                     Ok(d) => Response::Deleted { count: u32::from(d) },

@@ -349,6 +349,9 @@ async fn attachments_resume_download_ack_and_permissions() {
         code(cc.request(Request::AttachmentGet { id, offset: 0, max_len: 1000 }).await.unwrap()),
         ErrorCode::Forbidden
     );
+    // Neither the sender nor a third user may delete a finished file.
+    assert_eq!(code(ca.request(Request::AttachmentAck { id }).await.unwrap()), ErrorCode::Forbidden);
+    assert_eq!(code(cc.request(Request::AttachmentAck { id }).await.unwrap()), ErrorCode::Forbidden);
     // The recipient downloads in pieces.
     let mut got = Vec::new();
     loop {
@@ -613,6 +616,15 @@ async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
         let r = ca.request(Request::AttachmentStatus { id: *id }).await.unwrap();
         assert!(matches!(r, Response::AttachmentStatus { received: 5, complete: false, .. }), "{r:?}");
     }
+    // Its sender may delete an unfinished upload (its recipient and others may not).
+    let id = created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 10 }).await.unwrap());
+    let cb = bob.login(&h).await;
+    let carol = User::new("carol");
+    let cc = carol.register(&h).await;
+    assert_eq!(code(cc.request(Request::AttachmentAck { id }).await.unwrap()), ErrorCode::Forbidden);
+    assert_eq!(ca.request(Request::AttachmentAck { id }).await.unwrap(), Response::Deleted { count: 1 });
+    assert_eq!(code(ca.request(Request::AttachmentStatus { id }).await.unwrap()), ErrorCode::NotFound);
+    assert_eq!(code(cb.request(Request::AttachmentAck { id }).await.unwrap()), ErrorCode::NotFound);
     ca.close().await;
     h.shutdown().await;
 
