@@ -484,9 +484,10 @@ impl SqliteServerStore {
     }
 
     /// Starts a group commit: the store operations called until
-    /// [`Self::commit_batch`] run as savepoints inside one transaction, so
-    /// they reach the disk with one `fsync` (each still all-or-nothing on its
-    /// own). Callers must not report any of them as durable before the batch
+    /// [`Self::commit_batch`] run inside one transaction, so they reach the
+    /// disk with one `fsync`, each still all-or-nothing on its own (a
+    /// savepoint each, or a single statement, which SQLite undoes by itself
+    /// when it fails). Callers must not report any of them as durable before the batch
     /// commits.
     pub fn begin_batch(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
