@@ -46,25 +46,6 @@ pub fn expect_ok(what: &'static str, r: Response) -> Result<Response, LoadError>
     }
 }
 
-/// The one client endpoint (UDP socket) of this process, shared by all its
-/// simulated users: one socket and one receive loop for all of them, as
-/// the MQTT baseline's clients share the kernel's TCP stack, instead of a
-/// socket and a task each, so the generator leaves more of the machine to
-/// the server it measures.
-fn shared_endpoint(server: SocketAddr) -> Result<pqc_net::quinn::Endpoint, LoadError> {
-    static ENDPOINT: std::sync::OnceLock<pqc_net::quinn::Endpoint> = std::sync::OnceLock::new();
-    if let Some(e) = ENDPOINT.get() {
-        return Ok(e.clone());
-    }
-    let bind: SocketAddr = if server.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-    };
-    let endpoint = pqc_net::quinn::Endpoint::client(bind).map_err(pqc_net::NetError::from)?;
-    Ok(ENDPOINT.get_or_init(|| endpoint).clone())
-}
-
 impl SimUser {
     /// Connects to `server`, registers `name` with a fresh identity and, if
     /// `one_time` > 0, uploads signed prekeys plus `one_time` one-time X25519
@@ -73,8 +54,7 @@ impl SimUser {
         let mut rng = SystemRng;
         let name = Username::new(name)?;
         let identity = IdentityKeyPair::generate(&mut rng)?;
-        let (mut conn, _fingerprint, _group) =
-            Connection::connect_on(shared_endpoint(server)?, server, "localhost", ServerTrust::FirstUse).await?;
+        let (mut conn, _fingerprint, _group) = Connection::connect(server, "localhost", ServerTrust::FirstUse).await?;
         conn.set_timeout(Duration::from_secs(60));
         let pushes = conn.take_pushes().ok_or(LoadError::Unexpected("push receiver already taken"))?;
         let ik = identity.identity_key().to_bytes();

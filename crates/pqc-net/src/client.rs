@@ -65,19 +65,7 @@ impl Connection {
         } else {
             SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
         };
-        Self::connect_on(quinn::Endpoint::client(bind)?, addr, server_name, trust).await
-    }
-
-    /// [`Self::connect`] from an existing client `endpoint` (its UDP socket),
-    /// which many connections may share: a load generator simulating many
-    /// devices in one process. [`Self::close`] then waits its short grace
-    /// period in full, since the endpoint stays busy with the others.
-    pub async fn connect_on(
-        endpoint: quinn::Endpoint,
-        addr: SocketAddr,
-        server_name: &str,
-        trust: ServerTrust,
-    ) -> Result<(Self, CertFingerprint, NamedGroup), NetError> {
+        let endpoint = quinn::Endpoint::client(bind)?;
         let parts = client_parts(&trust)?;
         let connecting = endpoint.connect_with(parts.config, addr, server_name)?;
         let conn = match connecting.await {
