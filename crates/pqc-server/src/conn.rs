@@ -571,24 +571,17 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
         Request::AttachmentChunk { id, offset, data } => upload_chunk(shared, user, id, offset, data).await,
         Request::AttachmentGet { id, offset, max_len } => download_chunk(shared, user, id, offset, max_len).await,
         Request::AttachmentStatus { id } => {
-            on_attachment(shared, id, user, Role::Either, |_, meta, _| status_of(&meta)).await
+            on_attachment(shared, id, user, Role::Either, |_, meta, _, _| status_of(&meta)).await
         }
         Request::AttachmentFinish { id } => {
-            on_attachment(shared, id, user, Role::Sender, move |st, meta, _| match st.attachment_finish(id) {
+            on_attachment(shared, id, user, Role::Sender, move |st, meta, _, _| match st.attachment_finish(id) {
                 Ok(()) => status_of(&AttachmentMeta { complete: true, ..meta }),
                 Err(e) => store_err(e),
             })
             .await
         }
         Request::AttachmentAck { id } => {
-            on_attachment(shared, id, user, Role::Either, move |st, meta, user| {
-                let reader = match &meta.to {
-                    Audience::User(to) => to == user,
-                    Audience::Room(_) => match st.attachment_is_reader(id, user) {
-                        Ok(r) => r,
-                        Err(e) => return store_err(e),
-                    },
-                };
+            on_attachment(shared, id, user, Role::Either, move |st, meta, user, reader| {
                 let done = match meta.to {
                     Audience::User(_) if reader => st.attachment_delete(id),
                     // A room file goes once its last reader is done with it.
@@ -845,18 +838,19 @@ fn queue(shared: &Arc<Shared>, user: Username, req: Request) -> Result<Queued, R
 }
 
 /// One store operation on attachment `id`: checks that `user` may act on it
-/// as `role`, then runs `op` with its metadata. Queued when called (see
-/// [`Shared::db`]); a refusal or a store error is the response.
+/// as `role`, then runs `op` with its metadata, the user and whether the user
+/// is one of its recipients. Queued when called (see [`Shared::db`]); a
+/// refusal or a store error is the response.
 fn on_attachment(
     shared: &Shared,
     id: AttachmentId,
     user: Username,
     role: Role,
-    op: impl FnOnce(&mut SqliteServerStore, AttachmentMeta, &Username) -> Response + Send + 'static,
+    op: impl FnOnce(&mut SqliteServerStore, AttachmentMeta, &Username, bool) -> Response + Send + 'static,
 ) -> impl Future<Output = Response> + Send + 'static {
     let done = shared.db(move |st| {
         Ok(match check_attachment(st, id, &user, role)? {
-            Ok(meta) => op(st, meta, &user),
+            Ok((meta, recipient)) => op(st, meta, &user, recipient),
             Err(refused) => refused,
         })
     });
@@ -871,7 +865,7 @@ fn upload_chunk(
     offset: u64,
     data: Vec<u8>,
 ) -> impl Future<Output = Response> + Send + 'static {
-    on_attachment(shared, id, user, Role::Sender, move |st, meta, _| match st.attachment_append(id, offset, &data) {
+    on_attachment(shared, id, user, Role::Sender, move |st, meta, _, _| match st.attachment_append(id, offset, &data) {
         Ok(received) => Response::AttachmentStatus { id, received, total_len: meta.total_len, complete: false },
         Err(e) => store_err(e),
     })
@@ -888,7 +882,7 @@ fn download_chunk(
 ) -> impl Future<Output = Response> + Send + 'static {
     let cap = u32::try_from(shared.limits.max_frame.saturating_sub(1024)).unwrap_or(u32::MAX);
     let n = max_len.min(cap);
-    on_attachment(shared, id, user, Role::Recipient, move |st, meta, _| {
+    on_attachment(shared, id, user, Role::Recipient, move |st, meta, _, _| {
         if !meta.complete {
             return Response::error(ErrorCode::Invalid, "attachment upload is not finished yet");
         }
@@ -908,13 +902,14 @@ async fn next_answer(queued: &mut VecDeque<(RequestId, Queued)>) -> Option<(Requ
 }
 
 /// Checks that `user` may act on attachment `id` as `role`; inside a store
-/// operation. `Ok(Err(response))` is a refusal to send back.
+/// operation. `Ok(Ok((meta, recipient)))`: allowed, and whether `user` is
+/// one of its recipients; `Ok(Err(response))` is a refusal to send back.
 fn check_attachment(
     st: &mut SqliteServerStore,
     id: AttachmentId,
     user: &Username,
     role: Role,
-) -> Result<Result<AttachmentMeta, Response>, StoreError> {
+) -> Result<Result<(AttachmentMeta, bool), Response>, StoreError> {
     // Same answer for "absent" and "someone else's" would leak less, but a
     // clear Forbidden helps users; ids are random 63-bit values anyway.
     let Some(meta) = st.attachment(id)? else {
@@ -930,7 +925,7 @@ fn check_attachment(
         Role::Either => &meta.from == user || is_recipient,
     };
     if ok {
-        Ok(Ok(meta))
+        Ok(Ok((meta, is_recipient)))
     } else {
         Ok(Err(Response::error(
             ErrorCode::Forbidden,
