@@ -478,6 +478,13 @@ impl SqliteServerStore {
         Ok(conn.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])? > 0)
     }
 
+    /// `n` of `user`'s envelopes were deleted: the kept count follows.
+    fn mailbox_shrunk(&mut self, user: &Username, n: u32) {
+        if let Some(len) = self.mailbox_len.get_mut(user) {
+            *len = len.saturating_sub(n);
+        }
+    }
+
     /// Outside a batch, an operation's own commit is final: delete files now.
     fn after_delete(&mut self) -> Result<(), StoreError> {
         if self.in_batch { Ok(()) } else { self.remove_doomed() }
@@ -487,8 +494,8 @@ impl SqliteServerStore {
     /// [`Self::commit_batch`] run inside one transaction, so they reach the
     /// disk with one `fsync`, each still all-or-nothing on its own (a
     /// savepoint each, or a single statement, which SQLite undoes by itself
-    /// when it fails). Callers must not report any of them as durable before the batch
-    /// commits.
+    /// when it fails). Callers must not report any of them as durable before
+    /// the batch commits.
     pub fn begin_batch(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         self.in_batch = true;
@@ -894,9 +901,7 @@ impl ServerStore for SqliteServerStore {
         }
         tx.commit()?;
         let gone = out.iter().filter(|e| e.views_left == Some(0)).count();
-        if let Some(len) = self.mailbox_len.get_mut(user) {
-            *len = len.saturating_sub(u32::try_from(gone).unwrap_or(u32::MAX));
-        }
+        self.mailbox_shrunk(user, u32::try_from(gone).unwrap_or(u32::MAX));
         Ok((out, more))
     }
 
@@ -916,9 +921,8 @@ impl ServerStore for SqliteServerStore {
                 }
             }
         }
-        if let Some(len) = self.mailbox_len.get_mut(user) {
-            *len = len.saturating_sub(n);
-        }
+        drop(st);
+        self.mailbox_shrunk(user, n);
         Ok(n)
     }
 
