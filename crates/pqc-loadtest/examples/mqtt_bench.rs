@@ -302,18 +302,15 @@ async fn run(o: Opts) -> Result<(), BoxError> {
             Err(e) => return Err(e.into()),
         }
     }
-    let cpu_us = match (cpu_start, cpu(o.broker_pid)?) {
+    // CPU per received message over the run, in microseconds ("-" if unknown).
+    let per_message = |start: Option<Duration>, end: Option<Duration>| match (start, end) {
         (Some(a), Some(b)) if received > 0 => {
             format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64)
         }
         _ => "-".into(),
     };
-    let gen_us = match (own_start, pqc_loadtest::rss::cpu_time(std::process::id()).ok()) {
-        (Some(a), Some(b)) if received > 0 => {
-            format!("{:.1}", b.saturating_sub(a).as_secs_f64() * 1e6 / received as f64)
-        }
-        _ => "-".into(),
-    };
+    let cpu_us = per_message(cpu_start, cpu(o.broker_pid)?);
+    let gen_us = per_message(own_start, pqc_loadtest::rss::cpu_time(std::process::id()).ok());
     let secs = last.duration_since(epoch).as_secs_f64();
     let rate = if secs > 0.0 { received as f64 / secs } else { 0.0 };
     let expected = (o.clients * o.messages) as u64;

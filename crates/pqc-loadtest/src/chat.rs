@@ -108,13 +108,16 @@ impl ChatReport {
 
     /// Server CPU per relayed message (stored, pushed, acknowledged), in microseconds.
     pub fn cpu_per_message_us(&self) -> Option<f64> {
-        let cpu = self.message_cpu?;
-        (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
+        self.per_message_us(self.message_cpu)
     }
 
     /// The load generator's CPU per relayed message (both clients' side), in microseconds.
     pub fn generator_cpu_per_message_us(&self) -> Option<f64> {
-        let cpu = self.generator_cpu?;
+        self.per_message_us(self.generator_cpu)
+    }
+
+    fn per_message_us(&self, cpu: Option<Duration>) -> Option<f64> {
+        let cpu = cpu?;
         (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
     }
 }
@@ -181,8 +184,10 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
 
     // 3. Messages.
     let cpu = |pid: Option<u32>| pid.map(crate::rss::cpu_time).transpose();
+    let own = || crate::rss::cpu_time(std::process::id()).ok();
+    let spent = |start: Option<Duration>, end: Option<Duration>| Some(end?.saturating_sub(start?));
     let cpu_start = cpu(cfg.server_pid)?;
-    let own_start = crate::rss::cpu_time(std::process::id()).ok();
+    let own_start = own();
     let epoch = Instant::now();
     let mut tasks = JoinSet::new();
     let mut results = Vec::with_capacity(peers.len());
@@ -200,14 +205,8 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     while let Some(r) = tasks.join_next().await {
         timed_out |= r.unwrap_or(true);
     }
-    let message_cpu = match (cpu_start, cpu(cfg.server_pid)?) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    let generator_cpu = match (own_start, crate::rss::cpu_time(std::process::id()).ok()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    let message_cpu = spent(cpu_start, cpu(cfg.server_pid)?);
+    let generator_cpu = spent(own_start, own());
     let mut report = ChatReport {
         clients: cfg.clients,
         messages_per_client: cfg.messages,
