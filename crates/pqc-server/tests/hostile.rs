@@ -147,6 +147,19 @@ impl ServerProc {
         let (cfg, _probe) = pqc_net::client_config(&ServerTrust::Pinned(self.fingerprint)).unwrap();
         endpoint.connect_with(cfg, self.addr, "localhost").unwrap().await.unwrap()
     }
+
+    /// A raw QUIC connection past the server's Hello: its control stream and
+    /// the login challenge, for tests that write frame bytes themselves.
+    async fn raw_hello(
+        &self,
+        endpoint: &quinn::Endpoint,
+    ) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream, [u8; CHALLENGE_LEN]) {
+        let conn = self.raw_quinn(endpoint).await;
+        let (send, mut recv) = conn.accept_bi().await.unwrap();
+        let hello = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+        let ServerFrame::Hello { challenge, .. } = ServerFrame::decode(&hello).unwrap() else { panic!("no hello") };
+        (conn, send, recv, challenge)
+    }
 }
 
 struct User {
@@ -160,8 +173,12 @@ impl User {
     }
 
     fn register_req(&self, c: &Connection) -> Request {
+        self.register_req_for(&c.challenge())
+    }
+
+    fn register_req_for(&self, challenge: &[u8; CHALLENGE_LEN]) -> Request {
         let ik = self.key.verifying_key().to_bytes();
-        let t = register_transcript(&c.challenge(), &self.name, &ik);
+        let t = register_transcript(challenge, &self.name, &ik);
         let sig = self.key.sign(&t, REGISTER_CONTEXT, &mut SystemRng).unwrap().to_bytes();
         Request::Register { username: self.name.clone(), identity_key: ik, signature: sig }
     }
@@ -247,10 +264,7 @@ async fn slowloris_idle_connections_are_closed_and_counted() {
 async fn dribbled_frame_is_cut_off() {
     let srv = ServerProc::start("frame_timeout_secs = 2\nlogin_timeout_secs = 30");
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = srv.raw_quinn(&endpoint).await;
-    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-    let hello = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
-    assert!(matches!(ServerFrame::decode(&hello).unwrap(), ServerFrame::Hello { .. }));
+    let (conn, mut send, _recv, _) = srv.raw_hello(&endpoint).await;
     // Announce a 1000-byte frame, then send one byte every 300 ms.
     let dribble = async {
         send.write_all(&1000u32.to_be_bytes()).await.unwrap();
@@ -443,15 +457,9 @@ async fn connections_to_a_crashed_server_are_reset_after_restart() {
 async fn a_frame_arriving_in_pieces_between_pushes_is_read_whole() {
     let srv = ServerProc::start("");
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = srv.raw_quinn(&endpoint).await;
-    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-    let hello = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
-    let ServerFrame::Hello { challenge, .. } = ServerFrame::decode(&hello).unwrap() else { panic!("no hello") };
+    let (conn, mut send, mut recv, challenge) = srv.raw_hello(&endpoint).await;
     let bob = User::new("bob");
-    let ik = bob.key.verifying_key().to_bytes();
-    let t = register_transcript(&challenge, &bob.name, &ik);
-    let signature = bob.key.sign(&t, REGISTER_CONTEXT, &mut SystemRng).unwrap().to_bytes();
-    let register = Request::Register { username: bob.name.clone(), identity_key: ik, signature };
+    let register = bob.register_req_for(&challenge);
     send.write_all(&ClientFrame { id: RequestId(1), request: register }.encode()).await.unwrap();
     let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
     let ServerFrame::Response { response, .. } = ServerFrame::decode(&answer).unwrap() else { panic!("no response") };
