@@ -5,7 +5,9 @@
 #   2. the same load through mosquitto over TLS 1.3 with QoS 1 (examples/mqtt_bench.rs);
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
 #   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
-#   5. a room of ROOM members: server CPU per join and per message to all, relay latency.
+#   5. a room of ROOM members: server CPU per join and per message to all, relay latency;
+#   6. ("floor") both loads through a relay that only forwards, over the same QUIC/TLS set-up
+#      (examples/quic_floor.rs): what the transport alone costs here, to compare 1b with 2 and 5.
 # Release build. Every process started here is stopped on exit (trap); every
 # step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
@@ -27,7 +29,7 @@ ROOM_MESSAGES=${ROOM_MESSAGES:-100}
 ROOM_PAYLOAD=${ROOM_PAYLOAD:-402}
 ROOM_COMMIT=${ROOM_COMMIT:-49626}
 ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
-STEPS=${STEPS:-chat relay mqtt idle file room}
+STEPS=${STEPS:-chat relay floor mqtt idle file room}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # The MQTT baseline needs mosquitto (the Debian package): installed when missing.
@@ -207,6 +209,20 @@ timeout 600 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --room "$ROOM" --send
 stop_server
 fi
 
+if step floor; then
+echo "== 6. bare QUIC relay (forwards only): $CLIENTS clients x $MESSAGES messages; room of $ROOM"
+"$BIN/examples/quic_floor" serve > "$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+for _ in $(seq 100); do grep -q LISTEN "$WORK/floor.log" 2>/dev/null && break; sleep 0.1; done
+FLOOR_PORT=$(sed -n 's/^LISTEN .*:\([0-9]*\)$/\1/p' "$WORK/floor.log")
+timeout 300 "$BIN/examples/quic_floor" relay --port "$FLOOR_PORT" --server-pid "$FLOOR_PID" --clients "$CLIENTS" \
+    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" | tee "$WORK/floor-relay.out"
+timeout 300 "$BIN/examples/quic_floor" fanout --port "$FLOOR_PORT" --server-pid "$FLOOR_PID" --clients "$ROOM" \
+    --senders "$ROOM_SENDERS" --messages "$ROOM_MESSAGES" --payload "$ROOM_PAYLOAD" | tee "$WORK/floor-fanout.out"
+kill -TERM "$FLOOR_PID" 2>/dev/null || true
+fi
+
 echo
 echo "== summary ($(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
 printf '%-58s %s\n' "figure" "value"
@@ -221,6 +237,13 @@ printf '%-58s %s\n' "pqc-server, opaque payloads: msgs relayed/s" "$(result "$WO
 printf '%-58s %s / %s ms\n' "pqc-server, opaque payloads: latency p50 / p99" "$(result "$WORK/relay.out" p50_ms)" "$(result "$WORK/relay.out" p99_ms)"
 printf '%-58s %s us\n' "pqc-server, opaque payloads: CPU per message" "$(result "$WORK/relay.out" cpu_per_msg_us)"
 printf '%-58s %s us\n' "pqc-server, opaque payloads: load generator CPU per msg" "$(result "$WORK/relay.out" gen_cpu_per_msg_us)"
+fi
+if step floor; then
+printf '%-58s %s\n' "bare QUIC relay (forwards only) msgs relayed/s" "$(result "$WORK/floor-relay.out" msgs_per_s)"
+printf '%-58s %s / %s ms\n' "bare QUIC relay: latency p50 / p99" "$(result "$WORK/floor-relay.out" p50_ms)" "$(result "$WORK/floor-relay.out" p99_ms)"
+printf '%-58s %s us\n' "bare QUIC relay: CPU per message" "$(result "$WORK/floor-relay.out" cpu_per_msg_us)"
+printf '%-58s %s us\n' "bare QUIC relay: load generator CPU per message" "$(result "$WORK/floor-relay.out" gen_cpu_per_msg_us)"
+printf '%-58s %s us\n' "bare QUIC relay: CPU per message to a room of $ROOM" "$(result "$WORK/floor-fanout.out" cpu_per_msg_us)"
 fi
 if step mqtt; then
 printf '%-58s %s\n' "mosquitto TLS QoS1 msgs relayed/s ($CLIENTS clients)" "$(result "$WORK/mqtt.out" msgs_per_s)"

@@ -21,7 +21,9 @@
 //! - [`rss`]: reading `VmRSS` and CPU time of a process from `/proc`.
 //!
 //! The plain-quinn file transfer baseline is `examples/quinn_transfer.rs`; the
-//! mosquitto (MQTT over TLS, QoS 1) driver is `examples/mqtt_bench.rs`.
+//! mosquitto (MQTT over TLS, QoS 1) driver is `examples/mqtt_bench.rs`; the
+//! transport's floor (the message and room loads through a relay that only
+//! forwards, over pqc-net's QUIC set-up) is `examples/quic_floor.rs`.
 
 pub mod chat;
 pub mod error;

@@ -437,7 +437,15 @@ async fn send_all(i: usize, user: &SimUser, shared: &Shared, seen: &SeenLock, cf
             new_group_info: None,
         };
         match user.conn.request(req).await {
-            Ok(Response::RoomSent { .. }) => sent += 1,
+            Ok(Response::RoomSent { seq }) => {
+                sent += 1;
+                // As the client: our own entry is not pushed back to us; it
+                // counts as applied when it follows the last one applied.
+                let mut s = seen.lock().await;
+                if seq == s.applied + 1 {
+                    s.applied = seq;
+                }
+            }
             Ok(other) => shared.errors.add(format!("room send: {other:?}")),
             Err(e) => shared.errors.add(format!("room send: {e}")),
         }
