@@ -594,8 +594,24 @@ impl Client {
     async fn room_send_content(&mut self, name: &str, content: RoomContent) -> Result<()> {
         let id = room_id_for(name)?;
         self.load_room_named(name)?;
-        for _ in 0..MAX_ATTEMPTS {
-            let (mut room, mut local) = self.room_sync(id).await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            // The relay refuses an entry made on a stale view of the room (an
+            // epoch that moved on, a leave not committed yet) with
+            // `EpochConflict`, so the first attempt sends from the saved
+            // state without a round trip to sync, unless work of ours waits
+            // (a commit in flight at a crash, invitations to send); a refused
+            // attempt syncs and tries again.
+            let (mut room, mut local) = match self.load_room(&id)? {
+                Some((room, local))
+                    if attempt == 0
+                        && room.is_active()
+                        && local.welcomes.is_empty()
+                        && self.pending_commit(&id)?.is_none() =>
+                {
+                    (room, local)
+                }
+                _ => self.room_sync(id).await?,
+            };
             if !room.is_active() {
                 return Err(ClientError::Usage(format!("you are no longer a member of room {name:?}")));
             }
@@ -633,7 +649,7 @@ impl Client {
                 payload,
                 new_group_info: None,
             };
-            return match call(self.connection(), req).await? {
+            return match self.conn_request(req).await? {
                 Response::RoomSent { seq } => {
                     // Our own entry is not pushed back to us: it follows the
                     // ones applied (unless someone else's came in between).
@@ -643,7 +659,9 @@ impl Client {
                     }
                     Ok(())
                 }
-                other => Err(ClientError::Unexpected(format!("{other:?}"))),
+                // Made on a stale view: sync and make it again.
+                Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
+                other => Err(server_error(other)),
             };
         }
         Err(ClientError::Server("the room keeps changing; retry".into()))
@@ -799,22 +817,30 @@ impl Client {
     pub async fn room_leave(&mut self, name: &str) -> Result<()> {
         let id = room_id_for(name)?;
         self.load_room_named(name)?;
-        let (mut room, _) = self.room_sync(id).await?;
-        if room.is_active() {
-            let epoch = room.epoch();
-            let proposal = room.leave()?;
-            let req = Request::RoomSend {
-                room_id: id,
-                epoch,
-                kind: RoomMessageKind::Proposal,
-                payload: proposal,
-                new_group_info: None,
-            };
-            call(self.connection(), req).await?;
-            call(self.connection(), Request::RoomLeave { room_id: id }).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut room, _) = self.room_sync(id).await?;
+            if room.is_active() {
+                let epoch = room.epoch();
+                let proposal = room.leave()?;
+                let req = Request::RoomSend {
+                    room_id: id,
+                    epoch,
+                    kind: RoomMessageKind::Proposal,
+                    payload: proposal,
+                    new_group_info: None,
+                };
+                match self.conn_request(req).await? {
+                    Response::RoomSent { .. } => {}
+                    // Someone committed meanwhile: propose again in the new epoch.
+                    Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
+                    other => return Err(server_error(other)),
+                }
+                call(self.connection(), Request::RoomLeave { room_id: id }).await?;
+            }
+            self.profile().db().delete(ns::ROOM, &id.to_hex())?;
+            return Ok(());
         }
-        self.profile().db().delete(ns::ROOM, &id.to_hex())?;
-        Ok(())
+        Err(ClientError::Server("the room keeps changing; retry".into()))
     }
 
     /// The room's members (after syncing it).

@@ -9,9 +9,10 @@
 //! room produces (measured by `cargo bench -p pqc-rooms --bench rooms`,
 //! which prints them) and do not run MLS themselves; the members' MLS cost
 //! is measured by that bench. Every request the real client makes is made
-//! here in the same order: `RoomGetInfo` + `RoomJoin` to join,
-//! a sync (`RoomFetch`, and `RoomAck` if it returned entries) before each
-//! send; an entry pushed inline (`Push::RoomEntry`) right after the last
+//! here in the same order: `RoomGetInfo` + `RoomJoin` to join; a send goes
+//! at once, and a sync (`RoomFetch`, and `RoomAck` if it returned entries)
+//! follows only when the relay refused it as made on a stale view
+//! (`EpochConflict`); an entry pushed inline (`Push::RoomEntry`) right after the last
 //! one applied is taken as it is, anything else (a proposal, a gap) syncs;
 //! acknowledgements are sent as the client sends them ([`ACK_DELAY`]).
 //!
@@ -128,6 +129,8 @@ struct Seen {
     applied: u64,
     /// Applied from pushes, not acknowledged yet: (last entry, since when).
     unacked: Option<(u64, Instant)>,
+    /// The room's epoch as of the last entry applied (each commit advances it).
+    room_epoch: u64,
 }
 
 impl Seen {
@@ -138,6 +141,9 @@ impl Seen {
             return;
         }
         self.applied = m.seq;
+        if m.kind == RoomMessageKind::Commit {
+            self.room_epoch += 1;
+        }
         if let Some(a) = shared.applied.get(i) {
             a.fetch_max(m.seq, Ordering::Relaxed);
         }
@@ -206,14 +212,14 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
     let mut last_join = Duration::ZERO;
     for (i, mut user) in users.into_iter().enumerate() {
         let t0 = Instant::now();
-        let seq = if i == 0 {
+        let (seq, room_epoch) = if i == 0 {
             let create = Request::RoomCreate {
                 room_id: shared.room,
                 max_participants: u32::try_from(cfg.members).unwrap_or(u32::MAX),
                 group_info: vec![0xA5; cfg.group_info_bytes],
             };
             expect_ok("room create", user.conn.request(create).await?)?;
-            0
+            (0, 0)
         } else {
             join(&user, &shared.room, cfg).await?
         };
@@ -234,6 +240,7 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
         let pushes = std::mem::replace(&mut user.pushes, tokio::sync::mpsc::unbounded_channel().1);
         let user = Arc::new(user);
         let seen = seen.get(i).cloned().unwrap_or_default();
+        seen.lock().await.room_epoch = room_epoch;
         if i < cfg.senders {
             senders.push((i, user.clone(), seen.clone()));
         }
@@ -303,7 +310,8 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
 }
 
 /// External join as the client does it: current epoch, then the commit.
-async fn join(user: &SimUser, room: &RoomId, cfg: &RoomConfig) -> Result<u64, LoadError> {
+/// Returns the commit's sequence number and the epoch it starts.
+async fn join(user: &SimUser, room: &RoomId, cfg: &RoomConfig) -> Result<(u64, u64), LoadError> {
     loop {
         let epoch = match expect_ok("room info", user.conn.request(Request::RoomGetInfo { room_id: *room }).await?)? {
             Response::RoomInfo { epoch, .. } => epoch,
@@ -316,7 +324,7 @@ async fn join(user: &SimUser, room: &RoomId, cfg: &RoomConfig) -> Result<u64, Lo
             group_info: vec![0xA5; cfg.group_info_bytes],
         };
         match user.conn.request(req).await? {
-            Response::RoomSent { seq } => return Ok(seq),
+            Response::RoomSent { seq } => return Ok((seq, epoch + 1)),
             // Someone committed in between: rebuild on the new epoch.
             Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
             other => {
@@ -420,34 +428,42 @@ async fn receive_loop(
     }
 }
 
-/// One sender: sync, send, wait for the server's ack; `messages` times.
+/// One sender: send, wait for the server's ack (sync and send again when
+/// it was refused as stale); `messages` times.
 async fn send_all(i: usize, user: &SimUser, shared: &Shared, seen: &SeenLock, cfg: &RoomConfig) -> u64 {
     let mut sent = 0;
     for seq in 0..cfg.messages {
-        if let Err(e) = drain(i, user, shared, seen).await {
-            shared.errors.add(format!("sync: {e}"));
-        }
-        let payload =
-            crate::chat::plaintext(shared.epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
-        let req = Request::RoomSend {
-            room_id: shared.room,
-            epoch: 0,
-            kind: RoomMessageKind::Application,
-            payload,
-            new_group_info: None,
-        };
-        match user.conn.request(req).await {
-            Ok(Response::RoomSent { seq }) => {
-                sent += 1;
-                // As the client: our own entry is not pushed back to us; it
-                // counts as applied when it follows the last one applied.
-                let mut s = seen.lock().await;
-                if seq == s.applied + 1 {
-                    s.applied = seq;
-                }
+        for attempt in 0..5 {
+            if attempt > 0
+                && let Err(e) = drain(i, user, shared, seen).await
+            {
+                shared.errors.add(format!("sync: {e}"));
             }
-            Ok(other) => shared.errors.add(format!("room send: {other:?}")),
-            Err(e) => shared.errors.add(format!("room send: {e}")),
+            let payload =
+                crate::chat::plaintext(shared.epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
+            let req = Request::RoomSend {
+                room_id: shared.room,
+                epoch: seen.lock().await.room_epoch,
+                kind: RoomMessageKind::Application,
+                payload,
+                new_group_info: None,
+            };
+            match user.conn.request(req).await {
+                Ok(Response::RoomSent { seq }) => {
+                    sent += 1;
+                    // As the client: our own entry is not pushed back to us; it
+                    // counts as applied when it follows the last one applied.
+                    let mut s = seen.lock().await;
+                    if seq == s.applied + 1 {
+                        s.applied = seq;
+                    }
+                }
+                // Made on a stale view: sync, then make it again.
+                Ok(Response::Error { code: ErrorCode::EpochConflict, .. }) => continue,
+                Ok(other) => shared.errors.add(format!("room send: {other:?}")),
+                Err(e) => shared.errors.add(format!("room send: {e}")),
+            }
+            break;
         }
     }
     sent

@@ -411,7 +411,10 @@ fn store_err(e: StoreError) -> Response {
         StoreError::NotFound => Response::error(ErrorCode::NotFound, "not found"),
         StoreError::Invalid(m) => Response::error(ErrorCode::Invalid, m),
         e @ StoreError::RoomFull { .. } => Response::error(ErrorCode::RoomFull, e.to_string()),
-        e @ StoreError::EpochConflict { .. } => Response::error(ErrorCode::EpochConflict, e.to_string()),
+        // Both mean "your view of the room is stale: sync and send again".
+        e @ (StoreError::EpochConflict { .. } | StoreError::ProposalPending) => {
+            Response::error(ErrorCode::EpochConflict, e.to_string())
+        }
         e @ StoreError::RoomExists => Response::error(ErrorCode::RoomExists, e.to_string()),
         e @ StoreError::NotAMember => Response::error(ErrorCode::Forbidden, e.to_string()),
         other => {

@@ -453,6 +453,24 @@ async fn room_entries_are_pushed_inline_in_room_order() {
     let m = next(&mut pushes[3]);
     assert_eq!((m.seq, m.payload), (seq + 1, b"hi dave".to_vec()));
     assert!(pushes[3].try_recv().is_err());
+    // An entry made on a stale view is refused, so senders need not sync
+    // first: one from an old epoch, and a message while bob's leave waits
+    // for its commit (bob could still read it).
+    let send = |epoch, kind, payload: &[u8]| Request::RoomSend {
+        room_id: room,
+        epoch,
+        kind,
+        payload: payload.to_vec(),
+        new_group_info: None,
+    };
+    let refused = conns[0].request(send(2, RoomMessageKind::Application, b"stale")).await.unwrap();
+    assert_eq!(code(refused), ErrorCode::EpochConflict);
+    let leave = send(3, RoomMessageKind::Proposal, b"bob leaves");
+    assert!(matches!(conns[1].request(leave).await.unwrap(), Response::RoomSent { .. }));
+    let refused = conns[0].request(send(3, RoomMessageKind::Application, b"not for bob")).await.unwrap();
+    assert!(
+        matches!(&refused, Response::Error { code: ErrorCode::EpochConflict, message } if message.contains("leave"))
+    );
     h.shutdown().await;
 }
 

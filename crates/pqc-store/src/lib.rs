@@ -56,6 +56,10 @@ pub enum StoreError {
         /// The sender's epoch.
         sent: u64,
     },
+    /// An application message while a proposal (a member's leave) waits for
+    /// its commit: the sender must sync the room, which commits it, first.
+    #[error("a member's leave is waiting to be committed; sync the room and send again")]
+    ProposalPending,
     /// The user is not a member of the room (or the room does not exist).
     #[error("not a member of this room")]
     NotAMember,

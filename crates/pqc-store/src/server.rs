@@ -158,9 +158,13 @@ pub trait ServerStore: Send {
     /// Takes (deletes) the oldest key package of `user` (`UnknownUser` if no
     /// such account); returns it and how many are left.
     fn take_key_package(&mut self, user: &Username) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
-    /// Appends an entry from a member (`NotAMember` otherwise). A commit must
-    /// carry the room's current epoch (`EpochConflict`), which it advances;
-    /// `group_info` replaces the stored one. Returns the sequence number.
+    /// Appends an entry from a member (`NotAMember` otherwise). Every entry
+    /// must carry the room's current epoch (`EpochConflict`); a commit
+    /// advances it and its `group_info` replaces the stored one. An
+    /// application message is refused while a proposal appended since the
+    /// last commit waits (`ProposalPending`). So a sender need not sync
+    /// before it sends: the relay refuses what was built on a stale view.
+    /// Returns the sequence number.
     fn room_append(
         &mut self,
         room: &RoomId,
@@ -187,7 +191,7 @@ pub trait ServerStore: Send {
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -291,6 +295,12 @@ CREATE INDEX key_packages_by_user ON key_packages(username, id);
 const MIGRATION_5: &str = "
 ALTER TABLE attachments ADD COLUMN begun INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX attachments_by_sender ON attachments(sender, complete, begun);
+";
+
+/// Proposals (a member's leave) appended since the room's last commit: an
+/// application message waits until a member committed them.
+const MIGRATION_6: &str = "
+ALTER TABLE rooms ADD COLUMN proposals INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// SQLite implementation of [`ServerStore`].
@@ -583,6 +593,12 @@ impl SqliteServerStore {
             tx.pragma_update(None, "user_version", 5)?;
             tx.commit()?;
         }
+        if v < 6 {
+            let tx = self.conn.savepoint()?;
+            tx.execute_batch(MIGRATION_6)?;
+            tx.pragma_update(None, "user_version", 6)?;
+            tx.commit()?;
+        }
         Ok(())
     }
 
@@ -605,14 +621,20 @@ impl SqliteServerStore {
 
     /// `(max_participants, epoch, next_seq)` of a room.
     fn room_row(conn: &Connection, room: &RoomId) -> Result<Option<(u32, u64, u64)>, StoreError> {
-        let row: Option<(i64, i64, i64)> = conn
-            .row("SELECT max_participants, epoch, next_seq FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+        Ok(Self::room_state(conn, room)?.map(|(m, e, n, _)| (m, e, n)))
+    }
+
+    /// `(max_participants, epoch, next_seq, proposals since the last commit)` of a room.
+    fn room_state(conn: &Connection, room: &RoomId) -> Result<Option<(u32, u64, u64, u64)>, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> = conn
+            .row(
+                "SELECT max_participants, epoch, next_seq, proposals FROM rooms WHERE room_id = ?1",
+                params![&room.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?;
-        Ok(row.map(|(m, e, n)| {
-            (u32::try_from(m).unwrap_or(u32::MAX), u64::try_from(e).unwrap_or(0), u64::try_from(n).unwrap_or(1))
-        }))
+        let u = |v: i64, default: u64| u64::try_from(v).unwrap_or(default);
+        Ok(row.map(|(m, e, n, p)| (u32::try_from(m).unwrap_or(u32::MAX), u(e, 0), u(n, 1), u(p, 0))))
     }
 
     fn is_member(conn: &Connection, room: &RoomId, user: &Username) -> Result<bool, StoreError> {
@@ -640,11 +662,13 @@ impl SqliteServerStore {
             "INSERT INTO room_log (room_id, seq, sender, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![&room.0[..], i64_of(seq)?, sender.as_str(), kind.to_u8(), payload],
         )?;
-        let bump = i64::from(kind == RoomMessageKind::Commit);
-        conn.exec(
-            "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + ?2 WHERE room_id = ?1",
-            params![&room.0[..], bump],
-        )?;
+        // A commit starts a new epoch, in which earlier proposals are void.
+        let sql = match kind {
+            RoomMessageKind::Commit => "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + 1, proposals = 0",
+            RoomMessageKind::Proposal => "UPDATE rooms SET next_seq = next_seq + 1, proposals = proposals + 1",
+            RoomMessageKind::Application => "UPDATE rooms SET next_seq = next_seq + 1",
+        };
+        conn.exec(&format!("{sql} WHERE room_id = ?1"), params![&room.0[..]])?;
         if let Some(gi) = group_info {
             conn.exec("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
@@ -1292,12 +1316,18 @@ impl ServerStore for SqliteServerStore {
         group_info: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
         let tx = self.conn.savepoint()?;
-        let (_, current, seq) = Self::room_row(&tx, room)?.ok_or(StoreError::NotAMember)?;
+        let (_, current, seq, proposals) = Self::room_state(&tx, room)?.ok_or(StoreError::NotAMember)?;
         if !Self::is_member(&tx, room, sender)? {
             return Err(StoreError::NotAMember);
         }
-        if kind == RoomMessageKind::Commit && epoch != current {
+        // Every member applies the log in order: an entry is read in the
+        // epoch the room was in when it was appended, which must be the one
+        // it was made for.
+        if epoch != current {
             return Err(StoreError::EpochConflict { current, sent: epoch });
+        }
+        if kind == RoomMessageKind::Application && proposals > 0 {
+            return Err(StoreError::ProposalPending);
         }
         // Only a commit may replace the GroupInfo (it describes the new epoch).
         let gi = if kind == RoomMessageKind::Commit { group_info } else { None };
@@ -1573,9 +1603,13 @@ mod tests {
             Err(StoreError::EpochConflict { current: 1, sent: 0 })
         ));
         assert_eq!(s.room_info(&r).unwrap(), (b"gi1".to_vec(), 1));
-        // Non-members cannot send; application messages ignore the epoch; commits must match it.
+        // Non-members cannot send; every entry must be made in the current epoch.
         assert!(matches!(s.room_append(&r, &u("eve"), 1, Application, b"x", None), Err(StoreError::NotAMember)));
-        assert_eq!(s.room_append(&r, &u("bob"), 0, Application, b"m1", None).unwrap(), 2);
+        assert!(matches!(
+            s.room_append(&r, &u("bob"), 0, Application, b"stale", None),
+            Err(StoreError::EpochConflict { current: 1, sent: 0 })
+        ));
+        assert_eq!(s.room_append(&r, &u("bob"), 1, Application, b"m1", None).unwrap(), 2);
         assert!(matches!(s.room_append(&r, &u("alice"), 0, Commit, b"c", None), Err(StoreError::EpochConflict { .. })));
         assert_eq!(s.room_append(&r, &u("alice"), 1, Commit, b"c1", Some(b"gi2")).unwrap(), 3);
         assert_eq!(s.room_info(&r).unwrap(), (b"gi2".to_vec(), 2));
@@ -1595,6 +1629,7 @@ mod tests {
         s.room_join(&r, &u("carol"), 2, b"join-carol", b"gi3").unwrap();
         assert!(matches!(s.room_join(&r, &u("dave"), 3, b"x", b"x"), Err(StoreError::RoomFull { members: 3, max: 3 })));
         // bob leaves: his proposal is relayed, then he is out of routing.
+        assert!(matches!(s.room_append(&r, &u("bob"), 2, Proposal, b"x", None), Err(StoreError::EpochConflict { .. })));
         let p = s.room_append(&r, &u("bob"), 3, Proposal, b"leave", None).unwrap();
         s.room_leave(&r, &u("bob")).unwrap();
         assert!(matches!(s.room_leave(&r, &u("bob")), Err(StoreError::NotAMember)));
@@ -1602,8 +1637,41 @@ mod tests {
         assert_eq!(s.room_members(&r).unwrap(), vec![u("alice"), u("carol")]);
         let (m, _) = s.room_fetch(&u("carol"), None, 1 << 20).unwrap();
         assert_eq!(m.last().map(|m| (m.seq, m.kind)), Some((p, Proposal)));
+        // Until a member commits the leave, application messages are refused
+        // (bob could still read them); the commit clears the way.
+        assert!(matches!(s.room_append(&r, &u("alice"), 3, Application, b"x", None), Err(StoreError::ProposalPending)));
+        s.room_append(&r, &u("carol"), 3, Commit, b"remove-bob", Some(b"gi4")).unwrap();
+        s.room_append(&r, &u("alice"), 4, Application, b"m2", None).unwrap();
+        // A proposal that nobody commits is void once another commit (here a
+        // join) starts a new epoch: it does not hold up messages after it.
+        s.room_append(&r, &u("alice"), 4, Proposal, b"void", None).unwrap();
         // Now dave fits.
-        s.room_join(&r, &u("dave"), 3, b"join-dave", b"gi4").unwrap();
+        s.room_join(&r, &u("dave"), 4, b"join-dave", b"gi5").unwrap();
+        s.room_append(&r, &u("dave"), 5, Application, b"m3", None).unwrap();
+    }
+
+    #[test]
+    fn a_version_5_database_is_migrated_with_its_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let r = RoomId([3; 16]);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5] {
+                c.execute_batch(m).unwrap();
+            }
+            c.execute_batch("PRAGMA user_version = 5").unwrap();
+            c.execute(
+                "INSERT INTO rooms (room_id, owner, max_participants, group_info) VALUES (?1, 'alice', 5, x'00')",
+                [&r.0[..]],
+            )
+            .unwrap();
+            c.execute("INSERT INTO room_members (room_id, username, cursor) VALUES (?1, 'alice', 0)", [&r.0[..]])
+                .unwrap();
+        }
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 6);
+        assert_eq!(s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"m", None).unwrap(), 1);
     }
 
     #[test]

@@ -139,9 +139,11 @@ pub enum Request {
         /// Opaque room id.
         room_id: RoomId,
     },
-    /// Appends a message to the room log (members only). A `Commit` is
-    /// accepted only if `epoch` is the room's current epoch (which it then
-    /// advances); else `EpochConflict`. → `RoomSent` once durably stored.
+    /// Appends a message to the room log (members only). Accepted only if
+    /// `epoch` is the room's current epoch (a `Commit` then advances it), and
+    /// an `Application` message only while no proposal waits for its commit;
+    /// else `EpochConflict` (sync the room, send again). → `RoomSent` once
+    /// durably stored.
     RoomSend {
         /// Opaque room id.
         room_id: RoomId,
@@ -382,7 +384,8 @@ pub enum ErrorCode {
     Internal,
     /// The room has as many members as its limit allows.
     RoomFull,
-    /// The room moved to another epoch meanwhile; sync and retry.
+    /// The room moved to another epoch meanwhile, or a proposal waits for
+    /// its commit; sync and retry.
     EpochConflict,
     /// A room with this id exists already; join it instead.
     RoomExists,
