@@ -298,8 +298,17 @@ CREATE INDEX attachments_by_sender ON attachments(sender, complete, begun);
 ";
 
 /// Proposals (a member's leave) appended since the room's last commit: an
-/// application message waits until a member committed them.
+/// application message waits until a member committed them. The GroupInfo
+/// (≈ 146 KB at 100 members) moves out of the room's row, which every entry
+/// updates (SQLite rebuilds a whole row, overflow pages included, to change
+/// one column); only joins read it and commits replace it.
 const MIGRATION_6: &str = "
+CREATE TABLE room_group_info (
+    room_id BLOB PRIMARY KEY REFERENCES rooms(room_id) ON DELETE CASCADE,
+    group_info BLOB NOT NULL
+);
+INSERT INTO room_group_info (room_id, group_info) SELECT room_id, group_info FROM rooms;
+ALTER TABLE rooms DROP COLUMN group_info;
 ALTER TABLE rooms ADD COLUMN proposals INTEGER NOT NULL DEFAULT 0;
 ";
 
@@ -670,7 +679,7 @@ impl SqliteServerStore {
         };
         conn.exec(&format!("{sql} WHERE room_id = ?1"), params![&room.0[..]])?;
         if let Some(gi) = group_info {
-            conn.exec("UPDATE rooms SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
+            conn.exec("UPDATE room_group_info SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
         Ok(())
     }
@@ -1199,9 +1208,10 @@ impl ServerStore for SqliteServerStore {
             return Err(StoreError::RoomExists);
         }
         tx.exec(
-            "INSERT INTO rooms (room_id, owner, max_participants, group_info) VALUES (?1, ?2, ?3, ?4)",
-            params![&room.0[..], owner.as_str(), max, group_info],
+            "INSERT INTO rooms (room_id, owner, max_participants) VALUES (?1, ?2, ?3)",
+            params![&room.0[..], owner.as_str(), max],
         )?;
+        tx.exec("INSERT INTO room_group_info (room_id, group_info) VALUES (?1, ?2)", params![&room.0[..], group_info])?;
         tx.exec(
             "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, 0)",
             params![&room.0[..], owner.as_str()],
@@ -1213,9 +1223,12 @@ impl ServerStore for SqliteServerStore {
     fn room_info(&mut self, room: &RoomId) -> Result<(Vec<u8>, u64), StoreError> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
-            .row("SELECT group_info, epoch FROM rooms WHERE room_id = ?1", params![&room.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .row(
+                "SELECT g.group_info, r.epoch FROM rooms r JOIN room_group_info g ON g.room_id = r.room_id
+                 WHERE r.room_id = ?1",
+                params![&room.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let (gi, epoch) = row.ok_or(StoreError::NotFound)?;
         Ok((gi, u64::try_from(epoch).unwrap_or(0)))
@@ -1671,6 +1684,7 @@ mod tests {
         }
         let mut s = SqliteServerStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), 6);
+        assert_eq!(s.room_info(&r).unwrap(), (b"\x00".to_vec(), 0));
         assert_eq!(s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"m", None).unwrap(), 1);
     }
 
