@@ -18,7 +18,7 @@ use pqc_wire::{
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::inc;
-use crate::server::{PushFrame, Shared};
+use crate::server::{FanOut, PushFrame, Shared};
 
 /// QUIC application close codes.
 const CLOSE_OK: u32 = 0;
@@ -781,8 +781,9 @@ enum Change {
 
 /// Stores a room entry with `op` (given the payload; returns the entry's
 /// sequence number) and, once it is committed, pushes it inline to the
-/// room's other connected members — from the database thread, so every
-/// member gets a room's entries in the room's order.
+/// room's other connected members: queued from the database thread for the
+/// fan-out task ([`crate::server::FanOut`]), so every member gets a room's
+/// entries in the room's order.
 async fn store_room_entry(
     shared: &Arc<Shared>,
     room_id: RoomId,
@@ -807,8 +808,8 @@ async fn store_room_entry(
             Ok((seq, members, sender, push))
         },
         move |(_, members, sender, push)| {
-            let n = after.push_many(members, Some(sender), push);
-            after.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            let entry = FanOut { members: members.clone(), sender: sender.clone(), push: push.clone() };
+            let _ = after.fanout.send(entry);
         },
     );
     Ok(stored.await?.0)

@@ -87,9 +87,32 @@ fn run_database(
     }
 }
 
+/// A room entry to push to the room's connected members but its sender.
+pub(crate) struct FanOut {
+    pub(crate) members: Arc<[Username]>,
+    pub(crate) sender: Username,
+    pub(crate) push: Push,
+}
+
+/// Sends room entries to their members' connections, in the order the
+/// database thread committed them (it queues them from there). Done on the
+/// runtime rather than on the database thread: waking a hundred connection
+/// tasks from a worker puts them on its run queue, from another thread each
+/// wake-up goes through the scheduler's shared queue and may wake a parked
+/// worker.
+async fn fan_out(shared: std::sync::Weak<Shared>, mut entries: mpsc::UnboundedReceiver<FanOut>) {
+    while let Some(FanOut { members, sender, push }) = entries.recv().await {
+        let Some(sh) = shared.upgrade() else { break };
+        let n = sh.push_many(&members, Some(&sender), &push);
+        sh.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// State shared by all connection tasks.
 pub(crate) struct Shared {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Room entries to push, to [`fan_out`].
+    pub(crate) fanout: mpsc::UnboundedSender<FanOut>,
     online: Mutex<Online>,
     room_members: Arc<Mutex<RoomMembers>>,
     pub(crate) metrics: Arc<Metrics>,
@@ -293,8 +316,10 @@ impl Server {
             .spawn(move || run_database(store, job_rx, db_members))
             .map_err(ServerError::Io)?;
         let metrics = Arc::new(Metrics::default());
+        let (fanout, fanout_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             jobs,
+            fanout,
             online: Mutex::new(HashMap::new()),
             room_members,
             metrics: metrics.clone(),
@@ -321,6 +346,7 @@ impl Server {
             None => None,
         };
         let fingerprint = tls.fingerprint();
+        tokio::spawn(fan_out(Arc::downgrade(&shared), fanout_rx));
         tokio::spawn(expire_uploads(Arc::downgrade(&shared), cfg.limits.unfinished_upload_hours, shutdown_rx.clone()));
         let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
         Ok(ServerHandle { addr, status_addr: status_bound, fingerprint, metrics, shutdown, task })
