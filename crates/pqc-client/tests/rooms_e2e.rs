@@ -31,13 +31,17 @@ fn three_users_create_join_send_leave_limit_media() {
     // carol joins; alice is still offline.
     carol.ok(&["rooms", "join", room]);
     carol.ok(&["rooms", "send", room, "carol here"]);
+    // bob's saved state is from before carol's join: the relay refuses a
+    // message made in that epoch, bob's client syncs and sends it again
+    // (carol, who was not there in the old epoch, can read it).
+    bob.ok(&["rooms", "send", room, "bob after carol"]);
     assert_eq!(bob.ok(&["recv"]), format!("[{room}] * carol joined\n[{room}] carol: carol here\n"));
 
     // alice catches up in order.
     assert_eq!(
         alice.ok(&["recv"]),
         format!(
-            "[{room}] * bob joined\n[{room}] bob: hi from bob\n[{room}] bob: bob again\n[{room}] * carol joined\n[{room}] carol: carol here\n"
+            "[{room}] * bob joined\n[{room}] bob: hi from bob\n[{room}] bob: bob again\n[{room}] * carol joined\n[{room}] carol: carol here\n[{room}] bob: bob after carol\n"
         )
     );
     assert_eq!(alice.ok(&["rooms", "members", room]), "alice\nbob\ncarol\n");
@@ -65,7 +69,7 @@ fn three_users_create_join_send_leave_limit_media() {
     assert_eq!(
         carol.ok(&["recv"]),
         format!(
-            "[{room}] * alice audio on\n[{room}] bob: bye from bob\n[{room}] * bob left\n[{room}] alice: after bob left\n"
+            "[{room}] bob: bob after carol\n[{room}] * alice audio on\n[{room}] bob: bye from bob\n[{room}] * bob left\n[{room}] alice: after bob left\n"
         )
     );
     assert_eq!(alice.ok(&["rooms", "members", room]), "alice\ncarol\n");
@@ -99,6 +103,7 @@ fn three_users_create_join_send_leave_limit_media() {
         room.as_bytes(),
         b"hi from bob",
         b"carol here",
+        b"bob after carol",
         b"after bob left",
         b"dave arrives",
         b"room file secret contents",
