@@ -151,7 +151,7 @@ pub struct Client {
     pub(crate) joined_room: bool,
 }
 
-use pqc_wire::ACK_DELAY;
+use pqc_wire::{ACK_DELAY, ROOM_ACK_DELAY};
 /// Pending acknowledgements that are sent without waiting for [`ACK_DELAY`].
 const ACK_BATCH: usize = 256;
 
@@ -161,8 +161,10 @@ const ACK_BATCH: usize = 256;
 pub(crate) struct PendingAcks {
     pub(crate) envelopes: Vec<pqc_wire::EnvelopeId>,
     pub(crate) rooms: std::collections::BTreeMap<pqc_wire::RoomId, u64>,
-    /// When the oldest of them was added.
+    /// When the oldest pending envelope acknowledgement was added.
     since: Option<Instant>,
+    /// When the oldest pending room acknowledgement was added.
+    rooms_since: Option<Instant>,
 }
 
 impl PendingAcks {
@@ -179,8 +181,19 @@ impl PendingAcks {
 
     /// The room's entries up to `seq` are applied.
     pub(crate) fn add_room(&mut self, room: pqc_wire::RoomId, seq: u64) {
-        self.since.get_or_insert_with(Instant::now);
+        self.rooms_since.get_or_insert_with(Instant::now);
         self.rooms.insert(room, seq);
+    }
+
+    /// When they must go: [`ACK_DELAY`] after the oldest envelope's,
+    /// [`ROOM_ACK_DELAY`] after the oldest room entry's.
+    fn due(&self) -> Option<Instant> {
+        let envelopes = self.since.map(|t| t + ACK_DELAY);
+        let rooms = self.rooms_since.map(|t| t + ROOM_ACK_DELAY);
+        match (envelopes, rooms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -1005,9 +1018,10 @@ impl Client {
     }
 
     /// When the pending acknowledgements must go ([`ACK_DELAY`] after the
-    /// oldest); `None` if there are none.
+    /// oldest envelope's, [`ROOM_ACK_DELAY`] after the oldest room entry's);
+    /// `None` if there are none.
     pub fn ack_due(&self) -> Option<Instant> {
-        self.acks.since.map(|t| t + ACK_DELAY)
+        self.acks.due()
     }
 
     /// [`Self::flush_acks`] if the oldest pending one waited [`ACK_DELAY`]
@@ -1020,6 +1034,7 @@ impl Client {
     /// Sends the acknowledgements of what [`Self::handle_push`] handled.
     pub async fn flush_acks(&mut self) -> Result<()> {
         self.acks.since = None;
+        self.acks.rooms_since = None;
         let ids = std::mem::take(&mut self.acks.envelopes);
         if !ids.is_empty() {
             call(&self.conn, Request::AckEnvelopes { ids }).await?;
@@ -1458,5 +1473,25 @@ impl PreKeyStore for ProfilePreKeys<'_> {
         if let Err(e) = self.profile.db().delete(ns::ONE_TIME_KEM, &id.0.to_string()) {
             tracing::warn!("could not delete a used one-time prekey: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_acknowledgements_wait_longer_than_envelope_ones() {
+        let mut acks = PendingAcks::default();
+        assert_eq!(acks.due(), None);
+        let room = pqc_wire::RoomId([1; pqc_wire::ROOM_ID_LEN]);
+        let before = Instant::now();
+        acks.add_room(room, 7);
+        let due = acks.due().unwrap();
+        assert!(due >= before + ROOM_ACK_DELAY && due <= Instant::now() + ROOM_ACK_DELAY);
+        // An envelope's acknowledgement brings the moment forward; the room's goes with it.
+        acks.add_envelopes(vec![pqc_wire::EnvelopeId(3)]);
+        assert!(acks.due().unwrap() <= Instant::now() + ACK_DELAY);
+        assert_eq!(acks.len(), 2);
     }
 }

@@ -14,7 +14,7 @@
 //! follows only when the relay refused it as made on a stale view
 //! (`EpochConflict`); an entry pushed inline (`Push::RoomEntry`) right after the last
 //! one applied is taken as it is, anything else (a proposal, a gap) syncs;
-//! acknowledgements are sent as the client sends them ([`ACK_DELAY`]).
+//! acknowledgements are sent as the client sends them ([`ROOM_ACK_DELAY`]).
 //!
 //! Phases, each bounded by the run's deadline:
 //! 1. setup: every member connects and registers (its own QUIC connection);
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::{Rng, SystemRng};
-use pqc_wire::{ACK_DELAY, ErrorCode, Push, Request, Response, RoomId, RoomMessage, RoomMessageKind, Username};
+use pqc_wire::{ErrorCode, Push, ROOM_ACK_DELAY, Request, Response, RoomId, RoomMessage, RoomMessageKind, Username};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -371,7 +371,7 @@ async fn ack(user: &SimUser, shared: &Shared, seq: u64) -> Result<(), LoadError>
 /// One member's receiving side, as the client does it: the next entry
 /// pushed inline is applied at once, anything else syncs; the
 /// acknowledgement goes once the oldest unacknowledged entry waited
-/// [`ACK_DELAY`] (or before the next sync).
+/// [`ROOM_ACK_DELAY`] (or before the next sync).
 async fn receive_loop(
     i: usize,
     user: Arc<SimUser>,
@@ -382,7 +382,7 @@ async fn receive_loop(
 ) {
     loop {
         let unacked = seen.lock().await.unacked;
-        let due = unacked.map(|(_, t)| t + ACK_DELAY);
+        let due = unacked.map(|(_, t)| t + ROOM_ACK_DELAY);
         if due.is_some_and(|t| t <= Instant::now()) {
             let mut s = seen.lock().await;
             if let Some((seq, _)) = s.unacked.take()
@@ -394,7 +394,7 @@ async fn receive_loop(
         }
         let timer = async {
             match unacked {
-                Some((_, t)) => tokio::time::sleep_until((t + ACK_DELAY).into()).await,
+                Some((_, t)) => tokio::time::sleep_until((t + ROOM_ACK_DELAY).into()).await,
                 None => std::future::pending().await,
             }
         };

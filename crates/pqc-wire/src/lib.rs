@@ -53,6 +53,13 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// `RoomAck` covers many: until then the relay keeps it, and a client that
 /// crashed gets it again and skips it.
 pub const ACK_DELAY: core::time::Duration = core::time::Duration::from_millis(100);
+/// The same for room entries. Longer, because in a room every member
+/// acknowledges every entry: with 100 members and sparse messages, 100 ms
+/// meant a `RoomAck` (a request, a response and a store operation) per
+/// member and message, about a third of the relay's work per message. What
+/// it holds back is bounded the same way (entries a crashed client gets
+/// again skip by their sequence number).
+pub const ROOM_ACK_DELAY: core::time::Duration = core::time::Duration::from_secs(2);
 /// Size of the length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;
 

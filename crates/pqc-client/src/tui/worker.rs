@@ -115,6 +115,9 @@ pub async fn run(
             },
         }
     }
+    // Leaving: what was shown is acknowledged now rather than fetched again
+    // next time (bounded: a dead connection must not hold up the exit).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush_acks()).await;
     client
 }
 
