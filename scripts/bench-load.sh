@@ -6,6 +6,7 @@
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
 #   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
 #   5. a room of ROOM members: server CPU per join and per message to all, relay latency;
+#      then ("sparse") one sender, ROOM_SPARSE messages ROOM_PAUSE_MS apart;
 #   6. ("floor") both loads through a relay that only forwards, over the same QUIC/TLS set-up
 #      (examples/quic_floor.rs): what the transport alone costs here, to compare 1b with 2 and 5.
 # Release build. Every process started here is stopped on exit (trap); every
@@ -29,7 +30,9 @@ ROOM_MESSAGES=${ROOM_MESSAGES:-100}
 ROOM_PAYLOAD=${ROOM_PAYLOAD:-402}
 ROOM_COMMIT=${ROOM_COMMIT:-49626}
 ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
-STEPS=${STEPS:-chat relay floor mqtt idle file room}
+ROOM_SPARSE=${ROOM_SPARSE:-30}
+ROOM_PAUSE_MS=${ROOM_PAUSE_MS:-300}
+STEPS=${STEPS:-chat relay floor mqtt idle file room sparse}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # The MQTT baseline needs mosquitto (the Debian package): installed when missing.
@@ -209,6 +212,15 @@ timeout 600 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --room "$ROOM" --send
 stop_server
 fi
 
+if step sparse; then
+echo "== 5b. sparse room: $ROOM members, 1 sender x $ROOM_SPARSE messages, ${ROOM_PAUSE_MS} ms apart"
+start_server "$WORK/sparse"
+timeout 600 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --room "$ROOM" --senders 1 --messages "$ROOM_SPARSE" \
+    --pause-ms "$ROOM_PAUSE_MS" --payload "$ROOM_PAYLOAD" --commit-bytes "$ROOM_COMMIT" \
+    --group-info-bytes "$ROOM_GROUP_INFO" --server-pid "$SERVER_PID" --duration-limit 540 | tee "$WORK/sparse.out"
+stop_server
+fi
+
 if step floor; then
 echo "== 6. bare QUIC relay (forwards only): $CLIENTS clients x $MESSAGES messages; room of $ROOM"
 "$BIN/examples/quic_floor" serve > "$WORK/floor.log" 2>&1 &
@@ -273,4 +285,7 @@ printf '%-58s %s us\n' "room: server CPU per join (average over sizes 1..$ROOM)"
 printf '%-58s %s ms\n' "room: relay latency of the last join (all members have it)" "$(result "$WORK/room.out" last_join_ms)"
 printf '%-58s %s/s, %s / %s ms\n' "room: messages to all members, p50 / p99 latency" "$(result "$WORK/room.out" msgs_per_s)" \
     "$(result "$WORK/room.out" p50_ms)" "$(result "$WORK/room.out" p99_ms)"
+fi
+if step sparse; then
+printf '%-58s %s us\n' "sparse room ($ROOM_PAUSE_MS ms apart): server CPU per message" "$(result "$WORK/sparse.out" cpu_per_msg_us)"
 fi

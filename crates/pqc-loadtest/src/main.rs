@@ -57,6 +57,10 @@ struct Args {
     /// Room mode: members that send.
     #[arg(long, default_value_t = 1)]
     senders: usize,
+    /// Room mode: each sender pauses this long before each message (a room
+    /// where messages are sparse; 0: back to back).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Room mode: bytes of each external commit [default: OpenMLS X-Wing, 100 members,
     /// as `cargo bench -p pqc-rooms --bench rooms` prints].
     #[arg(long, default_value_t = 49_626)]
@@ -176,6 +180,7 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
         server: args.server,
         members,
         senders: args.senders,
+        pause: Duration::from_millis(args.pause_ms),
         messages: args.messages,
         payload: args.payload,
         commit_bytes: args.commit_bytes,

@@ -22,7 +22,8 @@
 //!    external commit; after each join, the time until every earlier member
 //!    has received and applied the commit is the join's relay latency;
 //! 3. messages: [`RoomConfig::senders`] members each send
-//!    [`RoomConfig::messages`] messages, one at a time, and every member
+//!    [`RoomConfig::messages`] messages, one at a time (after
+//!    [`RoomConfig::pause`] each: a room where messages are sparse), and every member
 //!    receives every message it did not send. Latency is send → fetched.
 //!
 //! With a server pid, the server's CPU time (user + system, all threads)
@@ -52,6 +53,8 @@ pub struct RoomConfig {
     pub members: usize,
     /// Members that send in the message phase (≤ members).
     pub senders: usize,
+    /// Each sender's pause before each message (zero: back to back).
+    pub pause: Duration,
     /// Messages each sender sends.
     pub messages: usize,
     /// Bytes of each application message (MLS ciphertext; ≥ 12).
@@ -433,6 +436,9 @@ async fn receive_loop(
 async fn send_all(i: usize, user: &SimUser, shared: &Shared, seen: &SeenLock, cfg: &RoomConfig) -> u64 {
     let mut sent = 0;
     for seq in 0..cfg.messages {
+        if !cfg.pause.is_zero() {
+            tokio::time::sleep(cfg.pause).await;
+        }
         for attempt in 0..5 {
             if attempt > 0
                 && let Err(e) = drain(i, user, shared, seen).await
