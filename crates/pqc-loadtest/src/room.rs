@@ -276,12 +276,14 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
         }
     };
     let timed_out = tokio::time::timeout_at(deadline, all_delivered).await.is_err() || timed_out_sending;
+    // Members send the acknowledgements they still hold (a client sends
+    // them within ROOM_ACK_DELAY, or when it stops), counted in the phase.
+    let _ = stop_tx.send(true);
+    while loops.join_next().await.is_some() {}
     let message_cpu = match (cpu_msg_start, cpu(cfg.server_pid)?) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    let _ = stop_tx.send(true);
-    while loops.join_next().await.is_some() {}
 
     let mut latency = Latencies::new();
     let mut deliveries = 0;
@@ -412,7 +414,15 @@ async fn receive_loop(
                     return;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                let held = seen.lock().await.unacked.take();
+                if let Some((seq, _)) = held
+                    && let Err(e) = ack(&user, &shared, seq).await
+                {
+                    shared.errors.add(format!("receive: {e}"));
+                }
+                return;
+            }
         };
         let mut s = seen.lock().await;
         match entry {
