@@ -177,9 +177,13 @@ struct RoomLocal {
     /// entry pushed inline right after it is applied at once; anything else
     /// (a gap, a commit or proposal) goes through a full sync.
     last_seq: u64,
+    /// Members whose leave proposal was seen and who are still in the group:
+    /// a commit that did not carry the proposal (an external join in the
+    /// same epoch cannot) made it void, so the next sync removes them.
+    leaving: BTreeSet<String>,
 }
 
-const LOCAL_VERSION: u8 = 3;
+const LOCAL_VERSION: u8 = 4;
 
 fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -256,6 +260,7 @@ fn encode_record(state: &[u8], l: &RoomLocal) -> Vec<u8> {
     put_pairs(&mut v, &l.files);
     put_pairs(&mut v, &l.welcomes);
     v.extend_from_slice(&l.last_seq.to_be_bytes());
+    put_strings(&mut v, l.leaving.iter());
     v
 }
 
@@ -276,6 +281,7 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
         files: Vec::new(),
         welcomes: Vec::new(),
         last_seq: 0,
+        leaving: BTreeSet::new(),
     };
     if version >= 2 {
         local.files = r.pairs()?;
@@ -283,6 +289,9 @@ fn decode_record(b: &[u8]) -> Result<(Room, RoomLocal)> {
     if version >= 3 {
         local.welcomes = r.pairs()?;
         local.last_seq = u64::try_from(r.i64()?).unwrap_or(0);
+    }
+    if version >= 4 {
+        local.leaving = r.strings()?.into_iter().collect();
     }
     if !r.0.is_empty() {
         return Err(ClientError::Malformed("saved room record (trailing bytes)"));
@@ -494,7 +503,12 @@ impl Client {
                 MlsEvent::MemberLeft(u) => {
                     local.audio.remove(u.as_str());
                     local.video.remove(u.as_str());
+                    local.leaving.remove(u.as_str());
                     local.unshown.push(format!("[{name}] * {} left", u.as_str()));
+                }
+                // A member's leave (the only proposal clients make).
+                MlsEvent::ProposalQueued { by } if by.as_str() != self.username() => {
+                    local.leaving.insert(by.as_str().to_string());
                 }
                 MlsEvent::Removed => local.unshown.push(format!("[{name}] * you were removed from the room")),
                 _ => {}
@@ -569,18 +583,26 @@ impl Client {
             if !room.is_active() {
                 return Ok((room, local));
             }
-            // The next active member commits queued proposals (a member's leave).
+            // The next active member commits queued proposals (a member's
+            // leave), or removes a member whose leave a commit made void.
             let epoch = room.epoch();
-            let before: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
-            let Some(commit) = room.commit_pending()? else { return Ok((room, local)) };
+            let before = member_names(&room);
+            let commit = match room.commit_pending()? {
+                Some(commit) => commit,
+                None => match local.leaving.iter().find(|u| before.contains(*u)) {
+                    Some(u) => room.remove(&pqc_rooms::UserId::new(u.as_str())?)?,
+                    None => return Ok((room, local)),
+                },
+            };
             match self.send_commit(id, &room, &local, epoch, commit, None).await? {
                 Commit::Accepted => {
-                    let after: BTreeSet<String> = room.members().iter().map(|u| u.as_str().to_string()).collect();
+                    let after = member_names(&room);
                     for u in before.difference(&after) {
                         local.audio.remove(u);
                         local.video.remove(u);
                         local.unshown.push(format!("[{}] * {u} left", room.name()));
                     }
+                    local.leaving.retain(|u| after.contains(u));
                     self.save_room(&id, &room, &local)?;
                     return Ok((room, local));
                 }
@@ -954,7 +976,12 @@ impl Client {
             self.save_room(&id, &room, &local)?;
             self.acks.add_room(id, m.seq);
         }
-        let (room, local) = if next && m.kind != RoomMessageKind::Proposal {
+        // A proposal, or a commit that left a leaver in the group, syncs (to commit it).
+        let leaver_stays = || {
+            let members = member_names(&room);
+            local.leaving.iter().any(|u| members.contains(u))
+        };
+        let (room, local) = if next && m.kind != RoomMessageKind::Proposal && !leaver_stays() {
             (room, local)
         } else {
             match self.room_sync(id).await {
@@ -1033,6 +1060,7 @@ mod tests {
             files: vec![("bob".into(), vec![1, 2])],
             welcomes: vec![("carol".into(), vec![3])],
             last_seq: 41,
+            leaving: ["dave".to_string()].into(),
             ..RoomLocal::default()
         };
         let rec = encode_record(&room.export_state().unwrap(), &local);
@@ -1041,6 +1069,13 @@ mod tests {
         assert_eq!(local2.unshown, vec!["x".to_string()]);
         assert_eq!(local2.last_update_ms, 5);
         assert_eq!((local2.files, local2.welcomes, local2.last_seq), (local.files, local.welcomes, 41));
+        assert_eq!(local2.leaving, local.leaving);
         assert!(decode_record(&rec[..rec.len() - 1]).is_err());
+        // A version-3 record (before `leaving`) still reads, with nobody leaving.
+        let mut v3 = encode_record(&room.export_state().unwrap(), &RoomLocal { last_seq: 7, ..RoomLocal::default() });
+        v3.truncate(v3.len() - 4);
+        v3[0] = 3;
+        let (_, old) = decode_record(&v3).unwrap();
+        assert_eq!((old.last_seq, old.leaving.len()), (7, 0));
     }
 }

@@ -236,3 +236,33 @@ fn invited_join_by_commit_and_welcome() {
     assert_eq!(alice.ok(&["recv"]), format!("[{room}] carol: thanks\n"));
     assert_eq!(dave.ok(&["recv"]), "");
 }
+
+/// A leave proposal that a join in the same epoch made void (an external
+/// commit cannot carry it) is still carried out: the next member to sync
+/// removes the leaver, so later messages are not made with keys it has.
+#[test]
+fn a_leave_made_void_by_a_join_is_still_carried_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = TestServer::start(&data);
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| User::new(tmp.path(), n, &server.addr()));
+    for u in [&alice, &bob, &carol, &dave] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "void-leave-5c1e";
+    alice.ok(&["rooms", "create", room, "--max", "4"]);
+    bob.ok(&["rooms", "join", room]);
+    carol.ok(&["rooms", "join", room]);
+    // bob leaves; before anyone commits his proposal, dave joins in the same
+    // epoch: the join commit does not carry the proposal, which is void.
+    bob.ok(&["rooms", "leave", room]);
+    dave.ok(&["rooms", "join", room]);
+    // alice syncs, sees bob still in the group, and removes him.
+    assert_eq!(alice.ok(&["rooms", "members", room]), "alice\ncarol\ndave\n");
+    assert_eq!(dave.ok(&["rooms", "members", room]), "alice\ncarol\ndave\n");
+    alice.ok(&["rooms", "send", room, "without bob"]);
+    let got = carol.ok(&["recv"]);
+    assert!(got.contains(&format!("[{room}] * bob left\n")), "{got}");
+    assert!(got.ends_with(&format!("[{room}] alice: without bob\n")), "{got}");
+    assert_eq!(bob.ok(&["recv"]), "");
+}
