@@ -589,10 +589,25 @@ impl Client {
             let before = member_names(&room);
             let commit = match room.commit_pending()? {
                 Some(commit) => commit,
-                None => match local.leaving.iter().find(|u| before.contains(*u)) {
-                    Some(u) => room.remove(&pqc_rooms::UserId::new(u.as_str())?)?,
-                    None => return Ok((room, local)),
-                },
+                None => {
+                    let Some(u) = local.leaving.iter().find(|u| before.contains(*u)).cloned() else {
+                        return Ok((room, local));
+                    };
+                    match pqc_rooms::UserId::new(u.as_str()).and_then(|uid| room.remove(&uid)) {
+                        Ok(commit) => commit,
+                        Err(e) => {
+                            // Never a reason to refuse the sync: forget it,
+                            // from the state saved before the attempt.
+                            tracing::warn!("could not remove a member whose leave was void: {e}");
+                            let Some((room, mut local)) = self.load_room(&id)? else {
+                                return Err(ClientError::Usage("you are not in this room".into()));
+                            };
+                            local.leaving.remove(&u);
+                            self.save_room(&id, &room, &local)?;
+                            return Ok((room, local));
+                        }
+                    }
+                }
             };
             match self.send_commit(id, &room, &local, epoch, commit, None).await? {
                 Commit::Accepted => {
