@@ -185,7 +185,8 @@ pub fn fuzz_decode(bytes: &[u8]) {
         debug_assert!(again.is_ok());
     }
     // The same bytes as a room message's content (text, audio/video, file),
-    // and as an unfinished upload's record in the profile.
+    // as a saved room record, and as an unfinished upload's record in the
+    // profile.
     crate::rooms::fuzz_room_content(bytes);
     crate::files::fuzz_pending_upload(bytes);
 }

@@ -156,6 +156,8 @@ pub(crate) fn fuzz_room_content(bytes: &[u8]) {
     if let Ok(c) = RoomContent::decode(bytes) {
         debug_assert_eq!(c.encode(), bytes);
     }
+    // And as a saved room record (sealed in the profile).
+    let _ = decode_record(bytes);
 }
 
 /// What the client keeps next to a room's MLS state (sealed together).
