@@ -191,7 +191,8 @@ pub trait ServerStore: Send {
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError>;
 }
 
-const SCHEMA_VERSION: i64 = 6;
+/// The schema this build writes: one step of [`MIGRATIONS`] per version.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const MIGRATION_1: &str = "
 CREATE TABLE accounts (
@@ -311,6 +312,9 @@ INSERT INTO room_group_info (room_id, group_info) SELECT room_id, group_info FRO
 ALTER TABLE rooms DROP COLUMN group_info;
 ALTER TABLE rooms ADD COLUMN proposals INTEGER NOT NULL DEFAULT 0;
 ";
+
+/// The schema's steps, oldest first: version `n` is the first `n` of them.
+const MIGRATIONS: [&str; 6] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6];
 
 /// SQLite implementation of [`ServerStore`].
 ///
@@ -572,41 +576,14 @@ impl SqliteServerStore {
         if v > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew { found: v, supported: SCHEMA_VERSION });
         }
-        if v < 1 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_1)?;
-            tx.pragma_update(None, "user_version", 1)?;
-            tx.commit()?;
-        }
-        if v < 2 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_2)?;
-            tx.pragma_update(None, "user_version", 2)?;
-            tx.commit()?;
-        }
-        if v < 3 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_3)?;
-            tx.pragma_update(None, "user_version", 3)?;
-            tx.commit()?;
-        }
-        if v < 4 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_4)?;
-            tx.pragma_update(None, "user_version", 4)?;
-            tx.commit()?;
-        }
-        if v < 5 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_5)?;
-            tx.pragma_update(None, "user_version", 5)?;
-            tx.commit()?;
-        }
-        if v < 6 {
-            let tx = self.conn.savepoint()?;
-            tx.execute_batch(MIGRATION_6)?;
-            tx.pragma_update(None, "user_version", 6)?;
-            tx.commit()?;
+        // Each step in its own transaction, recorded as it commits.
+        for (to, sql) in (1..).zip(MIGRATIONS) {
+            if v < to {
+                let tx = self.conn.savepoint()?;
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", to)?;
+                tx.commit()?;
+            }
         }
         Ok(())
     }
@@ -673,11 +650,15 @@ impl SqliteServerStore {
         )?;
         // A commit starts a new epoch, in which earlier proposals are void.
         let sql = match kind {
-            RoomMessageKind::Commit => "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + 1, proposals = 0",
-            RoomMessageKind::Proposal => "UPDATE rooms SET next_seq = next_seq + 1, proposals = proposals + 1",
-            RoomMessageKind::Application => "UPDATE rooms SET next_seq = next_seq + 1",
+            RoomMessageKind::Commit => {
+                "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + 1, proposals = 0 WHERE room_id = ?1"
+            }
+            RoomMessageKind::Proposal => {
+                "UPDATE rooms SET next_seq = next_seq + 1, proposals = proposals + 1 WHERE room_id = ?1"
+            }
+            RoomMessageKind::Application => "UPDATE rooms SET next_seq = next_seq + 1 WHERE room_id = ?1",
         };
-        conn.exec(&format!("{sql} WHERE room_id = ?1"), params![&room.0[..]])?;
+        conn.exec(sql, params![&room.0[..]])?;
         if let Some(gi) = group_info {
             conn.exec("UPDATE room_group_info SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
