@@ -185,6 +185,13 @@ struct RoomLocal {
     leaving: BTreeSet<String>,
 }
 
+impl RoomLocal {
+    /// A member whose leave was seen and who is still among `members`.
+    fn leaver_in(&self, members: &BTreeSet<String>) -> Option<&String> {
+        self.leaving.iter().find(|u| members.contains(*u))
+    }
+}
+
 const LOCAL_VERSION: u8 = 4;
 
 fn put_str(v: &mut Vec<u8>, s: &str) {
@@ -592,7 +599,7 @@ impl Client {
             let commit = match room.commit_pending()? {
                 Some(commit) => commit,
                 None => {
-                    let Some(u) = local.leaving.iter().find(|u| before.contains(*u)).cloned() else {
+                    let Some(u) = local.leaver_in(&before).cloned() else {
                         return Ok((room, local));
                     };
                     match pqc_rooms::UserId::new(u.as_str()).and_then(|uid| room.remove(&uid)) {
@@ -994,10 +1001,7 @@ impl Client {
             self.acks.add_room(id, m.seq);
         }
         // A proposal, or a commit that left a leaver in the group, syncs (to commit it).
-        let leaver_stays = || {
-            let members = member_names(&room);
-            local.leaving.iter().any(|u| members.contains(u))
-        };
+        let leaver_stays = || local.leaver_in(&member_names(&room)).is_some();
         let (room, local) = if next && m.kind != RoomMessageKind::Proposal && !leaver_stays() {
             (room, local)
         } else {
