@@ -347,25 +347,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limit = Duration::from_secs(o.limit);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mqtt_bench: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async { tokio::time::timeout(limit, run(o)).await });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match r {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("mqtt_bench: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("mqtt_bench: time limit reached");
-            ExitCode::FAILURE
-        }
-    }
+    pqc_loadtest::run_example("mqtt_bench", Duration::from_secs(o.limit), run(o))
 }

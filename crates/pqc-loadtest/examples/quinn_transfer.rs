@@ -90,27 +90,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("quinn_transfer: {e}");
-            return ExitCode::FAILURE;
-        }
+    let transfer = async move {
+        let (n, took) = run(bytes).await?;
+        let mib_s = n as f64 / (1 << 20) as f64 / took.as_secs_f64();
+        println!("plain quinn: {n} bytes in {:.3} s = {mib_s:.1} MiB/s", took.as_secs_f64());
+        println!("RESULT mode=quinn bytes={n} secs={:.3} mib_per_s={mib_s:.1}", took.as_secs_f64());
+        Ok::<(), BoxError>(())
     };
-    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), run(bytes)).await }) {
-        Ok(Ok((n, took))) => {
-            let mib_s = n as f64 / (1 << 20) as f64 / took.as_secs_f64();
-            println!("plain quinn: {n} bytes in {:.3} s = {mib_s:.1} MiB/s", took.as_secs_f64());
-            println!("RESULT mode=quinn bytes={n} secs={:.3} mib_per_s={mib_s:.1}", took.as_secs_f64());
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("quinn_transfer: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("quinn_transfer: time limit reached");
-            ExitCode::FAILURE
-        }
-    }
+    pqc_loadtest::run_example("quinn_transfer", Duration::from_secs(120), transfer)
 }

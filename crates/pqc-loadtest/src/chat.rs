@@ -185,7 +185,6 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     // 3. Messages.
     let cpu = |pid: Option<u32>| pid.map(crate::rss::cpu_time).transpose();
     let own = || crate::rss::cpu_time(std::process::id()).ok();
-    let spent = |start: Option<Duration>, end: Option<Duration>| Some(end?.saturating_sub(start?));
     let cpu_start = cpu(cfg.server_pid)?;
     let own_start = own();
     let epoch = Instant::now();
@@ -205,8 +204,8 @@ pub async fn run(cfg: &ChatConfig, deadline: tokio::time::Instant) -> Result<Cha
     while let Some(r) = tasks.join_next().await {
         timed_out |= r.unwrap_or(true);
     }
-    let message_cpu = spent(cpu_start, cpu(cfg.server_pid)?);
-    let generator_cpu = spent(own_start, own());
+    let message_cpu = crate::rss::spent(cpu_start, cpu(cfg.server_pid)?);
+    let generator_cpu = crate::rss::spent(own_start, own());
     let mut report = ChatReport {
         clients: cfg.clients,
         messages_per_client: cfg.messages,

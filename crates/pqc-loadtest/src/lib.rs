@@ -36,3 +36,34 @@ pub mod user;
 pub use error::LoadError;
 pub use stats::Latencies;
 pub use user::SimUser;
+
+/// Runs a baseline tool's `work` (the examples) on tokio's multi-thread
+/// runtime, as pqc-server runs, for at most `limit`; a failure or the time
+/// limit is printed as `NAME: …`. Returns the process's exit code.
+pub fn run_example<E: std::fmt::Display>(
+    name: &str,
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async { tokio::time::timeout(limit, work).await });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match r {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{name}: time limit reached");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::chat::ErrorCounts;
-use crate::rss::cpu_time;
+use crate::rss::{cpu_time, spent};
 use crate::user::{SimUser, expect_ok, register_many};
 use crate::{Latencies, LoadError};
 
@@ -249,10 +249,7 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
         }
         loops.spawn(receive_loop(i, user, pushes, shared.clone(), stop_rx.clone(), seen));
     }
-    let join_cpu = match (cpu_join_start, cpu(cfg.server_pid)?) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    let join_cpu = spent(cpu_join_start, cpu(cfg.server_pid)?);
 
     // 3. Messages.
     let expected = (cfg.senders * cfg.messages * (cfg.members - 1)) as u64;
@@ -280,10 +277,7 @@ pub async fn run(cfg: &RoomConfig, deadline: tokio::time::Instant) -> Result<Roo
     // them within ROOM_ACK_DELAY, or when it stops), counted in the phase.
     let _ = stop_tx.send(true);
     while loops.join_next().await.is_some() {}
-    let message_cpu = match (cpu_msg_start, cpu(cfg.server_pid)?) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    let message_cpu = spent(cpu_msg_start, cpu(cfg.server_pid)?);
 
     let mut latency = Latencies::new();
     let mut deliveries = 0;
@@ -373,6 +367,17 @@ async fn ack(user: &SimUser, shared: &Shared, seq: u64) -> Result<(), LoadError>
     }
 }
 
+/// Sends the acknowledgement a member holds back, if any (under its lock,
+/// so a sync running meanwhile does not send it too).
+async fn ack_held(user: &SimUser, shared: &Shared, seen: &SeenLock) {
+    let mut s = seen.lock().await;
+    if let Some((seq, _)) = s.unacked.take()
+        && let Err(e) = ack(user, shared, seq).await
+    {
+        shared.errors.add(format!("receive: {e}"));
+    }
+}
+
 /// One member's receiving side, as the client does it: the next entry
 /// pushed inline is applied at once, anything else syncs; the
 /// acknowledgement goes once the oldest unacknowledged entry waited
@@ -389,12 +394,7 @@ async fn receive_loop(
         let unacked = seen.lock().await.unacked;
         let due = unacked.map(|(_, t)| t + ROOM_ACK_DELAY);
         if due.is_some_and(|t| t <= Instant::now()) {
-            let mut s = seen.lock().await;
-            if let Some((seq, _)) = s.unacked.take()
-                && let Err(e) = ack(&user, &shared, seq).await
-            {
-                shared.errors.add(format!("receive: {e}"));
-            }
+            ack_held(&user, &shared, &seen).await;
             continue;
         }
         let timer = async {
@@ -415,12 +415,7 @@ async fn receive_loop(
                 }
             },
             _ = stop.changed() => {
-                let held = seen.lock().await.unacked.take();
-                if let Some((seq, _)) = held
-                    && let Err(e) = ack(&user, &shared, seq).await
-                {
-                    shared.errors.add(format!("receive: {e}"));
-                }
+                ack_held(&user, &shared, &seen).await;
                 return;
             }
         };

@@ -29,6 +29,11 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     utime.checked_add(stime)
 }
 
+/// CPU time used between two readings of [`cpu_time`], when both were taken.
+pub fn spent(start: Option<Duration>, end: Option<Duration>) -> Option<Duration> {
+    Some(end?.saturating_sub(start?))
+}
+
 /// `VmRSS` of `pid` in KiB.
 pub fn vm_rss_kib(pid: u32) -> Result<u64, LoadError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
