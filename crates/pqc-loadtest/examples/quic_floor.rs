@@ -284,7 +284,6 @@ async fn drive(o: Opts) -> Result<(), BoxError> {
     let cpu_us = server_cpu.map_or("-".into(), per);
     let gen_us = per(own_cpu);
     let rate = if secs > 0.0 { units / secs } else { 0.0 };
-    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     if o.fanout {
         println!(
             "bare QUIC relay, fan-out: room of {}, {} senders x {} messages of {} B",
@@ -304,9 +303,9 @@ async fn drive(o: Opts) -> Result<(), BoxError> {
         "RESULT mode={mode} clients={} messages={} delivered={received} msgs_per_s={rate:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} gen_cpu_per_msg_us={gen_us}",
         o.clients,
         o.messages,
-        ms(lat.quantile(0.5)),
-        ms(lat.quantile(0.99)),
-        ms(lat.max()),
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
+        lat.quantile_ms(1.0),
     );
     Ok(())
 }

@@ -160,7 +160,6 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
     println!("server CPU per message: {cpu_us} us");
     println!("load generator CPU per message (its QUIC clients, both ends): {gen_us} us");
     let total_errors = print_errors(&r.errors);
-    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
         "RESULT mode={} clients={} messages={} delivered={} msgs_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_per_msg_us={cpu_us} gen_cpu_per_msg_us={gen_us} errors={total_errors}",
         if cfg.opaque { "relay" } else { "chat" },
@@ -168,9 +167,9 @@ async fn real_main(args: Args) -> Result<ExitCode, LoadError> {
         cfg.messages,
         r.delivered,
         r.throughput(),
-        ms(r.latency.quantile(0.5)),
-        ms(r.latency.quantile(0.99)),
-        ms(r.latency.max()),
+        r.latency.quantile_ms(0.5),
+        r.latency.quantile_ms(0.99),
+        r.latency.quantile_ms(1.0),
     );
     Ok(if r.delivered == expected && !r.timed_out { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -190,7 +189,6 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
     };
     let mut r = room::run(&cfg, deadline).await?;
     let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
     println!(
         "room of {} members; {} senders x {} messages of {} B; commits {} B, GroupInfo {} B",
         cfg.members, cfg.senders, cfg.messages, cfg.payload, cfg.commit_bytes, cfg.group_info_bytes
@@ -221,8 +219,8 @@ async fn room_main(args: &Args, members: usize, deadline: tokio::time::Instant) 
         r.sent,
         r.deliveries,
         r.messages_per_s(),
-        ms(r.latency.quantile(0.5)),
-        ms(r.latency.quantile(0.99)),
+        r.latency.quantile_ms(0.5),
+        r.latency.quantile_ms(0.99),
         us(r.cpu_per_message_us()),
         us(r.cpu_per_join_us()),
         r.last_join.as_secs_f64() * 1e3,

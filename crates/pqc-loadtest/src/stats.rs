@@ -60,6 +60,12 @@ impl Latencies {
         self.quantile(1.0)
     }
 
+    /// The `q`-quantile in milliseconds, three decimals (`-` without
+    /// samples), for `RESULT` lines.
+    pub fn quantile_ms(&mut self, q: f64) -> String {
+        self.quantile(q).map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
+    }
+
     /// `p50 / p99 / max` in milliseconds, for reports.
     pub fn summary_ms(&mut self) -> String {
         let f = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
