@@ -18,7 +18,7 @@
 //!    send time (taken before encryption); latency is measured when the
 //!    receiver has decrypted it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use pqc_crypto::rng::SystemRng;
 use pqc_proto::{PeerIdentity, PreKeyBundle, Session, WireMessage};
 use pqc_wire::{ACK_DELAY, Envelope, ErrorCode, Push, Request, Response, Username};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::user::{SimUser, expect_ok, register_many};
@@ -260,6 +259,15 @@ async fn send(user: &SimUser, to: &Username, payload: Vec<u8>) -> Result<(), Loa
     }
 }
 
+/// Submits one `Send` of `payload` to `to` without waiting for its answer.
+async fn submit_send<'c>(
+    conn: &'c pqc_net::Connection,
+    to: &Username,
+    payload: &[u8],
+) -> Result<pqc_net::PendingResponse<'c>, pqc_net::NetError> {
+    conn.submit(Request::Send { to: to.clone(), max_views: None, payload: payload.to_vec() }).await
+}
+
 async fn ack(user: &SimUser, ids: Vec<pqc_wire::EnvelopeId>) -> Result<(), LoadError> {
     match expect_ok("ack", user.conn.request(Request::AckEnvelopes { ids }).await?)? {
         Response::Deleted { .. } => Ok(()),
@@ -376,61 +384,56 @@ async fn converse(
     let session = Arc::new(Mutex::new(session));
     let retry = Duration::from_millis(5);
 
+    // As a client pipelines (`Connection::submit`): up to `window` sends in
+    // flight on the connection, answered in order; no task per message.
     let sender = async {
-        let window = Arc::new(Semaphore::new(cfg.window.max(1)));
-        let mut inflight = JoinSet::new();
-        for seq in 0..cfg.messages {
-            let Ok(permit) = window.clone().acquire_owned().await else { break };
-            let pt = plaintext(epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
-            let sealed = if cfg.opaque {
-                Ok(pt)
-            } else {
-                session.lock().unwrap_or_else(PoisonError::into_inner).encrypt(&pt, &mut SystemRng)
-            };
-            let ct = match sealed {
-                Ok(ct) => ct,
-                Err(e) => {
-                    errors.add(format!("encrypt: {e}"));
-                    continue;
-                }
-            };
-            let (conn, to, errors) = (conn.clone(), partner.clone(), errors.clone());
-            inflight.spawn(async move {
-                let _permit = permit;
-                loop {
-                    let req = Request::Send { to: to.clone(), max_views: None, payload: ct.clone() };
-                    match conn.request(req).await {
-                        Ok(Response::Ack { .. }) => return true,
-                        Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
-                            errors.add("send rate-limited (retried)");
-                            tokio::time::sleep(retry).await;
-                        }
-                        Ok(Response::Error { code, .. }) => {
-                            errors.add(format!("send refused: {code}"));
-                            return false;
-                        }
-                        Ok(_) => {
-                            errors.add("send: unexpected response");
-                            return false;
-                        }
+        let window = cfg.window.max(1);
+        let mut inflight = VecDeque::with_capacity(window);
+        let mut seq = 0usize;
+        let mut acked = 0u64;
+        'send: loop {
+            while inflight.len() < window && seq < cfg.messages {
+                let pt = plaintext(epoch.elapsed(), u32::try_from(seq).unwrap_or(u32::MAX), cfg.payload);
+                seq += 1;
+                let sealed = if cfg.opaque {
+                    Ok(pt)
+                } else {
+                    session.lock().unwrap_or_else(PoisonError::into_inner).encrypt(&pt, &mut SystemRng)
+                };
+                match sealed {
+                    Ok(ct) => match submit_send(&conn, &partner, &ct).await {
+                        Ok(pending) => inflight.push_back((ct, pending)),
                         Err(e) => {
                             errors.add(format!("send: {e}"));
-                            return false;
+                            break 'send;
+                        }
+                    },
+                    Err(e) => errors.add(format!("encrypt: {e}")),
+                }
+            }
+            let Some((ct, pending)) = inflight.pop_front() else { break };
+            match pending.response().await {
+                Ok(Response::Ack { .. }) => acked += 1,
+                Ok(Response::Error { code: ErrorCode::RateLimited, .. }) => {
+                    errors.add("send rate-limited (retried)");
+                    tokio::time::sleep(retry).await;
+                    match submit_send(&conn, &partner, &ct).await {
+                        Ok(again) => inflight.push_front((ct, again)),
+                        Err(e) => {
+                            errors.add(format!("send: {e}"));
+                            break;
                         }
                     }
                 }
-            });
-            while let Some(r) = inflight.try_join_next() {
-                if matches!(r, Ok(true)) {
-                    result.lock().unwrap_or_else(PoisonError::into_inner).acked += 1;
+                Ok(Response::Error { code, .. }) => errors.add(format!("send refused: {code}")),
+                Ok(_) => errors.add("send: unexpected response"),
+                Err(e) => {
+                    errors.add(format!("send: {e}"));
+                    break;
                 }
             }
         }
-        while let Some(r) = inflight.join_next().await {
-            if matches!(r, Ok(true)) {
-                result.lock().unwrap_or_else(PoisonError::into_inner).acked += 1;
-            }
-        }
+        result.lock().unwrap_or_else(PoisonError::into_inner).acked += acked;
     };
 
     let receiver = async {
@@ -456,31 +459,48 @@ async fn converse(
                 None => errors.add("decrypt failed"),
             }
         };
+        // One timer for the loop, moved only when its target changes (an
+        // acknowledgement falls due, or the 250 ms fetch fallback restarts),
+        // not one per push.
+        let poll = Duration::from_millis(250);
+        let mut idle_at = tokio::time::Instant::now() + poll;
+        let timer = tokio::time::sleep_until(idle_at);
+        tokio::pin!(timer);
         while got < cfg.messages && tokio::time::Instant::now() < deadline {
             let due = since.map(|t| t + ACK_DELAY);
             if pushes.is_empty() && due.is_some_and(|t| t <= Instant::now()) {
                 since = None;
+                idle_at = tokio::time::Instant::now() + poll;
                 if !ack_all(&conn, std::mem::take(&mut unacked), errors).await {
                     return;
                 }
             }
-            let wait = due.map_or(Duration::from_millis(250), |t| t.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, pushes.recv()).await {
-                Ok(None) => {
+            let target = since.map_or(idle_at, |t| tokio::time::Instant::from_std(t + ACK_DELAY));
+            if timer.deadline() != target {
+                timer.as_mut().reset(target);
+            }
+            let next = tokio::select! {
+                biased;
+                p = pushes.recv() => Some(p),
+                () = &mut timer => None,
+            };
+            match next {
+                Some(None) => {
                     errors.add("connection closed");
                     return;
                 }
-                Ok(Some(Push::Envelope(env))) => {
+                Some(Some(Push::Envelope(env))) => {
                     open(&env, &mut got);
                     unacked.push(env.id);
                     since.get_or_insert_with(Instant::now);
                     continue;
                 }
                 // The acknowledgement is due.
-                Err(_) if due.is_some() => continue,
-                Ok(Some(Push::NewEnvelope { .. })) | Err(_) => {}
-                Ok(Some(_)) => continue,
+                None if since.is_some() => continue,
+                Some(Some(Push::NewEnvelope { .. })) | None => {}
+                Some(Some(_)) => continue,
             }
+            idle_at = tokio::time::Instant::now() + poll;
             loop {
                 let (envelopes, more) = match conn.request(Request::Fetch).await {
                     Ok(Response::Envelopes { envelopes, more }) => (envelopes, more),
