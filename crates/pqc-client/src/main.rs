@@ -108,6 +108,10 @@ enum Command {
     },
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from("config/client.toml"));

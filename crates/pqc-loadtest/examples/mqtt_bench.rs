@@ -338,6 +338,10 @@ async fn run(o: Opts) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let o = match parse() {
         Ok(o) => o,

@@ -351,6 +351,10 @@ fn parse() -> Result<(String, Opts), BoxError> {
     Ok((mode, o))
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (mode, o) = match parse() {
         Ok(p) => p,

@@ -78,6 +78,10 @@ async fn run(bytes: u64) -> Result<(u64, Duration), BoxError> {
     Ok((got, took))
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let mut bytes: u64 = 100 << 20;
     let mut args = std::env::args().skip(1);

@@ -70,6 +70,10 @@ struct Args {
     group_info_bytes: usize,
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.server.ip().is_loopback() {

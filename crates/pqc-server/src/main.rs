@@ -25,6 +25,10 @@ struct Args {
     status: Option<SocketAddr>,
 }
 
+/// mimalloc, as in every binary of the workspace (the workspace manifest says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match real_main(args) {
