@@ -511,9 +511,9 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 return Response::error(ErrorCode::Invalid, "max_views must be at least 1");
             }
             let (t, max, sh) = (to.clone(), limits.max_mailbox, shared.clone());
-            // The Ack is sent only after the envelope is committed
-            // (synchronous=FULL). A connected recipient gets it inline (it
-            // stays queued until acknowledged), pushed from the database
+            // The Ack is sent only after the envelope is committed (the
+            // mailbox log fdatasynced). A connected recipient gets it inline
+            // (it stays queued until acknowledged), pushed from the database
             // thread after the commit, so in mailbox order; a limited-view one
             // is only announced, since each fetch of it counts as a view.
             let stored = shared.db_then(

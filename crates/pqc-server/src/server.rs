@@ -46,8 +46,9 @@ const MAX_BATCH: usize = 256;
 /// The database thread: owns the store and runs queued operations in group
 /// commits. It takes every operation waiting at that moment (up to
 /// [`MAX_BATCH`]), runs each as a savepoint inside one transaction, commits
-/// once (one `fsync` with `synchronous=FULL`), and only then answers the
-/// callers. So an envelope is still on disk before its sender is
+/// once (an `fdatasync` of the mailbox log if envelopes came or went, an
+/// `fsync` of the database, `synchronous=FULL`, if it changed), and only
+/// then answers the callers. So an envelope is still on disk before its sender is
 /// acknowledged, but a hundred concurrent senders share one disk flush
 /// instead of queueing for a hundred.
 ///

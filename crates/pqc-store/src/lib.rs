@@ -7,13 +7,19 @@
 //!   read cursors, the ordered log of MLS messages, the sealed GroupInfo).
 //! - [`client`]: [`client::ClientDb`], the client profile database (sealed blobs, history, delivered envelope ids).
 //!
-//! The server store keeps everything in one SQLite file (`server.db` in the
-//! data directory), WAL mode with `synchronous=FULL`, so a committed envelope
+//! - [`mailbox`]: the server's mailboxes, the envelopes waiting for their
+//!   recipients, in an append-only log (`mailbox.log`) and in memory.
+//!
+//! The server store keeps accounts, prekeys, rooms and attachment metadata
+//! in one SQLite file (`server.db` in the data directory), WAL mode with
+//! `synchronous=FULL`, and envelopes in `mailbox.log` beside it, written and
+//! `fdatasync`ed in the same group commit, so a committed envelope
 //! (acknowledged to its sender) survives a crash or SIGKILL. Attachment bytes
 //! are SQLite blobs (one row per uploaded chunk) so an attachment and its
 //! metadata are created, resumed and deleted transactionally.
 
 pub mod client;
+pub mod mailbox;
 pub mod server;
 
 use thiserror::Error;

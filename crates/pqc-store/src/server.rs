@@ -1,6 +1,6 @@
 //! Server-side storage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use pqc_wire::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
+use crate::mailbox::Mailboxes;
 
 /// Remaining one-time prekeys of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -343,10 +344,13 @@ pub struct SqliteServerStore {
     doomed: Vec<AttachmentId>,
     /// Inside [`SqliteServerStore::begin_batch`].
     in_batch: bool,
-    /// Envelopes queued per recipient, counted once and then kept up to
-    /// date, so checking the mailbox limit does not count a full mailbox's
-    /// rows at every message. Cleared when a batch is rolled back.
-    mailbox_len: HashMap<Username, u32>,
+    /// The envelopes waiting for their recipients (`mailbox.log` beside
+    /// the database; see [`crate::mailbox`]).
+    mail: Mailboxes,
+    /// Accounts known to exist (an envelope's recipient is checked against
+    /// it before the database). Accounts are never deleted; cleared when a
+    /// batch, which may have created one, is rolled back.
+    accounts: HashSet<Username>,
 }
 
 /// Bytes of an upload written between two fsyncs of its file (and updates
@@ -390,6 +394,8 @@ impl SqliteServerStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut store = Self::init(Connection::open(path)?)?;
+        store.mail = Mailboxes::open(&path.parent().unwrap_or(Path::new(".")).join("mailbox.log"))?;
+        store.import_envelopes()?;
         let dir = path.parent().unwrap_or(Path::new(".")).join("attachments");
         std::fs::create_dir_all(&dir)?;
         store.files = Some(dir);
@@ -501,11 +507,37 @@ impl SqliteServerStore {
         Ok(conn.exec("DELETE FROM attachments WHERE id = ?1", params![i64_of(id.0)?])? > 0)
     }
 
-    /// `n` of `user`'s envelopes were deleted: the kept count follows.
-    fn mailbox_shrunk(&mut self, user: &Username, n: u32) {
-        if let Some(len) = self.mailbox_len.get_mut(user) {
-            *len = len.saturating_sub(n);
+    /// Outside a batch, a mailbox change is its own commit.
+    fn mail_autocommit(&mut self) -> Result<(), StoreError> {
+        if self.in_batch { Ok(()) } else { self.mail.flush() }
+    }
+
+    /// Moves the envelopes an older version kept in the database's
+    /// `envelopes` table to the mailbox log (same ids), and makes new ids
+    /// follow the table's last one. Runs when the store opens; repeated
+    /// after a crash in between, it puts the same envelopes again.
+    fn import_envelopes(&mut self) -> Result<(), StoreError> {
+        let last: Option<i64> =
+            self.conn.row("SELECT seq FROM sqlite_sequence WHERE name = 'envelopes'", [], |r| r.get(0)).optional()?;
+        self.mail.ids_from(last.and_then(|v| u64::try_from(v).ok()).unwrap_or(0).saturating_add(1));
+        type Row = (i64, String, String, Option<u32>, Option<u32>, Vec<u8>);
+        let rows: Vec<Row> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, recipient, sender, max_views, views_left, payload FROM envelopes ORDER BY id")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(());
         }
+        for (id, to, from, max_views, views_left, payload) in rows {
+            let id = u64::try_from(id).map_err(|_| StoreError::Invalid("negative envelope id".into()))?;
+            self.mail.put_with_id(id, &user(to)?, &user(from)?, max_views, views_left, &payload)?;
+        }
+        self.mail.flush()?;
+        self.conn.execute("DELETE FROM envelopes", [])?;
+        Ok(())
     }
 
     /// Outside a batch, an operation's own commit is final: delete files now.
@@ -526,7 +558,13 @@ impl SqliteServerStore {
     }
 
     /// Commits the batch started by [`Self::begin_batch`].
+    ///
+    /// The mailbox log is made durable first, then the database: an
+    /// envelope to an account created in the same batch may outlive a failed
+    /// database commit (it is never fetched), but no acknowledged envelope
+    /// is lost when the log's write fails (the whole batch fails).
     pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        self.mail.flush()?;
         self.conn.execute_batch("COMMIT")?;
         self.in_batch = false;
         self.remove_doomed()
@@ -539,7 +577,8 @@ impl SqliteServerStore {
         self.doomed.clear();
         self.written.clear();
         self.syncing.clear();
-        self.mailbox_len.clear();
+        self.mail.rollback();
+        self.accounts.clear();
         Ok(self.conn.execute_batch("ROLLBACK")?)
     }
 
@@ -565,7 +604,8 @@ impl SqliteServerStore {
             syncing: Default::default(),
             doomed: Vec::new(),
             in_batch: false,
-            mailbox_len: HashMap::new(),
+            mail: Mailboxes::in_memory(),
+            accounts: HashSet::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -841,108 +881,35 @@ impl ServerStore for SqliteServerStore {
         payload: &[u8],
         max_mailbox: u32,
     ) -> Result<EnvelopeId, StoreError> {
-        // One INSERT, atomic on its own: no savepoint. The recipient's
-        // existence is checked by the foreign key.
-        let queued = match self.mailbox_len.get(to) {
-            Some(&n) => n,
-            None => {
-                let n: i64 = self.conn.row(
-                    "SELECT COUNT(*) FROM envelopes WHERE recipient = ?1",
-                    params![to.as_str()],
-                    |r| r.get(0),
-                )?;
-                u32::try_from(n).unwrap_or(u32::MAX)
-            }
-        };
-        if queued >= max_mailbox {
-            return Err(StoreError::MailboxFull);
-        }
-        let inserted = self.conn.exec(
-            "INSERT INTO envelopes (recipient, sender, max_views, views_left, payload) VALUES (?1, ?2, ?3, ?3, ?4)",
-            params![to.as_str(), from.as_str(), max_views, payload],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-            {
+        if !self.accounts.contains(to) {
+            let known = self.conn.row("SELECT 1 FROM accounts WHERE username = ?1", params![to.as_str()], |_| Ok(()));
+            if known.optional()?.is_none() {
                 return Err(StoreError::UnknownUser);
             }
-            Err(e) => return Err(e.into()),
+            self.accounts.insert(to.clone());
         }
-        let id = self.conn.last_insert_rowid();
-        self.mailbox_len.insert(to.clone(), queued.saturating_add(1));
-        Ok(EnvelopeId(u64::try_from(id).unwrap_or(0)))
+        if self.mail.len_of(to) >= max_mailbox as usize {
+            return Err(StoreError::MailboxFull);
+        }
+        let id = self.mail.put(to, from, max_views, payload)?;
+        self.mail_autocommit()?;
+        Ok(id)
     }
 
     fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError> {
-        let tx = self.conn.savepoint()?;
-        let mut out = Vec::new();
-        let mut more = false;
-        {
-            let mut st = tx.prepare_cached(
-                "SELECT id, sender, max_views, views_left, payload FROM envelopes WHERE recipient = ?1 ORDER BY id",
-            )?;
-            let mut rows = st.query(params![user.as_str()])?;
-            let mut used = 0usize;
-            while let Some(r) = rows.next()? {
-                let payload: Vec<u8> = r.get(4)?;
-                if !out.is_empty() && used + payload.len() + 64 > max_bytes {
-                    more = true;
-                    break;
-                }
-                used += payload.len() + 64;
-                let id: i64 = r.get(0)?;
-                out.push(Envelope {
-                    id: EnvelopeId(u64::try_from(id).unwrap_or(0)),
-                    from: user_of(r.get(1)?)?,
-                    max_views: r.get(2)?,
-                    views_left: r.get::<_, Option<u32>>(3)?.map(|v| v.saturating_sub(1)),
-                    payload,
-                });
-            }
-        }
-        for e in &out {
-            match e.views_left {
-                Some(0) => {
-                    tx.exec("DELETE FROM envelopes WHERE id = ?1", params![i64_of(e.id.0)?])?;
-                }
-                Some(v) => {
-                    tx.exec("UPDATE envelopes SET views_left = ?2 WHERE id = ?1", params![i64_of(e.id.0)?, v])?;
-                }
-                None => {}
-            }
-        }
-        tx.commit()?;
-        let gone = out.iter().filter(|e| e.views_left == Some(0)).count();
-        self.mailbox_shrunk(user, u32::try_from(gone).unwrap_or(u32::MAX));
-        Ok((out, more))
+        let fetched = self.mail.fetch(user, max_bytes)?;
+        self.mail_autocommit()?;
+        Ok(fetched)
     }
 
     fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError> {
-        // No savepoint: each DELETE is atomic, and one that a failure leaves
-        // done was asked for all the same (the recipient acknowledges again).
-        let mut n = 0u32;
-        let mut st = self.conn.prepare_cached("DELETE FROM envelopes WHERE id = ?1 AND recipient = ?2")?;
-        for id in ids {
-            // No envelope has an id past i64::MAX.
-            let Ok(id) = i64::try_from(id.0) else { continue };
-            match st.execute(params![id, user.as_str()]) {
-                Ok(k) => n += u32::try_from(k).unwrap_or(0),
-                Err(e) => {
-                    self.mailbox_len.remove(user);
-                    return Err(e.into());
-                }
-            }
-        }
-        drop(st);
-        self.mailbox_shrunk(user, n);
+        let n = self.mail.ack(user, ids);
+        self.mail_autocommit()?;
         Ok(n)
     }
 
     fn queued_total(&mut self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(self.mail.total() as u64)
     }
 
     fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
@@ -1579,6 +1546,40 @@ mod tests {
         assert_eq!(s.ack(&u("bob"), &ids[..1]).unwrap(), 1);
         s.enqueue(&u("bob"), &u("alice"), None, b"g", 3).unwrap();
         assert!(full(&mut s));
+    }
+
+    /// An older version kept envelopes in the database: they move to the
+    /// mailbox log with their ids, and new ids follow the last one it gave.
+    #[test]
+    fn envelopes_of_an_older_version_move_to_the_mailbox_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        // As the older version left it: two envelopes queued, ids up to 41 given.
+        s.conn
+            .execute_batch(
+                "INSERT INTO envelopes (id, recipient, sender, max_views, views_left, payload) VALUES
+                     (40, 'bob', 'alice', NULL, NULL, x'0102'), (41, 'bob', 'carol', 3, 2, x'03');",
+            )
+            .unwrap();
+        drop(s);
+        std::fs::remove_file(dir.path().join("mailbox.log")).unwrap();
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        let n: i64 = s.conn.row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "moved out of the database");
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        let got: Vec<_> = e.iter().map(|e| (e.id.0, e.from.as_str(), e.views_left, e.payload.clone())).collect();
+        assert_eq!(got, vec![(40, "alice", None, vec![1, 2]), (41, "carol", Some(1), vec![3])]);
+        assert_eq!(s.enqueue(&u("bob"), &u("alice"), None, b"x", 10).unwrap(), EnvelopeId(42));
+        drop(s);
+        // Reopened: the log has them (with the view counted), the table stays empty.
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(
+            e.iter().map(|e| (e.id.0, e.views_left)).collect::<Vec<_>>(),
+            vec![(40, None), (41, Some(0)), (42, None)]
+        );
     }
 
     #[test]

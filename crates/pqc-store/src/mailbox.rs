@@ -1,0 +1,724 @@
+//! Mailboxes: the envelopes waiting for their recipients, kept in memory and
+//! in an append-only log file (`mailbox.log` beside the database).
+//!
+//! An envelope lives a few milliseconds to a few days: written once when its
+//! sender's request arrives, deleted when its recipient acknowledges it. In a
+//! B-tree that is an insert and a delete, each rewriting whole pages of the
+//! database's write-ahead log (several KiB per envelope of a few hundred
+//! bytes); here it is one record appended when it comes and a 13-byte record
+//! when it goes, made durable together with everything else of the same
+//! group commit by one `fdatasync` of the log ([`Mailboxes::flush`]).
+//!
+//! # The log
+//! A sequence of records, `u32 BE body length || u32 BE CRC-32 of the body ||
+//! body`, the body one of:
+//! - `1 || id u64 || max_views u32 (0: none) || views_left u32 || recipient
+//!   (u8 length || name) || sender (same) || payload (the rest)`: an envelope;
+//! - `2 || id u64`: the envelope was acknowledged, or seen for the last time;
+//! - `3 || id u64 || views_left u32`: a limited-view envelope was fetched;
+//! - `4 || next id u64`: the first id not yet given (a compacted log starts with it).
+//!
+//! Replaying the log from its start rebuilds the mailboxes. A crash can
+//! leave a torn record at the end: replay stops at the first record that
+//! does not check out and the file is cut back to the records before it,
+//! all of which were complete when their group commit was acknowledged.
+//! When the log holds four times more than its live envelopes (and at least
+//! [`COMPACT_MIN`]), the live envelopes are copied to a new file that
+//! replaces it atomically.
+//!
+//! Envelope ids keep increasing across restarts and compactions (clients
+//! drop an id they already have): the log keeps the next id, and a store
+//! upgraded from the database table keeps counting after its last id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use pqc_wire::codec::Reader;
+use pqc_wire::{Envelope, EnvelopeId, Username, WireError};
+
+use crate::StoreError;
+
+/// A log smaller than this is never compacted.
+pub const COMPACT_MIN: u64 = 32 << 20;
+
+/// Largest record body replay accepts (an envelope is bounded by the
+/// server's frame limit, far below this).
+const MAX_RECORD: usize = 1 << 30;
+
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+const VIEWS: u8 = 3;
+const NEXT_ID: u8 = 4;
+
+/// Record header: body length and CRC.
+const HEADER: usize = 8;
+
+/// One record of the log, as replay reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// An envelope.
+    Put {
+        /// Its id.
+        id: u64,
+        /// Limited-view limit.
+        max_views: Option<u32>,
+        /// Fetches left (limited-view envelopes).
+        views_left: Option<u32>,
+        /// Recipient.
+        recipient: Username,
+        /// Sender.
+        sender: Username,
+        /// Ciphertext.
+        payload: &'a [u8],
+    },
+    /// Envelope `id` is gone.
+    Delete(u64),
+    /// Envelope `id` has `views_left` fetches left.
+    Views(u64, u32),
+    /// The first id not given yet.
+    NextId(u64),
+}
+
+/// Decodes the record at the start of `buf`: the record and its length in
+/// bytes, `Ok(None)` if `buf` ends before the record does (a torn tail), or
+/// an error if it is damaged or malformed. Never panics, whatever `buf` is.
+pub fn decode_record(buf: &[u8]) -> Result<Option<(Record<'_>, usize)>, StoreError> {
+    let Some(header) = buf.get(..HEADER) else { return Ok(None) };
+    let mut r = Reader::new(header);
+    let len = r.u32().map_err(damaged)? as usize;
+    let crc = r.u32().map_err(damaged)?;
+    if len > MAX_RECORD {
+        return Err(StoreError::Invalid("mailbox log: record too long".into()));
+    }
+    let Some(body) = buf.get(HEADER..HEADER + len) else { return Ok(None) };
+    if crc32fast::hash(body) != crc {
+        return Err(StoreError::Invalid("mailbox log: record checksum mismatch".into()));
+    }
+    decode_body(body).map(|r| Some((r, HEADER + len))).map_err(damaged)
+}
+
+fn damaged(e: WireError) -> StoreError {
+    StoreError::Invalid(format!("mailbox log: malformed record: {e}"))
+}
+
+fn decode_body(body: &[u8]) -> Result<Record<'_>, WireError> {
+    let mut r = Reader::new(body);
+    let none_if_zero = |v: u32| (v != 0).then_some(v);
+    let record = match r.u8()? {
+        PUT => {
+            let id = r.u64()?;
+            let max_views = none_if_zero(r.u32()?);
+            let views_left = r.u32()?;
+            let recipient = Username::read(&mut r)?;
+            let sender = Username::read(&mut r)?;
+            let payload = r.take(r.remaining())?;
+            Record::Put { id, max_views, views_left: max_views.map(|_| views_left), recipient, sender, payload }
+        }
+        DELETE => Record::Delete(r.u64()?),
+        VIEWS => Record::Views(r.u64()?, r.u32()?),
+        NEXT_ID => Record::NextId(r.u64()?),
+        other => return Err(WireError::UnknownType(other)),
+    };
+    r.finish()?;
+    Ok(record)
+}
+
+/// Replays `data` as a mailbox log, as opening one does (records into
+/// mailboxes in memory, stopping at the first damaged or torn one), and
+/// returns the length of its good part. The fuzz target's entry point.
+#[doc(hidden)]
+pub fn fuzz_replay(data: &[u8]) -> usize {
+    let mut m = Mailboxes::in_memory();
+    let mut at = 0usize;
+    while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
+        match decode_record(rest) {
+            Ok(Some((record, n))) => {
+                m.replay(record, at as u64, n as u64);
+                at += n;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    at
+}
+
+/// Appends one record, `body` written by `f`, to `out`.
+fn append_record(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    f(out);
+    let body = out.get(start + HEADER..).unwrap_or_default();
+    let (len, crc) = (u32::try_from(body.len()).unwrap_or(u32::MAX), crc32fast::hash(body));
+    if let Some(h) = out.get_mut(start..start + HEADER) {
+        h[..4].copy_from_slice(&len.to_be_bytes());
+        h[4..].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, name: &Username) {
+    // At most Username::MAX_LEN (32) bytes.
+    out.push(u8::try_from(name.as_str().len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(name.as_str().as_bytes());
+}
+
+/// Where an envelope's ciphertext is.
+#[derive(Debug)]
+enum Body {
+    /// In memory (a store without a file).
+    Memory(Vec<u8>),
+    /// In the log, at this offset (past the committed length: still in the
+    /// batch's buffer).
+    Log { offset: u64, len: u32 },
+}
+
+#[derive(Debug)]
+struct Queued {
+    recipient: Username,
+    sender: Username,
+    max_views: Option<u32>,
+    views_left: Option<u32>,
+    body: Body,
+    /// Bytes of its record in the log (0 in memory).
+    record_len: u64,
+}
+
+/// How to take back one change of the open batch.
+#[derive(Debug)]
+enum Undo {
+    Put(u64),
+    Delete(u64, Queued),
+    Views(u64, Option<u32>),
+}
+
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    /// Bytes on disk (every group commit that succeeded).
+    len: u64,
+}
+
+/// The envelopes of every mailbox; see the [module](self) documentation.
+#[derive(Debug)]
+pub(crate) struct Mailboxes {
+    log: Option<LogFile>,
+    envelopes: HashMap<u64, Queued>,
+    by_recipient: HashMap<Username, BTreeSet<u64>>,
+    next_id: u64,
+    /// Records of the open batch, written at [`Mailboxes::flush`].
+    pending: Vec<u8>,
+    undo: Vec<Undo>,
+    /// Bytes of the live envelopes' records.
+    live: u64,
+}
+
+impl Mailboxes {
+    /// Mailboxes without a file (tests, an in-memory store).
+    pub(crate) fn in_memory() -> Self {
+        Self {
+            log: None,
+            envelopes: HashMap::new(),
+            by_recipient: HashMap::new(),
+            next_id: 1,
+            pending: Vec::new(),
+            undo: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Opens (creating) the log at `path` and replays it; cuts a torn tail.
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        // A compaction that did not finish left its new file: the old one is whole.
+        let _ = std::fs::remove_file(compact_path(path));
+        let created = !path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        if created {
+            file.sync_all()?;
+            sync_dir(path)?;
+        }
+        let bytes = std::fs::read(path)?;
+        let mut m = Self::in_memory();
+        let mut at = 0usize;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            match decode_record(rest) {
+                Ok(Some((record, n))) => {
+                    m.replay(record, at as u64, n as u64);
+                    at += n;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if at < bytes.len() {
+            tracing::warn!(
+                "mailbox log {}: cut {} bytes of an unfinished record at its end (a crash during a write)",
+                path.display(),
+                bytes.len() - at
+            );
+            file.set_len(at as u64)?;
+            file.sync_all()?;
+        }
+        m.log = Some(LogFile { file, path: path.to_owned(), len: at as u64 });
+        Ok(m)
+    }
+
+    fn replay(&mut self, record: Record<'_>, offset: u64, n: u64) {
+        match record {
+            Record::Put { id, max_views, views_left, recipient, sender, payload } => {
+                let body_offset = offset + n - payload.len() as u64;
+                let body = Body::Log { offset: body_offset, len: u32::try_from(payload.len()).unwrap_or(u32::MAX) };
+                // A Put of an id seen before (an import repeated after a crash) replaces it.
+                self.remove(id);
+                self.insert(id, Queued { recipient, sender, max_views, views_left, body, record_len: n });
+                self.next_id = self.next_id.max(id.saturating_add(1));
+            }
+            Record::Delete(id) => {
+                self.remove(id);
+            }
+            Record::Views(id, v) => {
+                if let Some(q) = self.envelopes.get_mut(&id) {
+                    q.views_left = Some(v);
+                }
+            }
+            Record::NextId(id) => self.next_id = self.next_id.max(id),
+        }
+    }
+
+    fn insert(&mut self, id: u64, q: Queued) {
+        self.live += q.record_len;
+        self.by_recipient.entry(q.recipient.clone()).or_default().insert(id);
+        self.envelopes.insert(id, q);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Queued> {
+        let q = self.envelopes.remove(&id)?;
+        self.live = self.live.saturating_sub(q.record_len);
+        if let Some(ids) = self.by_recipient.get_mut(&q.recipient) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_recipient.remove(&q.recipient);
+            }
+        }
+        Some(q)
+    }
+
+    /// Ids are given from here on at least (an upgraded store's last id + 1).
+    pub(crate) fn ids_from(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
+    /// Envelopes queued for `user`.
+    pub(crate) fn len_of(&self, user: &Username) -> usize {
+        self.by_recipient.get(user).map_or(0, BTreeSet::len)
+    }
+
+    /// Envelopes queued for everyone.
+    pub(crate) fn total(&self) -> usize {
+        self.envelopes.len()
+    }
+
+    /// Queues an envelope with the next id (the caller checked the
+    /// recipient and the mailbox limit).
+    pub(crate) fn put(
+        &mut self,
+        recipient: &Username,
+        sender: &Username,
+        max_views: Option<u32>,
+        payload: &[u8],
+    ) -> Result<EnvelopeId, StoreError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.put_with_id(id, recipient, sender, max_views, max_views, payload)?;
+        Ok(EnvelopeId(id))
+    }
+
+    /// Queues an envelope under `id` (also the import of an older store's rows).
+    pub(crate) fn put_with_id(
+        &mut self,
+        id: u64,
+        recipient: &Username,
+        sender: &Username,
+        max_views: Option<u32>,
+        views_left: Option<u32>,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        let len = u32::try_from(payload.len()).map_err(|_| StoreError::Invalid("envelope too large".into()))?;
+        self.next_id = self.next_id.max(id.saturating_add(1));
+        let (body, record_len) = match &self.log {
+            None => (Body::Memory(payload.to_vec()), 0),
+            Some(log) => {
+                let start = self.pending.len();
+                append_record(&mut self.pending, |out| {
+                    out.push(PUT);
+                    out.extend_from_slice(&id.to_be_bytes());
+                    out.extend_from_slice(&max_views.unwrap_or(0).to_be_bytes());
+                    out.extend_from_slice(&views_left.unwrap_or(0).to_be_bytes());
+                    put_name(out, recipient);
+                    put_name(out, sender);
+                    out.extend_from_slice(payload);
+                });
+                let record_len = (self.pending.len() - start) as u64;
+                let offset = log.len + self.pending.len() as u64 - u64::from(len);
+                (Body::Log { offset, len }, record_len)
+            }
+        };
+        if let Some(old) = self.remove(id) {
+            self.undo.push(Undo::Delete(id, old));
+        }
+        let q =
+            Queued { recipient: recipient.clone(), sender: sender.clone(), max_views, views_left, body, record_len };
+        self.insert(id, q);
+        self.undo.push(Undo::Put(id));
+        Ok(())
+    }
+
+    fn record(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.log.is_some() {
+            append_record(&mut self.pending, f);
+        }
+    }
+
+    fn payload(&self, body: &Body) -> Result<Vec<u8>, StoreError> {
+        match (body, &self.log) {
+            (Body::Memory(v), _) => Ok(v.clone()),
+            (Body::Log { offset, len }, Some(log)) => {
+                let len = *len as usize;
+                if *offset >= log.len {
+                    let at = usize::try_from(offset - log.len).unwrap_or(usize::MAX);
+                    return self
+                        .pending
+                        .get(at..at.saturating_add(len))
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| StoreError::Invalid("envelope past the mailbox log's end".into()));
+                }
+                let mut buf = vec![0; len];
+                log.file.read_exact_at(&mut buf, *offset)?;
+                Ok(buf)
+            }
+            (Body::Log { .. }, None) => Err(StoreError::Invalid("envelope in a log that is not open".into())),
+        }
+    }
+
+    /// `user`'s envelopes, oldest first, up to about `max_bytes` (at least
+    /// one), and whether more remain. Counts a view of each limited-view
+    /// envelope; the last one deletes it.
+    pub(crate) fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError> {
+        let ids: Vec<u64> = self.by_recipient.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        let mut more = false;
+        for id in ids {
+            let Some(q) = self.envelopes.get(&id) else { continue };
+            let size = match q.body {
+                Body::Memory(ref v) => v.len(),
+                Body::Log { len, .. } => len as usize,
+            };
+            if !out.is_empty() && used + size + 64 > max_bytes {
+                more = true;
+                break;
+            }
+            used += size + 64;
+            let payload = self.payload(&q.body)?;
+            let (from, max_views, views_left) = (q.sender.clone(), q.max_views, q.views_left);
+            let left = views_left.map(|v| v.saturating_sub(1));
+            match left {
+                Some(0) => {
+                    self.record(|out| {
+                        out.push(DELETE);
+                        out.extend_from_slice(&id.to_be_bytes());
+                    });
+                    if let Some(q) = self.remove(id) {
+                        self.undo.push(Undo::Delete(id, q));
+                    }
+                }
+                Some(v) => {
+                    self.record(|out| {
+                        out.push(VIEWS);
+                        out.extend_from_slice(&id.to_be_bytes());
+                        out.extend_from_slice(&v.to_be_bytes());
+                    });
+                    if let Some(q) = self.envelopes.get_mut(&id) {
+                        self.undo.push(Undo::Views(id, q.views_left));
+                        q.views_left = Some(v);
+                    }
+                }
+                None => {}
+            }
+            out.push(Envelope { id: EnvelopeId(id), from, max_views, views_left: left, payload });
+        }
+        Ok((out, more))
+    }
+
+    /// Deletes those of `ids` that are `user`'s; returns how many.
+    pub(crate) fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> u32 {
+        let mut n = 0;
+        for &EnvelopeId(id) in ids {
+            if self.envelopes.get(&id).is_none_or(|q| &q.recipient != user) {
+                continue;
+            }
+            self.record(|out| {
+                out.push(DELETE);
+                out.extend_from_slice(&id.to_be_bytes());
+            });
+            if let Some(q) = self.remove(id) {
+                self.undo.push(Undo::Delete(id, q));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Makes the open batch's changes durable: appends its records and
+    /// `fdatasync`s the log. On failure the file is cut back and the batch's
+    /// changes are taken back in memory too (what is on disk is the truth).
+    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+        let Some(log) = &mut self.log else {
+            self.undo.clear();
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            self.undo.clear();
+            return Ok(());
+        }
+        let written = log.file.write_all_at(&self.pending, log.len).and_then(|()| log.file.sync_data());
+        if let Err(e) = written {
+            let _ = log.file.set_len(log.len);
+            self.rollback();
+            return Err(e.into());
+        }
+        log.len += self.pending.len() as u64;
+        self.pending.clear();
+        self.undo.clear();
+        if log.len >= COMPACT_MIN && log.len > self.live.saturating_mul(4) {
+            // A failed compaction leaves the log as it was: it is retried at
+            // the next commit, and the envelopes stay where they are.
+            if let Err(e) = self.compact() {
+                self.compact_failed(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back the open batch's changes.
+    pub(crate) fn rollback(&mut self) {
+        self.pending.clear();
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::Put(id) => {
+                    self.remove(id);
+                }
+                Undo::Delete(id, q) => self.insert(id, q),
+                Undo::Views(id, v) => {
+                    if let Some(q) = self.envelopes.get_mut(&id) {
+                        q.views_left = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the live envelopes to a new log and puts it in the old one's place.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let tmp = compact_path(&log.path);
+        let mut out = BufWriter::new(File::create(&tmp)?);
+        let mut at = 0u64;
+        let mut record = Vec::new();
+        append_record(&mut record, |o| {
+            o.push(NEXT_ID);
+            o.extend_from_slice(&self.next_id.to_be_bytes());
+        });
+        out.write_all(&record)?;
+        at += record.len() as u64;
+        let mut ids: Vec<u64> = self.envelopes.keys().copied().collect();
+        ids.sort_unstable();
+        let mut moved = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(q) = self.envelopes.get(&id) else { continue };
+            let payload = self.payload(&q.body)?;
+            record.clear();
+            append_record(&mut record, |o| {
+                o.push(PUT);
+                o.extend_from_slice(&id.to_be_bytes());
+                o.extend_from_slice(&q.max_views.unwrap_or(0).to_be_bytes());
+                o.extend_from_slice(&q.views_left.unwrap_or(0).to_be_bytes());
+                put_name(o, &q.recipient);
+                put_name(o, &q.sender);
+                o.extend_from_slice(&payload);
+            });
+            out.write_all(&record)?;
+            at += record.len() as u64;
+            moved.push((id, at - payload.len() as u64, record.len() as u64));
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &log.path)?;
+        sync_dir(&log.path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&log.path)?;
+        for (id, offset, record_len) in moved {
+            if let Some(q) = self.envelopes.get_mut(&id)
+                && let Body::Log { offset: o, .. } = &mut q.body
+            {
+                *o = offset;
+                q.record_len = record_len;
+            }
+        }
+        self.live = self.envelopes.values().map(|q| q.record_len).sum();
+        if let Some(log) = &mut self.log {
+            log.file = file;
+            log.len = at;
+        }
+        Ok(())
+    }
+
+    fn compact_failed(&self, e: StoreError) {
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(compact_path(&log.path));
+            tracing::warn!("mailbox log {}: compaction failed (retried at the next commit): {e}", log.path.display());
+        }
+    }
+}
+
+fn compact_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".compact");
+    PathBuf::from(p)
+}
+
+/// Makes a created or renamed file's directory entry durable.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Username {
+        Username::new(s).unwrap()
+    }
+
+    #[test]
+    fn records_round_trip_and_damage_is_refused() {
+        let mut buf = Vec::new();
+        append_record(&mut buf, |o| {
+            o.push(PUT);
+            o.extend_from_slice(&7u64.to_be_bytes());
+            o.extend_from_slice(&2u32.to_be_bytes());
+            o.extend_from_slice(&1u32.to_be_bytes());
+            put_name(o, &u("bob"));
+            put_name(o, &u("alice"));
+            o.extend_from_slice(b"ct");
+        });
+        let (r, n) = decode_record(&buf).unwrap().unwrap();
+        assert_eq!(n, buf.len());
+        assert_eq!(
+            r,
+            Record::Put {
+                id: 7,
+                max_views: Some(2),
+                views_left: Some(1),
+                recipient: u("bob"),
+                sender: u("alice"),
+                payload: b"ct"
+            }
+        );
+        // Every shorter prefix is a torn tail, not an error.
+        for cut in 0..buf.len() {
+            assert_eq!(decode_record(&buf[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        // Any flipped bit is caught.
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            assert!(!matches!(decode_record(&bad), Ok(Some((ref r2, _))) if *r2 == r), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_ids_keep_increasing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbox.log");
+        let mut m = Mailboxes::open(&path).unwrap();
+        let a = m.put(&u("bob"), &u("alice"), None, b"one").unwrap();
+        let b = m.put(&u("bob"), &u("alice"), Some(2), b"two").unwrap();
+        m.flush().unwrap();
+        assert_eq!(m.ack(&u("bob"), &[a]), 1);
+        m.flush().unwrap();
+        // Half a record at the end, as a crash in the middle of a write leaves it.
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0, 0, 0, 40, 1, 2, 3]).unwrap();
+        drop((f, m));
+        let mut m = Mailboxes::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        let (e, _) = m.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(
+            e.iter().map(|e| (e.id, e.payload.clone(), e.views_left)).collect::<Vec<_>>(),
+            vec![(b, b"two".to_vec(), Some(1))]
+        );
+        m.flush().unwrap();
+        // Even with every envelope gone, a new one gets a new id.
+        assert_eq!(m.ack(&u("bob"), &[b]), 1);
+        m.flush().unwrap();
+        drop(m);
+        let mut m = Mailboxes::open(&path).unwrap();
+        assert_eq!(m.total(), 0);
+        assert!(m.put(&u("bob"), &u("alice"), None, b"three").unwrap().0 > b.0);
+    }
+
+    #[test]
+    fn a_rolled_back_batch_leaves_memory_as_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbox.log");
+        let mut m = Mailboxes::open(&path).unwrap();
+        let a = m.put(&u("bob"), &u("alice"), Some(3), b"one").unwrap();
+        m.flush().unwrap();
+        m.put(&u("bob"), &u("alice"), None, b"two").unwrap();
+        m.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(m.ack(&u("bob"), &[a]), 1);
+        m.rollback();
+        assert_eq!(m.len_of(&u("bob")), 1);
+        let (e, _) = m.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!((e.len(), e[0].views_left), (1, Some(2)));
+        m.flush().unwrap();
+        drop(m);
+        let mut m = Mailboxes::open(&path).unwrap();
+        let (e, _) = m.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!((e.len(), e[0].views_left), (1, Some(1)));
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_envelopes_and_the_next_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbox.log");
+        let mut m = Mailboxes::open(&path).unwrap();
+        let keep = m.put(&u("carol"), &u("alice"), Some(5), b"kept").unwrap();
+        m.flush().unwrap();
+        // Past COMPACT_MIN of envelopes that come and go.
+        let big = vec![7u8; 1 << 20];
+        let mut last = keep;
+        for _ in 0..(COMPACT_MIN >> 20) + 2 {
+            last = m.put(&u("bob"), &u("alice"), None, &big).unwrap();
+            m.flush().unwrap();
+            assert_eq!(m.ack(&u("bob"), &[last]), 1);
+            m.flush().unwrap();
+        }
+        // 34 MiB went through the log; it was compacted on the way.
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size < 4 << 20, "the log holds {size} bytes");
+        assert!(!compact_path(&path).exists());
+        let (e, _) = m.fetch(&u("carol"), 1 << 20).unwrap();
+        assert_eq!((e[0].id, e[0].payload.as_slice()), (keep, &b"kept"[..]));
+        m.flush().unwrap();
+        drop(m);
+        let mut m = Mailboxes::open(&path).unwrap();
+        let (e, _) = m.fetch(&u("carol"), 1 << 20).unwrap();
+        assert_eq!((e[0].id, e[0].views_left), (keep, Some(3)));
+        assert!(m.put(&u("bob"), &u("alice"), None, b"x").unwrap().0 > last.0);
+    }
+}
