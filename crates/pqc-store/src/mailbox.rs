@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write as _};
+use std::io::{BufWriter, Read as _, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -239,28 +239,45 @@ impl Mailboxes {
             file.sync_all()?;
             sync_dir(path)?;
         }
-        let bytes = std::fs::read(path)?;
+        // Read a record at a time (the log may be far larger than memory
+        // should hold at once): header, then body into a reused buffer.
+        let size = file.metadata()?.len();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
         let mut m = Self::in_memory();
-        let mut at = 0usize;
-        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
-            match decode_record(rest) {
-                Ok(Some((record, n))) => {
-                    m.replay(record, at as u64, n as u64);
-                    at += n;
+        let mut at = 0u64;
+        let mut record = Vec::new();
+        loop {
+            record.resize(HEADER, 0);
+            if reader.read_exact(&mut record).is_err() {
+                break;
+            }
+            let len = u32::from_be_bytes([record[0], record[1], record[2], record[3]]) as usize;
+            if len > MAX_RECORD || at + (HEADER + len) as u64 > size {
+                break;
+            }
+            record.resize(HEADER + len, 0);
+            if reader.read_exact(&mut record[HEADER..]).is_err() {
+                break;
+            }
+            match decode_record(&record) {
+                Ok(Some((r, n))) => {
+                    m.replay(r, at, n as u64);
+                    at += n as u64;
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        if at < bytes.len() {
+        drop(reader);
+        if at < size {
             tracing::warn!(
                 "mailbox log {}: cut {} bytes of an unfinished record at its end (a crash during a write)",
                 path.display(),
-                bytes.len() - at
+                size - at
             );
-            file.set_len(at as u64)?;
+            file.set_len(at)?;
             file.sync_all()?;
         }
-        m.log = Some(LogFile { file, path: path.to_owned(), len: at as u64 });
+        m.log = Some(LogFile { file, path: path.to_owned(), len: at });
         Ok(m)
     }
 
