@@ -199,6 +199,17 @@ struct LogFile {
     path: PathBuf,
     /// Bytes on disk (every group commit that succeeded).
     len: u64,
+    /// The last write was not synced (deletions only).
+    unsynced: bool,
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        // A clean stop leaves no deletion only in the page cache.
+        if self.unsynced {
+            let _ = self.file.sync_data();
+        }
+    }
 }
 
 /// The envelopes of every mailbox; see the [module](self) documentation.
@@ -210,6 +221,10 @@ pub(crate) struct Mailboxes {
     next_id: u64,
     /// Records of the open batch, written at [`Mailboxes::flush`].
     pending: Vec<u8>,
+    /// `pending` holds an envelope or a view count, which must be on disk
+    /// before the batch is answered; deletions alone need not be (see
+    /// [`Mailboxes::flush`]).
+    must_sync: bool,
     undo: Vec<Undo>,
     /// Bytes of the live envelopes' records.
     live: u64,
@@ -224,6 +239,7 @@ impl Mailboxes {
             by_recipient: HashMap::new(),
             next_id: 1,
             pending: Vec::new(),
+            must_sync: false,
             undo: Vec::new(),
             live: 0,
         }
@@ -277,7 +293,7 @@ impl Mailboxes {
             file.set_len(at)?;
             file.sync_all()?;
         }
-        m.log = Some(LogFile { file, path: path.to_owned(), len: at });
+        m.log = Some(LogFile { file, path: path.to_owned(), len: at, unsynced: false });
         Ok(m)
     }
 
@@ -377,6 +393,7 @@ impl Mailboxes {
                     out.extend_from_slice(payload);
                 });
                 let record_len = (self.pending.len() - start) as u64;
+                self.must_sync = true;
                 let offset = log.len + self.pending.len() as u64 - u64::from(len);
                 (Body::Log { offset, len }, record_len)
             }
@@ -451,6 +468,7 @@ impl Mailboxes {
                     }
                 }
                 Some(v) => {
+                    self.must_sync = true;
                     self.record(|out| {
                         out.push(VIEWS);
                         out.extend_from_slice(&id.to_be_bytes());
@@ -493,19 +511,31 @@ impl Mailboxes {
     pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
         let Some(log) = &mut self.log else {
             self.undo.clear();
+            self.must_sync = false;
             return Ok(());
         };
         if self.pending.is_empty() {
             self.undo.clear();
             return Ok(());
         }
-        let written = log.file.write_all_at(&self.pending, log.len).and_then(|()| log.file.sync_data());
+        // Deletions alone are written but not synced: the next batch that
+        // syncs (any envelope sent) makes them durable with its own records.
+        // One lost in a crash brings an acknowledged envelope back once,
+        // which its recipient drops (clients keep the ids they have), while
+        // an `fdatasync` costs the relay more than the rest of a batch of
+        // acknowledgements.
+        let must_sync = std::mem::take(&mut self.must_sync);
+        let written = log
+            .file
+            .write_all_at(&self.pending, log.len)
+            .and_then(|()| if must_sync { log.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             let _ = log.file.set_len(log.len);
             self.rollback();
             return Err(e.into());
         }
         log.len += self.pending.len() as u64;
+        log.unsynced = !must_sync;
         self.pending.clear();
         self.undo.clear();
         if log.len >= COMPACT_MIN && log.len > self.live.saturating_mul(4) {
@@ -521,6 +551,7 @@ impl Mailboxes {
     /// Takes back the open batch's changes.
     pub(crate) fn rollback(&mut self) {
         self.pending.clear();
+        self.must_sync = false;
         while let Some(u) = self.undo.pop() {
             match u {
                 Undo::Put(id) => {
@@ -586,6 +617,7 @@ impl Mailboxes {
         if let Some(log) = &mut self.log {
             log.file = file;
             log.len = at;
+            log.unsynced = false;
         }
         Ok(())
     }
