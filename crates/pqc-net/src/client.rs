@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pqc_wire::{CHALLENGE_LEN, ClientFrame, PROTOCOL_VERSION, Push, Request, RequestId, Response, ServerFrame};
 use rustls::NamedGroup;
@@ -21,7 +21,11 @@ use crate::tls::{CertFingerprint, ServerTrust, client_parts};
 /// Largest frame body the client accepts from a server, whatever it announces.
 const CLIENT_MAX_FRAME: usize = 64 << 20;
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
+/// Requests waiting for their response, with the time they give up.
+type Pending = Arc<Mutex<HashMap<u32, (oneshot::Sender<Response>, Instant)>>>;
+
+/// How often a connection's watchdog looks for requests past their timeout.
+const WATCHDOG_TICK: Duration = Duration::from_secs(1);
 
 /// What the client learned while connecting.
 #[derive(Debug, Clone)]
@@ -123,7 +127,7 @@ impl Connection {
                 match ServerFrame::decode(&body) {
                     Ok(ServerFrame::Response { id, response }) => {
                         let tx = reader_pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id.0);
-                        if let Some(tx) = tx {
+                        if let Some((tx, _)) = tx {
                             let _ = tx.send(response);
                         }
                     }
@@ -140,6 +144,24 @@ impl Connection {
             // Fail every waiting request (and any request made from now on).
             reader_closed.store(true, Ordering::SeqCst);
             reader_pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        });
+        // One timer per connection, not one per request: every tick, the
+        // requests past their time are dropped, which their waiters see as
+        // a timeout (the connection being open).
+        let watched = Arc::downgrade(&pending);
+        let watch_closed = closed.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCHDOG_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pending) = watched.upgrade() else { break };
+                if watch_closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let now = Instant::now();
+                pending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, (_, until)| *until > now);
+            }
         });
         let c = Self {
             conn,
@@ -191,7 +213,8 @@ impl Connection {
             return Err(pqc_wire::WireError::TooLarge { len, max: self.info.max_frame }.into());
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        let until = Instant::now() + self.timeout;
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (tx, until));
         if self.closed.load(Ordering::SeqCst) {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(self.closed_reason());
@@ -200,7 +223,7 @@ impl Connection {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             return Err(NetError::Closed);
         }
-        Ok(PendingResponse { conn: self, id, rx })
+        Ok(PendingResponse { conn: self, rx })
     }
 
     /// Sends raw bytes on the control stream (tests of malformed input).
@@ -244,20 +267,17 @@ impl Connection {
 #[derive(Debug)]
 pub struct PendingResponse<'a> {
     conn: &'a Connection,
-    id: u32,
     rx: oneshot::Receiver<Response>,
 }
 
 impl PendingResponse<'_> {
-    /// Waits for the response (bounded by the connection's timeout).
+    /// Waits for the response (bounded by the connection's timeout, give
+    /// or take a second: the connection's watchdog gives up on it).
     pub async fn response(self) -> Result<Response, NetError> {
-        match tokio::time::timeout(self.conn.timeout, self.rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(self.conn.closed_reason()),
-            Err(_) => {
-                self.conn.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
-                Err(NetError::Timeout)
-            }
+        match self.rx.await {
+            Ok(r) => Ok(r),
+            Err(_) if self.conn.closed.load(Ordering::SeqCst) => Err(self.conn.closed_reason()),
+            Err(_) => Err(NetError::Timeout),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use pqc_net::*;
 use pqc_wire::{ClientFrame, Request, Response, ServerFrame};
 
-/// A minimal server: Hello, then answers Ping with Pong. Returns the address
+/// A minimal server: Hello, then answers Ping with Pong (and nothing else). Returns the address
 /// and a channel reporting each connection's negotiated group.
 async fn mini_server(tls: ServerTls) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<NamedGroup>>) {
     mini_server_on(tls, "127.0.0.1:0".parse().unwrap()).await
@@ -43,6 +43,10 @@ async fn mini_server_on(
                 write_frame(&mut send, &hello.encode_body()).await.unwrap();
                 while let Ok(Some(body)) = read_frame(&mut recv, 1 << 20).await {
                     let f = ClientFrame::decode(&body).unwrap();
+                    // Only pings are answered (a test leaves a request unanswered).
+                    if !matches!(f.request, Request::Ping) {
+                        continue;
+                    }
                     let r = ServerFrame::Response { id: f.id, response: Response::Pong };
                     write_frame(&mut send, &r.encode_body()).await.unwrap();
                 }
@@ -150,4 +154,17 @@ async fn a_restarted_server_resets_its_predecessors_connections() {
     // And a new connection works.
     let (c, _, _) = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap();
     assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+}
+
+#[tokio::test]
+async fn an_unanswered_request_times_out_and_the_connection_goes_on() {
+    let (addr, _groups) = mini_server(tls()).await;
+    let (mut c, _, _) = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap();
+    c.set_timeout(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    assert!(matches!(c.request(Request::Fetch).await, Err(NetError::Timeout)));
+    // The watchdog gives up within a tick (1 s) of the timeout.
+    let took = t.elapsed();
+    assert!(took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(matches!(c.request(Request::Ping).await, Ok(Response::Pong)));
 }
