@@ -3,6 +3,8 @@
 #   1. messages relayed/s and p50/p99 delivery latency, 100 concurrent E2E clients (pqc-loadtest);
 #      then ("relay") the same with opaque payloads, no E2E crypto in the load generator;
 #   2. the same load through mosquitto over TLS 1.3 with QoS 1 (examples/mqtt_bench.rs);
+#      then ("pairs", not in the default steps) 1b and 2 one after the other ROUNDS times, with
+#      each round's ratio and the medians: on a shared machine, the figure to compare;
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
 #   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
 #   5. a room of ROOM members: server CPU per join and per message to all, relay latency;
@@ -10,7 +12,7 @@
 #   6. ("floor") both loads through a relay that only forwards, over the same QUIC/TLS set-up
 #      (examples/quic_floor.rs): what the transport alone costs here, to compare 1b with 2 and 5.
 # Release build. Every process started here is stopped on exit (trap); every
-# step runs under `timeout`. Knobs (env): CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
+# step runs under `timeout`. Knobs (env): STEPS ROUNDS CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
 # the MLS objects; defaults measured for OpenMLS X-Wing at 100 members by the pqc-rooms bench).
 # Needs: mosquitto (installed with apt-get when missing), openssl, python3 (free ports).
@@ -32,11 +34,12 @@ ROOM_COMMIT=${ROOM_COMMIT:-49626}
 ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
 ROOM_SPARSE=${ROOM_SPARSE:-30}
 ROOM_PAUSE_MS=${ROOM_PAUSE_MS:-300}
+ROUNDS=${ROUNDS:-5}
 STEPS=${STEPS:-chat relay floor mqtt idle file room sparse}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # The MQTT baseline needs mosquitto (the Debian package): installed when missing.
-if step mqtt && ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
+if { step mqtt || step pairs; } && ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
     echo "installing mosquitto (the MQTT baseline)"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -107,16 +110,20 @@ curl -s "http://127.0.0.1:$SPORT/metrics" > "$WORK/chat.metrics" 2>/dev/null || 
 stop_server
 fi
 
+run_relay() { # $1 = data dir and output name
+    start_server "$WORK/$1"
+    timeout 300 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --clients "$CLIENTS" --messages "$MESSAGES" \
+        --payload "$PAYLOAD" --window "$WINDOW" --opaque --server-pid "$SERVER_PID" --duration-limit 240 | tee "$WORK/$1.out"
+    stop_server
+}
+
 if step relay; then
 echo "== 1b. pqc-server, opaque payloads: $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
-start_server "$WORK/relay"
-timeout 300 "$BIN/pqc-loadtest" --server "127.0.0.1:$PORT" --clients "$CLIENTS" --messages "$MESSAGES" \
-    --payload "$PAYLOAD" --window "$WINDOW" --opaque --server-pid "$SERVER_PID" --duration-limit 240 | tee "$WORK/relay.out"
-stop_server
+run_relay relay
 fi
 
-if step mqtt; then
-echo "== 2. mosquitto (TLS 1.3, QoS 1): $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
+MQ_PID=
+start_mosquitto() {
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
     -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
@@ -141,8 +148,30 @@ mosquitto -c "$WORK/mosquitto.conf" &
 MQ_PID=$!
 PIDS+=("$MQ_PID")
 sleep 0.5
-timeout 300 "$BIN/examples/mqtt_bench" --port "$MQ_PORT" --ca "$WORK/ca.pem" --clients "$CLIENTS" \
-    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" --broker-pid "$MQ_PID" --duration-limit 240 | tee "$WORK/mqtt.out"
+}
+run_mqtt() { # $1 = output name
+    timeout 300 "$BIN/examples/mqtt_bench" --port "$MQ_PORT" --ca "$WORK/ca.pem" --clients "$CLIENTS" \
+        --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" --broker-pid "$MQ_PID" --duration-limit 240 | tee "$WORK/$1.out"
+}
+
+if step mqtt; then
+echo "== 2. mosquitto (TLS 1.3, QoS 1): $CLIENTS clients x $MESSAGES messages, $PAYLOAD B"
+start_mosquitto
+run_mqtt mqtt
+kill -TERM "$MQ_PID" 2>/dev/null || true
+fi
+
+# "pairs": pqc-server (opaque payloads) and mosquitto one after the other,
+# ROUNDS times. On a shared machine whose speed changes from one minute to
+# the next, the ratio within a round (seconds apart) says more than two
+# single runs; the summary gives each round and the medians.
+if step pairs; then
+echo "== 2b. pqc-server and mosquitto alternately, $ROUNDS rounds"
+start_mosquitto
+for r in $(seq "$ROUNDS"); do
+    run_relay "pair$r-ours"
+    run_mqtt "pair$r-mqtt"
+done
 kill -TERM "$MQ_PID" 2>/dev/null || true
 fi
 
@@ -262,6 +291,24 @@ printf '%-58s %s\n' "mosquitto TLS QoS1 msgs relayed/s ($CLIENTS clients)" "$(re
 printf '%-58s %s / %s ms\n' "mosquitto delivery latency p50 / p99" "$(result "$WORK/mqtt.out" p50_ms)" "$(result "$WORK/mqtt.out" p99_ms)"
 printf '%-58s %s us\n' "mosquitto CPU per message" "$(result "$WORK/mqtt.out" cpu_per_msg_us)"
 printf '%-58s %s us\n' "mosquitto: load generator CPU per message" "$(result "$WORK/mqtt.out" gen_cpu_per_msg_us)"
+fi
+if step pairs; then
+printf '%-58s %s\n' "pairs: round: ours / mosquitto msgs/s (ratio); p99 ours / mosquitto" ""
+for r in $(seq "$ROUNDS"); do
+    o=$(result "$WORK/pair$r-ours.out" msgs_per_s); m=$(result "$WORK/pair$r-mqtt.out" msgs_per_s)
+    printf '%-58s %s / %s (%s %%); %s / %s ms\n' "  round $r" "$o" "$m" "$(python3 -c "print(round(100*$o/$m))")" \
+        "$(result "$WORK/pair$r-ours.out" p99_ms)" "$(result "$WORK/pair$r-mqtt.out" p99_ms)"
+done
+median() { python3 -c 'import sys, statistics; print(round(statistics.median(float(x) for x in sys.argv[1:]), 1))' "$@"; }
+OURS=(); MQTT=(); RATIO=(); OP99=(); MP99=()
+for r in $(seq "$ROUNDS"); do
+    o=$(result "$WORK/pair$r-ours.out" msgs_per_s); m=$(result "$WORK/pair$r-mqtt.out" msgs_per_s)
+    OURS+=("$o"); MQTT+=("$m"); RATIO+=("$(python3 -c "print(100*$o/$m)")")
+    OP99+=("$(result "$WORK/pair$r-ours.out" p99_ms)"); MP99+=("$(result "$WORK/pair$r-mqtt.out" p99_ms)")
+done
+printf '%-58s %s / %s msgs/s\n' "pairs: median throughput, ours / mosquitto" "$(median "${OURS[@]}")" "$(median "${MQTT[@]}")"
+printf '%-58s %s %%\n' "pairs: median of the rounds' ratios" "$(median "${RATIO[@]}")"
+printf '%-58s %s / %s ms\n' "pairs: median p99, ours / mosquitto" "$(median "${OP99[@]}")" "$(median "${MP99[@]}")"
 fi
 if step idle; then
 printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections" "$(result "$WORK/idle.out" rss_before_kib)" "$(result "$WORK/idle.out" rss_after_kib)"
