@@ -67,6 +67,9 @@ pub struct Limits {
     /// Hours an upload may stay unfinished (resumable); older ones are
     /// deleted (checked at start and every hour).
     pub unfinished_upload_hours: u64,
+    /// Days an envelope waits for its recipient; older ones are deleted
+    /// (checked at start and every hour). 0: kept until delivered.
+    pub envelope_days: u64,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Limits {
             max_auth_attempts: 5,
             max_unfinished_uploads: 16,
             unfinished_upload_hours: 72,
+            envelope_days: 30,
         }
     }
 }

@@ -348,19 +348,22 @@ impl Server {
         };
         let fingerprint = tls.fingerprint();
         tokio::spawn(fan_out(Arc::downgrade(&shared), fanout_rx));
-        tokio::spawn(expire_uploads(Arc::downgrade(&shared), cfg.limits.unfinished_upload_hours, shutdown_rx.clone()));
+        tokio::spawn(expire_abandoned(Arc::downgrade(&shared), cfg.limits.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
         Ok(ServerHandle { addr, status_addr: status_bound, fingerprint, metrics, shutdown, task })
     }
 }
 
-/// Deletes uploads left unfinished for `hours` (abandoned: their sender
-/// no longer resumes them), at start and then hourly, until shutdown. Holds
-/// the shared state only while it works, so it never keeps the database
-/// open past the server's end.
-async fn expire_uploads(shared: std::sync::Weak<Shared>, hours: u64, mut shutdown: watch::Receiver<bool>) {
+/// Deletes what was abandoned, at start and then hourly, until shutdown:
+/// uploads left unfinished for `unfinished_upload_hours` (their sender no
+/// longer resumes them) and envelopes older than `envelope_days` (their
+/// recipient did not come back). Holds the shared state only while it
+/// works, so it never keeps the database open past the server's end.
+async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut shutdown: watch::Receiver<bool>) {
     use pqc_store::server::ServerStore;
+    let hours = limits.unfinished_upload_hours;
     let max_age = i64::try_from(hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+    let days = limits.envelope_days;
     loop {
         let Some(sh) = shared.upgrade() else { return };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -371,6 +374,14 @@ async fn expire_uploads(shared: std::sync::Weak<Shared>, hours: u64, mut shutdow
                 tracing::info!(n, hours, "deleted uploads left unfinished for longer than unfinished_upload_hours")
             }
             Err(e) => tracing::error!("storage error expiring unfinished uploads: {e}"),
+        }
+        if days > 0 {
+            let before = now.saturating_sub(days.saturating_mul(86_400));
+            match sh.db(move |st| st.expire_envelopes(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, days, "deleted messages older than envelope_days that were never fetched"),
+                Err(e) => tracing::error!("storage error expiring old messages: {e}"),
+            }
         }
         drop(sh);
         tokio::select! {

@@ -12,8 +12,9 @@
 //! # The log
 //! A sequence of records, `u32 BE body length || u32 BE CRC-32 of the body ||
 //! body`, the body one of:
-//! - `1 || id u64 || max_views u32 (0: none) || views_left u32 || recipient
-//!   (u8 length || name) || sender (same) || payload (the rest)`: an envelope;
+//! - `1 || id u64 || queued at u64 (Unix seconds) || max_views u32 (0: none)
+//!   || views_left u32 || recipient (u8 length || name) || sender (same) ||
+//!   payload (the rest)`: an envelope;
 //! - `2 || id u64`: the envelope was acknowledged, or seen for the last time;
 //! - `3 || id u64 || views_left u32`: a limited-view envelope was fetched;
 //! - `4 || next id u64`: the first id not yet given (a compacted log starts with it).
@@ -70,6 +71,8 @@ pub enum Record<'a> {
     Put {
         /// Its id.
         id: u64,
+        /// When it was queued (Unix seconds).
+        queued_at: u64,
         /// Limited-view limit.
         max_views: Option<u32>,
         /// Fetches left (limited-view envelopes).
@@ -117,12 +120,21 @@ fn decode_body(body: &[u8]) -> Result<Record<'_>, WireError> {
     let record = match r.u8()? {
         PUT => {
             let id = r.u64()?;
+            let queued_at = r.u64()?;
             let max_views = none_if_zero(r.u32()?);
             let views_left = r.u32()?;
             let recipient = Username::read(&mut r)?;
             let sender = Username::read(&mut r)?;
             let payload = r.take(r.remaining())?;
-            Record::Put { id, max_views, views_left: max_views.map(|_| views_left), recipient, sender, payload }
+            Record::Put {
+                id,
+                queued_at,
+                max_views,
+                views_left: max_views.map(|_| views_left),
+                recipient,
+                sender,
+                payload,
+            }
         }
         DELETE => Record::Delete(r.u64()?),
         VIEWS => Record::Views(r.u64()?, r.u32()?),
@@ -188,6 +200,8 @@ struct Queued {
     max_views: Option<u32>,
     views_left: Option<u32>,
     body: Body,
+    /// When it was queued (Unix seconds).
+    queued_at: u64,
     /// Bytes of its record in the log (0 in memory).
     record_len: u64,
 }
@@ -330,12 +344,12 @@ impl Mailboxes {
 
     fn replay(&mut self, record: Record<'_>, offset: u64, n: u64) {
         match record {
-            Record::Put { id, max_views, views_left, recipient, sender, payload } => {
+            Record::Put { id, queued_at, max_views, views_left, recipient, sender, payload } => {
                 let body_offset = offset + n - payload.len() as u64;
                 let body = Body::Log { offset: body_offset, len: u32::try_from(payload.len()).unwrap_or(u32::MAX) };
                 // A Put of an id seen before (an import repeated after a crash) replaces it.
                 self.remove(id);
-                self.insert(id, Queued { recipient, sender, max_views, views_left, body, record_len: n });
+                self.insert(id, Queued { recipient, sender, max_views, views_left, body, queued_at, record_len: n });
                 self.next_id = self.next_id.max(id.saturating_add(1));
             }
             Record::Delete(id) => {
@@ -394,14 +408,16 @@ impl Mailboxes {
     ) -> Result<EnvelopeId, StoreError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.put_with_id(id, recipient, sender, max_views, max_views, payload)?;
+        self.put_with_id(id, unix_now(), recipient, sender, max_views, max_views, payload)?;
         Ok(EnvelopeId(id))
     }
 
     /// Queues an envelope under `id` (also the import of an older store's rows).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_with_id(
         &mut self,
         id: u64,
+        queued_at: u64,
         recipient: &Username,
         sender: &Username,
         max_views: Option<u32>,
@@ -417,6 +433,7 @@ impl Mailboxes {
                 append_record(&mut self.pending, |out| {
                     out.push(PUT);
                     out.extend_from_slice(&id.to_be_bytes());
+                    out.extend_from_slice(&queued_at.to_be_bytes());
                     out.extend_from_slice(&max_views.unwrap_or(0).to_be_bytes());
                     out.extend_from_slice(&views_left.unwrap_or(0).to_be_bytes());
                     put_name(out, recipient);
@@ -432,8 +449,15 @@ impl Mailboxes {
         if let Some(old) = self.remove(id) {
             self.undo.push(Undo::Delete(id, old));
         }
-        let q =
-            Queued { recipient: recipient.clone(), sender: sender.clone(), max_views, views_left, body, record_len };
+        let q = Queued {
+            recipient: recipient.clone(),
+            sender: sender.clone(),
+            max_views,
+            views_left,
+            body,
+            queued_at,
+            record_len,
+        };
         self.insert(id, q);
         self.undo.push(Undo::Put(id));
         Ok(())
@@ -536,6 +560,24 @@ impl Mailboxes {
         n
     }
 
+    /// Deletes the envelopes queued before `before` (Unix seconds) that
+    /// their recipients never took; returns how many.
+    pub(crate) fn expire(&mut self, before: u64) -> u32 {
+        let old: Vec<u64> = self.envelopes.iter().filter(|(_, q)| q.queued_at < before).map(|(&id, _)| id).collect();
+        let mut n = 0;
+        for id in old {
+            self.record(|out| {
+                out.push(DELETE);
+                out.extend_from_slice(&id.to_be_bytes());
+            });
+            if let Some(q) = self.remove(id) {
+                self.undo.push(Undo::Delete(id, q));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Makes the open batch's changes durable: appends its records and
     /// `fdatasync`s the log. On failure the file is cut back and the batch's
     /// changes are taken back in memory too (what is on disk is the truth).
@@ -625,6 +667,7 @@ impl Mailboxes {
             append_record(&mut record, |o| {
                 o.push(PUT);
                 o.extend_from_slice(&id.to_be_bytes());
+                o.extend_from_slice(&q.queued_at.to_be_bytes());
                 o.extend_from_slice(&q.max_views.unwrap_or(0).to_be_bytes());
                 o.extend_from_slice(&q.views_left.unwrap_or(0).to_be_bytes());
                 put_name(o, &q.recipient);
@@ -664,6 +707,11 @@ impl Mailboxes {
             tracing::warn!("mailbox log {}: compaction failed (retried at the next commit): {e}", log.path.display());
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Whether bytes `from..to` of `file` are all zeros (written ahead, no record).
@@ -709,6 +757,7 @@ mod tests {
         append_record(&mut buf, |o| {
             o.push(PUT);
             o.extend_from_slice(&7u64.to_be_bytes());
+            o.extend_from_slice(&1_700_000_000u64.to_be_bytes());
             o.extend_from_slice(&2u32.to_be_bytes());
             o.extend_from_slice(&1u32.to_be_bytes());
             put_name(o, &u("bob"));
@@ -721,6 +770,7 @@ mod tests {
             r,
             Record::Put {
                 id: 7,
+                queued_at: 1_700_000_000,
                 max_views: Some(2),
                 views_left: Some(1),
                 recipient: u("bob"),

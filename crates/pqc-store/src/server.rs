@@ -95,6 +95,9 @@ pub trait ServerStore: Send {
     fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> Result<u32, StoreError>;
     /// Envelopes queued for all users.
     fn queued_total(&mut self) -> Result<u64, StoreError>;
+    /// Deletes the envelopes queued before `before` (Unix seconds) and never
+    /// acknowledged (their recipient did not come back in time); returns how many.
+    fn expire_envelopes(&mut self, before: u64) -> Result<u32, StoreError>;
     /// Creates an attachment record.
     fn attachment_begin(&mut self, meta: &AttachmentMeta) -> Result<(), StoreError>;
     /// An attachment's metadata.
@@ -533,7 +536,9 @@ impl SqliteServerStore {
         }
         for (id, to, from, max_views, views_left, payload) in rows {
             let id = u64::try_from(id).map_err(|_| StoreError::Invalid("negative envelope id".into()))?;
-            self.mail.put_with_id(id, &user(to)?, &user(from)?, max_views, views_left, &payload)?;
+            // The table kept no time: an imported envelope counts as queued now.
+            let now = crate::mailbox::unix_now();
+            self.mail.put_with_id(id, now, &user(to)?, &user(from)?, max_views, views_left, &payload)?;
         }
         self.mail.flush()?;
         self.conn.execute("DELETE FROM envelopes", [])?;
@@ -910,6 +915,12 @@ impl ServerStore for SqliteServerStore {
 
     fn queued_total(&mut self) -> Result<u64, StoreError> {
         Ok(self.mail.total() as u64)
+    }
+
+    fn expire_envelopes(&mut self, before: u64) -> Result<u32, StoreError> {
+        let n = self.mail.expire(before);
+        self.mail_autocommit()?;
+        Ok(n)
     }
 
     fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
@@ -1546,6 +1557,26 @@ mod tests {
         assert_eq!(s.ack(&u("bob"), &ids[..1]).unwrap(), 1);
         s.enqueue(&u("bob"), &u("alice"), None, b"g", 3).unwrap();
         assert!(full(&mut s));
+    }
+
+    /// Envelopes nobody took within the retention time go; younger ones stay.
+    #[test]
+    fn envelopes_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        s.enqueue(&u("bob"), &u("alice"), None, b"old", 10).unwrap();
+        s.enqueue(&u("bob"), &u("alice"), Some(2), b"old too", 10).unwrap();
+        let now = crate::mailbox::unix_now();
+        assert_eq!(s.expire_envelopes(now.saturating_sub(3600)).unwrap(), 0, "younger than an hour");
+        assert_eq!(s.expire_envelopes(now + 1).unwrap(), 2);
+        assert_eq!(s.queued_total().unwrap(), 0);
+        let kept = s.enqueue(&u("bob"), &u("alice"), None, b"new", 10).unwrap();
+        drop(s);
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        let (e, _) = s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![kept]);
     }
 
     /// An older version kept envelopes in the database: they move to the
