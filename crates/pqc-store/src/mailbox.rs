@@ -514,13 +514,7 @@ impl Mailboxes {
             let left = views_left.map(|v| v.saturating_sub(1));
             match left {
                 Some(0) => {
-                    self.record(|out| {
-                        out.push(DELETE);
-                        out.extend_from_slice(&id.to_be_bytes());
-                    });
-                    if let Some(q) = self.remove(id) {
-                        self.undo.push(Undo::Delete(id, q));
-                    }
+                    self.delete(id);
                 }
                 Some(v) => {
                     self.must_sync = true;
@@ -545,15 +539,7 @@ impl Mailboxes {
     pub(crate) fn ack(&mut self, user: &Username, ids: &[EnvelopeId]) -> u32 {
         let mut n = 0;
         for &EnvelopeId(id) in ids {
-            if self.envelopes.get(&id).is_none_or(|q| &q.recipient != user) {
-                continue;
-            }
-            self.record(|out| {
-                out.push(DELETE);
-                out.extend_from_slice(&id.to_be_bytes());
-            });
-            if let Some(q) = self.remove(id) {
-                self.undo.push(Undo::Delete(id, q));
+            if self.envelopes.get(&id).is_some_and(|q| &q.recipient == user) && self.delete(id) {
                 n += 1;
             }
         }
@@ -566,16 +552,23 @@ impl Mailboxes {
         let old: Vec<u64> = self.envelopes.iter().filter(|(_, q)| q.queued_at < before).map(|(&id, _)| id).collect();
         let mut n = 0;
         for id in old {
-            self.record(|out| {
-                out.push(DELETE);
-                out.extend_from_slice(&id.to_be_bytes());
-            });
-            if let Some(q) = self.remove(id) {
-                self.undo.push(Undo::Delete(id, q));
+            if self.delete(id) {
                 n += 1;
             }
         }
         n
+    }
+
+    /// Deletes envelope `id` in the open batch (a record, and a way back);
+    /// whether there was one.
+    fn delete(&mut self, id: u64) -> bool {
+        let Some(q) = self.remove(id) else { return false };
+        self.record(|out| {
+            out.push(DELETE);
+            out.extend_from_slice(&id.to_be_bytes());
+        });
+        self.undo.push(Undo::Delete(id, q));
+        true
     }
 
     /// Makes the open batch's changes durable: appends its records and
