@@ -34,7 +34,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read as _, Write as _};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use pqc_wire::codec::Reader;
@@ -293,7 +293,8 @@ impl Mailboxes {
         // A compaction that did not finish left its new file: the old one is whole.
         let _ = std::fs::remove_file(compact_path(path));
         let created = !path.exists();
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // Owner-only: the log holds who wrote to whom, and when.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         if created {
             file.sync_all()?;
             sync_dir(path)?;
@@ -641,7 +642,8 @@ impl Mailboxes {
     fn compact(&mut self) -> Result<(), StoreError> {
         let Some(log) = &self.log else { return Ok(()) };
         let tmp = compact_path(&log.path);
-        let mut out = BufWriter::new(File::create(&tmp)?);
+        let mut out =
+            BufWriter::new(OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?);
         let mut at = 0u64;
         let mut record = Vec::new();
         append_record(&mut record, |o| {
@@ -798,6 +800,8 @@ mod tests {
         let good = m.log.as_ref().unwrap().len;
         let size = std::fs::metadata(&path).unwrap().len();
         assert_eq!(size, PREALLOCATE);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
         drop(m);
         let m = Mailboxes::open(&path).unwrap();
         assert_eq!((m.log.as_ref().unwrap().len, std::fs::metadata(&path).unwrap().len()), (good, size));
