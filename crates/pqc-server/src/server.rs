@@ -366,7 +366,7 @@ async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut s
     let days = limits.envelope_days;
     loop {
         let Some(sh) = shared.upgrade() else { return };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = pqc_store::mailbox::unix_now();
         let before = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(max_age);
         match sh.db(move |st| st.attachments_expire_unfinished(before)).await {
             Ok(0) => {}

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read as _, Write as _};
+use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -150,18 +150,8 @@ fn decode_body(body: &[u8]) -> Result<Record<'_>, WireError> {
 /// returns the length of its good part. The fuzz target's entry point.
 #[doc(hidden)]
 pub fn fuzz_replay(data: &[u8]) -> usize {
-    let mut m = Mailboxes::in_memory();
-    let mut at = 0usize;
-    while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
-        match decode_record(rest) {
-            Ok(Some((record, n))) => {
-                m.replay(record, at as u64, n as u64);
-                at += n;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    at
+    let (_, at) = Mailboxes::replay_from(data, data.len() as u64);
+    usize::try_from(at).unwrap_or(usize::MAX)
 }
 
 /// Appends one record, `body` written by `f`, to `out`.
@@ -175,6 +165,23 @@ fn append_record(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
         h[..4].copy_from_slice(&len.to_be_bytes());
         h[4..].copy_from_slice(&crc.to_be_bytes());
     }
+}
+
+/// Appends the PUT record of envelope `id` (its fields in `q`, its
+/// ciphertext `payload`) to `out`; returns the record's length.
+fn append_put(out: &mut Vec<u8>, id: u64, q: &Queued, payload: &[u8]) -> u64 {
+    let start = out.len();
+    append_record(out, |o| {
+        o.push(PUT);
+        o.extend_from_slice(&id.to_be_bytes());
+        o.extend_from_slice(&q.queued_at.to_be_bytes());
+        o.extend_from_slice(&q.max_views.unwrap_or(0).to_be_bytes());
+        o.extend_from_slice(&q.views_left.unwrap_or(0).to_be_bytes());
+        put_name(o, &q.recipient);
+        put_name(o, &q.sender);
+        o.extend_from_slice(payload);
+    });
+    (out.len() - start) as u64
 }
 
 fn put_name(out: &mut Vec<u8>, name: &Username) {
@@ -299,10 +306,29 @@ impl Mailboxes {
             file.sync_all()?;
             sync_dir(path)?;
         }
-        // Read a record at a time (the log may be far larger than memory
-        // should hold at once): header, then body into a reused buffer.
         let size = file.metadata()?.len();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let (mut m, at) = Self::replay_from(std::io::BufReader::with_capacity(1 << 20, &file), size);
+        let ahead = at < size && zeros_from(&file, at, size)?;
+        if at < size && !ahead {
+            tracing::warn!(
+                "mailbox log {}: cut {} bytes of an unfinished record at its end (a crash during a write)",
+                path.display(),
+                size - at
+            );
+            file.set_len(at)?;
+            file.sync_all()?;
+        }
+        let allocated = if ahead { size } else { at };
+        m.log = Some(LogFile { file, path: path.to_owned(), len: at, allocated, unsynced: false });
+        Ok(m)
+    }
+
+    /// Replays the log that `reader` reads (`size` bytes) into mailboxes in
+    /// memory, a record at a time (a log may be far larger than memory
+    /// should hold at once): header, then body into a reused buffer.
+    /// Returns them and the length of the good part: the records before the
+    /// first torn or damaged one (or the zeros written ahead).
+    fn replay_from(mut reader: impl std::io::Read, size: u64) -> (Self, u64) {
         let mut m = Self::in_memory();
         let mut at = 0u64;
         let mut record = Vec::new();
@@ -327,20 +353,7 @@ impl Mailboxes {
                 Ok(None) | Err(_) => break,
             }
         }
-        drop(reader);
-        let ahead = at < size && zeros_from(&file, at, size)?;
-        if at < size && !ahead {
-            tracing::warn!(
-                "mailbox log {}: cut {} bytes of an unfinished record at its end (a crash during a write)",
-                path.display(),
-                size - at
-            );
-            file.set_len(at)?;
-            file.sync_all()?;
-        }
-        let allocated = if ahead { size } else { at };
-        m.log = Some(LogFile { file, path: path.to_owned(), len: at, allocated, unsynced: false });
-        Ok(m)
+        (m, at)
     }
 
     fn replay(&mut self, record: Record<'_>, offset: u64, n: u64) {
@@ -427,38 +440,26 @@ impl Mailboxes {
     ) -> Result<(), StoreError> {
         let len = u32::try_from(payload.len()).map_err(|_| StoreError::Invalid("envelope too large".into()))?;
         self.next_id = self.next_id.max(id.saturating_add(1));
-        let (body, record_len) = match &self.log {
-            None => (Body::Memory(payload.to_vec()), 0),
-            Some(log) => {
-                let start = self.pending.len();
-                append_record(&mut self.pending, |out| {
-                    out.push(PUT);
-                    out.extend_from_slice(&id.to_be_bytes());
-                    out.extend_from_slice(&queued_at.to_be_bytes());
-                    out.extend_from_slice(&max_views.unwrap_or(0).to_be_bytes());
-                    out.extend_from_slice(&views_left.unwrap_or(0).to_be_bytes());
-                    put_name(out, recipient);
-                    put_name(out, sender);
-                    out.extend_from_slice(payload);
-                });
-                let record_len = (self.pending.len() - start) as u64;
-                self.must_sync = true;
-                let offset = log.len + self.pending.len() as u64 - u64::from(len);
-                (Body::Log { offset, len }, record_len)
-            }
-        };
-        if let Some(old) = self.remove(id) {
-            self.undo.push(Undo::Delete(id, old));
-        }
-        let q = Queued {
+        let mut q = Queued {
             recipient: recipient.clone(),
             sender: sender.clone(),
             max_views,
             views_left,
-            body,
+            body: Body::Log { offset: 0, len },
             queued_at,
-            record_len,
+            record_len: 0,
         };
+        match &self.log {
+            None => q.body = Body::Memory(payload.to_vec()),
+            Some(log) => {
+                q.record_len = append_put(&mut self.pending, id, &q, payload);
+                self.must_sync = true;
+                q.body = Body::Log { offset: log.len + self.pending.len() as u64 - u64::from(len), len };
+            }
+        }
+        if let Some(old) = self.remove(id) {
+            self.undo.push(Undo::Delete(id, old));
+        }
         self.insert(id, q);
         self.undo.push(Undo::Put(id));
         Ok(())
@@ -659,19 +660,10 @@ impl Mailboxes {
             let Some(q) = self.envelopes.get(&id) else { continue };
             let payload = self.payload(&q.body)?;
             record.clear();
-            append_record(&mut record, |o| {
-                o.push(PUT);
-                o.extend_from_slice(&id.to_be_bytes());
-                o.extend_from_slice(&q.queued_at.to_be_bytes());
-                o.extend_from_slice(&q.max_views.unwrap_or(0).to_be_bytes());
-                o.extend_from_slice(&q.views_left.unwrap_or(0).to_be_bytes());
-                put_name(o, &q.recipient);
-                put_name(o, &q.sender);
-                o.extend_from_slice(&payload);
-            });
+            let record_len = append_put(&mut record, id, q, &payload);
             out.write_all(&record)?;
-            at += record.len() as u64;
-            moved.push((id, at - payload.len() as u64, record.len() as u64));
+            at += record_len;
+            moved.push((id, at - payload.len() as u64, record_len));
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -704,8 +696,9 @@ impl Mailboxes {
     }
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it): the unit of
+/// [`crate::server::ServerStore::expire_envelopes`]'s cutoff.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

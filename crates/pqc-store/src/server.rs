@@ -534,10 +534,10 @@ impl SqliteServerStore {
         if rows.is_empty() {
             return Ok(());
         }
+        // The table kept no time: an imported envelope counts as queued now.
+        let now = crate::mailbox::unix_now();
         for (id, to, from, max_views, views_left, payload) in rows {
             let id = u64::try_from(id).map_err(|_| StoreError::Invalid("negative envelope id".into()))?;
-            // The table kept no time: an imported envelope counts as queued now.
-            let now = crate::mailbox::unix_now();
             self.mail.put_with_id(id, now, &user(to)?, &user(from)?, max_views, views_left, &payload)?;
         }
         self.mail.flush()?;
