@@ -294,17 +294,14 @@ printf '%-58s %s us\n' "mosquitto: load generator CPU per message" "$(result "$W
 fi
 if step pairs; then
 printf '%-58s %s\n' "pairs: round: ours / mosquitto msgs/s (ratio); p99 ours / mosquitto" ""
-for r in $(seq "$ROUNDS"); do
-    o=$(result "$WORK/pair$r-ours.out" msgs_per_s); m=$(result "$WORK/pair$r-mqtt.out" msgs_per_s)
-    printf '%-58s %s / %s (%s %%); %s / %s ms\n' "  round $r" "$o" "$m" "$(python3 -c "print(round(100*$o/$m))")" \
-        "$(result "$WORK/pair$r-ours.out" p99_ms)" "$(result "$WORK/pair$r-mqtt.out" p99_ms)"
-done
 median() { python3 -c 'import sys, statistics; print(round(statistics.median(float(x) for x in sys.argv[1:]), 1))' "$@"; }
 OURS=(); MQTT=(); RATIO=(); OP99=(); MP99=()
 for r in $(seq "$ROUNDS"); do
     o=$(result "$WORK/pair$r-ours.out" msgs_per_s); m=$(result "$WORK/pair$r-mqtt.out" msgs_per_s)
-    OURS+=("$o"); MQTT+=("$m"); RATIO+=("$(python3 -c "print(100*$o/$m)")")
-    OP99+=("$(result "$WORK/pair$r-ours.out" p99_ms)"); MP99+=("$(result "$WORK/pair$r-mqtt.out" p99_ms)")
+    op=$(result "$WORK/pair$r-ours.out" p99_ms); mp=$(result "$WORK/pair$r-mqtt.out" p99_ms)
+    ratio=$(python3 -c "print(100*$o/$m)")
+    printf '%-58s %s / %s (%.0f %%); %s / %s ms\n' "  round $r" "$o" "$m" "$ratio" "$op" "$mp"
+    OURS+=("$o"); MQTT+=("$m"); RATIO+=("$ratio"); OP99+=("$op"); MP99+=("$mp")
 done
 printf '%-58s %s / %s msgs/s\n' "pairs: median throughput, ours / mosquitto" "$(median "${OURS[@]}")" "$(median "${MQTT[@]}")"
 printf '%-58s %s %%\n' "pairs: median of the rounds' ratios" "$(median "${RATIO[@]}")"
