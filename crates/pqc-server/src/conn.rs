@@ -30,8 +30,8 @@ const CLOSE_POLICY: u32 = 3;
 /// Queued pushes are written together up to about this many bytes.
 const PUSH_COALESCE_BYTES: usize = 64 * 1024;
 
-/// Most file-chunk requests of one connection queued for the database at
-/// once; past it the connection reads no further frames until the oldest is
+/// Most requests of one connection (envelopes sent, file chunks) queued for
+/// the database at once; past it the connection reads no further frames until the oldest is
 /// answered. With the frame being read, a connection holds at most nine
 /// frames (`max_frame` each) in memory, and an upload keeps that many chunks
 /// in flight (reading them frees QUIC flow-control credit for the next).
@@ -506,40 +506,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             Ok(None) => Response::error(ErrorCode::UnknownUser, "no such user"),
             Err(e) => store_err(e),
         },
-        Request::Send { to, max_views, payload } => {
-            if max_views == Some(0) {
-                return Response::error(ErrorCode::Invalid, "max_views must be at least 1");
-            }
-            let (t, max, sh) = (to.clone(), limits.max_mailbox, shared.clone());
-            // The Ack is sent only after the envelope is committed (the
-            // mailbox log fdatasynced). A connected recipient gets it inline
-            // (it stays queued until acknowledged), pushed from the database
-            // thread after the commit, so in mailbox order; a limited-view one
-            // is only announced, since each fetch of it counts as a view.
-            let stored = shared.db_then(
-                move |st| {
-                    let id = st.enqueue(&t, &user, max_views, &payload, max)?;
-                    let push = match max_views {
-                        None => Push::Envelope(Envelope { id, from: user, max_views: None, views_left: None, payload }),
-                        Some(_) => Push::NewEnvelope { id, from: user },
-                    };
-                    Ok((id, push))
-                },
-                move |(_, push)| {
-                    let n = sh.push(&to, push);
-                    if matches!(push, Push::Envelope(_)) {
-                        sh.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    }
-                },
-            );
-            match stored.await {
-                Ok((id, _)) => {
-                    inc(&shared.metrics.messages_queued);
-                    Response::Ack { id }
-                }
-                Err(e) => store_err(e),
-            }
-        }
+        Request::Send { to, max_views, payload } => send_envelope(shared, user, to, max_views, payload).await,
         Request::Fetch => {
             let max = limits.max_frame.saturating_sub(4096).max(1024);
             match shared.db(move |st| st.fetch(&user, max)).await {
@@ -827,17 +794,69 @@ enum Role {
     Either,
 }
 
-/// Queues the store operation of a request that is nothing else (a file
-/// chunk uploaded or downloaded) and returns its response to come; any
-/// other request is handed back. Queued operations run in order, so a
-/// connection may send the next chunk before the previous one is answered.
+/// Queues the store operation of a request that is nothing else (an
+/// envelope sent, a file chunk uploaded or downloaded) and returns its
+/// response to come; any other request is handed back. Queued operations
+/// run in order, so a connection may send the next message or chunk before
+/// the previous one is answered: a client that pipelines its messages has
+/// them committed together instead of one `fdatasync` after another.
 fn queue(shared: &Arc<Shared>, user: Username, req: Request) -> Result<Queued, Request> {
     match req {
+        Request::Send { to, max_views, payload } => Ok(Box::pin(send_envelope(shared, user, to, max_views, payload))),
         Request::AttachmentChunk { id, offset, data } => Ok(Box::pin(upload_chunk(shared, user, id, offset, data))),
         Request::AttachmentGet { id, offset, max_len } => {
             Ok(Box::pin(download_chunk(shared, user, id, offset, max_len)))
         }
         other => Err(other),
+    }
+}
+
+/// `Send`: queues an envelope from `user` to `to`. Queued when called (see
+/// [`Shared::db`]); the response is the `Ack` once the envelope is
+/// committed (the mailbox log fdatasynced), or the refusal.
+///
+/// A connected recipient gets the envelope inline (it stays queued until
+/// acknowledged), pushed from the database thread after the commit, so in
+/// mailbox order; a limited-view one is only announced, since each fetch of
+/// it counts as a view.
+fn send_envelope(
+    shared: &Arc<Shared>,
+    user: Username,
+    to: Username,
+    max_views: Option<u32>,
+    payload: Vec<u8>,
+) -> impl Future<Output = Response> + Send + 'static {
+    let queued = (max_views != Some(0)).then(|| {
+        let (t, max, sh) = (to.clone(), shared.limits.max_mailbox, shared.clone());
+        shared.db_then(
+            move |st| {
+                let id = st.enqueue(&t, &user, max_views, &payload, max)?;
+                let push = match max_views {
+                    None => Push::Envelope(Envelope { id, from: user, max_views: None, views_left: None, payload }),
+                    Some(_) => Push::NewEnvelope { id, from: user },
+                };
+                Ok((id, push))
+            },
+            move |(_, push)| {
+                let n = sh.push(&to, push);
+                if matches!(push, Push::Envelope(_)) {
+                    sh.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            },
+        )
+    });
+    let metrics = shared.metrics.clone();
+    async move {
+        let Some(stored) = queued else {
+            return Response::error(ErrorCode::Invalid, "max_views must be at least 1");
+        };
+        match stored.await {
+            Ok((id, _)) => {
+                inc(&metrics.messages_queued);
+                Response::Ack { id }
+            }
+            Err(e) => store_err(e),
+        }
     }
 }
 

@@ -561,6 +561,55 @@ async fn rate_limit_and_connection_cap() {
     h.shutdown().await;
 }
 
+/// Messages a client sends without waiting for each Ack are committed
+/// together and answered in the order they were sent, refusals in their
+/// place; a request of another kind in between is answered after them; the
+/// connected recipient gets them pushed in that order too.
+#[tokio::test]
+async fn pipelined_sends_are_answered_and_pushed_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let ca = User::new("alice").register(&h).await;
+    let mut cb = User::new("bob").register(&h).await;
+    let mut bob_push = cb.take_pushes().unwrap();
+    // More than a connection may have queued (8): the rest wait to be read.
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..24u8 {
+        let request = match i {
+            5 => Request::Send { to: u("bob"), max_views: Some(0), payload: vec![i] },
+            11 => Request::Send { to: u("nobody"), max_views: None, payload: vec![i] },
+            17 => Request::Send { to: u("bob"), max_views: Some(2), payload: vec![i] },
+            20 => Request::Ping,
+            _ => Request::Send { to: u("bob"), max_views: None, payload: vec![i] },
+        };
+        pending.push_back((i, ca.submit(request).await.unwrap()));
+    }
+    let mut acked = Vec::new();
+    for (i, p) in pending {
+        let r = p.response().await.unwrap();
+        match i {
+            5 => assert!(matches!(r, Response::Error { code: ErrorCode::Invalid, .. }), "{i}: {r:?}"),
+            11 => assert!(matches!(r, Response::Error { code: ErrorCode::UnknownUser, .. }), "{i}: {r:?}"),
+            20 => assert_eq!(r, Response::Pong),
+            _ => match r {
+                Response::Ack { id } => acked.push((i, id)),
+                other => panic!("{i}: {other:?}"),
+            },
+        }
+    }
+    assert_eq!(acked.len(), 21);
+    assert!(acked.windows(2).all(|w| w[0].1 < w[1].1), "ids follow the order of sending: {acked:?}");
+    for (i, id) in acked {
+        match tokio::time::timeout(Duration::from_secs(5), bob_push.recv()).await.unwrap().unwrap() {
+            Push::Envelope(e) => assert_eq!((e.id, e.payload), (id, vec![i])),
+            Push::NewEnvelope { id: announced, .. } => assert_eq!((i, announced), (17, id)),
+            other => panic!("{i}: {other:?}"),
+        }
+    }
+    assert!(bob_push.try_recv().is_err());
+    h.shutdown().await;
+}
+
 /// A file of hundreds of chunks goes through at the default request rate
 /// (large chunks count as 1/16 of a request), pipelined, answered in
 /// order; small requests stay limited.
