@@ -183,7 +183,7 @@ async fn client(
     mut go: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> Result<ClientResult, BoxError> {
     // One endpoint (UDP socket) per client, as pqc-loadtest's simulated users.
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut endpoint = pqc_net::client_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let (cfg, _probe) = pqc_net::client_config(&ServerTrust::FirstUse)?;
     endpoint.set_default_client_config(cfg);
     let conn = endpoint.connect(SocketAddr::from(([127, 0, 0, 1], o.port)), "localhost")?.await?;

@@ -69,7 +69,7 @@ impl Connection {
         } else {
             SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
         };
-        let endpoint = quinn::Endpoint::client(bind)?;
+        let endpoint = crate::socket::client_endpoint(bind)?;
         let parts = client_parts(&trust)?;
         let connecting = endpoint.connect_with(parts.config, addr, server_name)?;
         let conn = match connecting.await {

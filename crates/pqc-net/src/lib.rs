@@ -16,11 +16,13 @@
 //! - [`framed`]: [`read_frame`] / [`write_frame`] over quinn streams.
 //! - [`client`]: [`Connection`], the async request/response/push client.
 //! - [`error`]: the [`NetError`] type.
+//! - [`socket`]: the UDP sockets under the endpoints (receive buffer).
 
 pub mod client;
 pub mod error;
 pub mod framed;
 pub mod kx;
+pub mod socket;
 pub mod tls;
 
 pub use client::{ConnectInfo, Connection, PendingResponse};
@@ -28,6 +30,7 @@ pub use error::NetError;
 pub use framed::{read_frame, write_encoded, write_frame};
 pub use kx::KxProbe;
 pub use rustls::NamedGroup;
+pub use socket::client_endpoint;
 pub use tls::{CertFingerprint, SelfSigned, ServerTls, ServerTrust, client_config, generate_self_signed};
 pub use {quinn, rustls};
 

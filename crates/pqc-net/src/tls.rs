@@ -251,7 +251,7 @@ impl ServerTls {
     /// Binds a server endpoint on `addr` (UDP).
     pub fn endpoint(&self, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, NetError> {
         let (cfg, _probe) = self.connection_config()?;
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = crate::socket::bind_udp(addr)?;
         let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
         let mut endpoint = quinn::EndpointConfig::new(self.reset_key.clone());
         let cid_key = self.cid_key;
