@@ -15,6 +15,9 @@
 # step runs under `timeout`. Knobs (env): STEPS ROUNDS CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
 # the MLS objects; defaults measured for OpenMLS X-Wing at 100 members by the pqc-rooms bench).
+# WINDOW: messages a client may have unacknowledged (1, the default: each send waits for the
+# previous one's Ack, so a commit's fdatasync is in every message's round trip; MQTT usually allows
+# more, mosquitto's max_inflight_messages is 20 by default). mqtt_bench keeps the same window.
 # Needs: mosquitto (installed with apt-get when missing), openssl, python3 (free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -166,7 +169,7 @@ fi
 # the next, the ratio within a round (seconds apart) says more than two
 # single runs; the summary gives each round and the medians.
 if step pairs; then
-echo "== 2b. pqc-server and mosquitto alternately, $ROUNDS rounds"
+echo "== 2b. pqc-server and mosquitto alternately, $ROUNDS rounds, window $WINDOW"
 start_mosquitto
 for r in $(seq "$ROUNDS"); do
     run_relay "pair$r-ours"
@@ -293,7 +296,7 @@ printf '%-58s %s us\n' "mosquitto CPU per message" "$(result "$WORK/mqtt.out" cp
 printf '%-58s %s us\n' "mosquitto: load generator CPU per message" "$(result "$WORK/mqtt.out" gen_cpu_per_msg_us)"
 fi
 if step pairs; then
-printf '%-58s %s\n' "pairs: round: ours / mosquitto msgs/s (ratio); p99 ours / mosquitto" ""
+printf '%-58s %s\n' "pairs ($CLIENTS clients, window $WINDOW): round: ours / mosquitto msgs/s (ratio); p99 ours / mosquitto" ""
 median() { python3 -c 'import sys, statistics; print(round(statistics.median(float(x) for x in sys.argv[1:]), 1))' "$@"; }
 OURS=(); MQTT=(); RATIO=(); OP99=(); MP99=()
 for r in $(seq "$ROUNDS"); do
