@@ -120,7 +120,8 @@ async fn connection(conn: quinn::Connection, peers: Peers) -> Result<(), BoxErro
             }
         }
     });
-    while let Some(body) = pqc_net::read_frame(&mut recv, MAX_FRAME).await? {
+    let mut frames = pqc_net::FrameReader::new(MAX_FRAME, None);
+    while let Some(body) = frames.next(&mut recv).await? {
         match body.first() {
             Some(&PUBLISH) => {
                 let (to, id) = (field(&body, 0)?, field(&body, 1)?);
@@ -216,8 +217,9 @@ async fn client(
         send.write_all(&frame(PUBLISH, &[to, next as u32], &payload(epoch, o.payload))).await?;
         next += 1;
     }
+    let mut frames = pqc_net::FrameReader::new(MAX_FRAME, None);
     while acked < sends || (r.received as usize) < expect {
-        let body = pqc_net::read_frame(&mut recv, MAX_FRAME).await?.ok_or("relay closed the stream")?;
+        let body = frames.next(&mut recv).await?.ok_or("relay closed the stream")?;
         match body.first() {
             Some(&PUBACK) => {
                 acked += 1;

@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NetError;
-use crate::framed::{read_frame, write_encoded};
+use crate::framed::{FrameReader, read_frame, write_encoded};
 use crate::tls::{CertFingerprint, ServerTrust, client_parts};
 
 /// Largest frame body the client accepts from a server, whatever it announces.
@@ -119,8 +119,9 @@ impl Connection {
         let reader_conn = conn.clone();
         tokio::spawn(async move {
             let max = max_frame.clamp(pqc_wire::DEFAULT_MAX_FRAME, CLIENT_MAX_FRAME);
+            let mut frames = FrameReader::new(max, None);
             loop {
-                let body = match read_frame(&mut recv, max).await {
+                let body = match frames.next(&mut recv).await {
                     Ok(Some(b)) => b,
                     Ok(None) | Err(_) => break,
                 };

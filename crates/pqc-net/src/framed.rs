@@ -1,8 +1,146 @@
 //! Length-prefixed frames over quinn streams.
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
 use pqc_wire::WireError;
 
 use crate::error::NetError;
+
+/// Reads a stream's frames (`u32 BE length || body`), as [`read_frame`]
+/// does, but:
+/// - taking whatever quinn has received in one call (`read_chunks`, up to
+///   [`FrameReader::BATCH`] pieces) instead of one piece per call: a file
+///   chunk of 512 KiB arrives in some 370 packets, and under load one packet
+///   holds several small frames; what belongs to the next frame waits here;
+/// - cancel-safe: what arrived of a frame stays here when [`FrameReader::next`]
+///   is dropped before it finished, so it can be polled in a `select!` beside
+///   other work;
+/// - optionally timed: with a timeout, a frame's body must arrive within it
+///   of its length prefix (`Err(NetError::Timeout)` otherwise);
+/// - memory grows with the bytes actually received rather than being
+///   reserved up front for the announced length.
+#[derive(Debug)]
+pub struct FrameReader {
+    max: usize,
+    timeout: Option<Duration>,
+    /// Received from quinn and not yet taken into a frame (at most one
+    /// `read_chunks`' worth: each pins a packet buffer).
+    buffered: VecDeque<Bytes>,
+    prefix: [u8; 4],
+    /// Bytes of the prefix received.
+    prefix_got: usize,
+    /// Pieces of the body as they arrived (at most [`FrameReader::MAX_PIECES`]),
+    /// copied into `body` in batches.
+    pieces: Vec<Bytes>,
+    body: Vec<u8>,
+    /// Bytes of the body received (in `pieces` and `body`).
+    got: usize,
+    /// When the current frame's body must be complete (set by its prefix).
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl FrameReader {
+    /// Pieces asked of quinn at once.
+    pub const BATCH: usize = 32;
+    const MAX_PIECES: usize = 64;
+
+    /// A reader of frames up to `max` bytes; `timeout`: how long a frame's
+    /// body may take after its length prefix.
+    pub fn new(max: usize, timeout: Option<Duration>) -> Self {
+        Self {
+            max,
+            timeout,
+            buffered: VecDeque::new(),
+            prefix: [0; 4],
+            prefix_got: 0,
+            pieces: Vec::new(),
+            body: Vec::new(),
+            got: 0,
+            deadline: None,
+        }
+    }
+
+    /// Up to `max` bytes of what is buffered, in stream order.
+    fn take(&mut self, max: usize) -> Option<Bytes> {
+        let front = self.buffered.front_mut()?;
+        if front.len() > max {
+            return Some(front.split_to(max));
+        }
+        self.buffered.pop_front()
+    }
+
+    /// Waits for more of the stream (`false`: the peer finished it). Cancel-safe.
+    async fn fill(&mut self, recv: &mut quinn::RecvStream) -> Result<bool, NetError> {
+        let mut bufs: [Bytes; Self::BATCH] = Default::default();
+        let read = recv.read_chunks(&mut bufs);
+        let n = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| NetError::Timeout)?,
+            None => read.await,
+        }?;
+        let Some(n) = n else { return Ok(false) };
+        self.buffered.extend(bufs.into_iter().take(n).filter(|b| !b.is_empty()));
+        Ok(true)
+    }
+
+    /// The next frame's body, `Ok(None)` once the peer finished the stream
+    /// between frames. Cancel-safe: each await is a cancel-safe
+    /// `read_chunks`, and what it returned is kept in `self` before the next.
+    pub async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+        while self.prefix_got < 4 {
+            let Some(c) = self.take(4 - self.prefix_got) else {
+                if self.fill(recv).await? {
+                    continue;
+                }
+                return match self.prefix_got {
+                    0 => Ok(None),
+                    got => Err(WireError::Truncated { needed: 4 - got }.into()),
+                };
+            };
+            let n = c.len();
+            self.prefix[self.prefix_got..self.prefix_got + n].copy_from_slice(&c);
+            self.prefix_got += n;
+            if self.deadline.is_none() {
+                // A prefix begun must also arrive within the frame timeout.
+                self.deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+            }
+        }
+        let len = u32::from_be_bytes(self.prefix) as usize;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max }.into());
+        }
+        while self.got < len {
+            match self.take(len - self.got) {
+                Some(c) => {
+                    self.got += c.len();
+                    self.pieces.push(c);
+                }
+                None => {
+                    if !self.fill(recv).await? {
+                        return Err(WireError::Truncated { needed: len - self.got }.into());
+                    }
+                    continue;
+                }
+            }
+            if self.pieces.len() == Self::MAX_PIECES || self.got >= len {
+                // The body is allocated for the announced length once 64 KiB
+                // of it have arrived, so every byte is copied once, without
+                // reallocations.
+                let room = if self.got >= 64 * 1024 || self.got >= len { len } else { self.got.saturating_mul(2) };
+                self.body.reserve_exact(room.saturating_sub(self.body.len()));
+                for piece in self.pieces.drain(..) {
+                    self.body.extend_from_slice(&piece);
+                }
+            }
+        }
+        let body = std::mem::take(&mut self.body);
+        self.prefix_got = 0;
+        self.got = 0;
+        self.deadline = None;
+        Ok(Some(body))
+    }
+}
 
 /// Reads one frame body. `Ok(None)` on a clean end of stream between frames;
 /// `Err(Wire(TooLarge))` as soon as the prefix announces more than `max`

@@ -13,7 +13,7 @@
 //! - [`kx`]: recording key-exchange groups (negotiated group per connection).
 //! - [`tls`]: [`CertFingerprint`], [`ServerTrust`], [`ServerTls`], self-signed
 //!   certificate generation, client configs and the pinning verifier.
-//! - [`framed`]: [`read_frame`] / [`write_frame`] over quinn streams.
+//! - [`framed`]: [`FrameReader`], [`read_frame`] / [`write_frame`] over quinn streams.
 //! - [`client`]: [`Connection`], the async request/response/push client.
 //! - [`error`]: the [`NetError`] type.
 //! - [`socket`]: the UDP sockets under the endpoints (receive buffer).
@@ -27,7 +27,7 @@ pub mod tls;
 
 pub use client::{ConnectInfo, Connection, PendingResponse};
 pub use error::NetError;
-pub use framed::{read_frame, write_encoded, write_frame};
+pub use framed::{FrameReader, read_frame, write_encoded, write_frame};
 pub use kx::KxProbe;
 pub use rustls::NamedGroup;
 pub use socket::client_endpoint;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pqc_crypto::rng::{Rng, SystemRng};
 use pqc_crypto::sign::{HybridSignature, HybridVerifyingKey};
-use pqc_net::{NetError, ServerTls, write_encoded};
+use pqc_net::{FrameReader, NetError, ServerTls, write_encoded};
 use pqc_store::StoreError;
 use pqc_store::server::{AttachmentMeta, Audience, ServerStore, SqliteServerStore};
 use pqc_wire::{
@@ -174,7 +174,7 @@ async fn run(
     // Read in the select loop below: the reader keeps a partly received
     // frame across the loop's other branches (no task and channel per
     // connection for it).
-    let mut reader = FrameReader::new(max_frame, frame_timeout);
+    let mut reader = FrameReader::new(max_frame, Some(frame_timeout));
     let mut bucket = Bucket::new(shared.limits.requests_per_second);
     // File chunks whose store operations are queued, oldest first.
     let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
@@ -300,105 +300,6 @@ async fn run(
         }
     }
     let _ = send.finish();
-}
-
-/// Reads a connection's frames (`u32 BE length || body`) like
-/// [`pqc_net::read_frame`], but cancel-safe: what arrived of a frame stays
-/// here when [`FrameReader::next`] is dropped before it finished, so it can
-/// be polled in a `select!` beside other work. A frame's body must arrive
-/// within `timeout` of its length prefix (`Err(NetError::Timeout)`
-/// otherwise), and memory grows with the bytes actually received rather than
-/// being reserved up front for the announced length.
-struct FrameReader {
-    max: usize,
-    timeout: Duration,
-    prefix: [u8; 4],
-    /// Bytes of the prefix received.
-    prefix_got: usize,
-    /// Pieces of the body as they arrived (each pins a packet buffer, so at
-    /// most [`FrameReader::MAX_PIECES`] of them), copied into `body` in batches.
-    pieces: Vec<bytes::Bytes>,
-    body: Vec<u8>,
-    /// Bytes of the body received (in `pieces` and `body`).
-    got: usize,
-    /// When the current frame's body must be complete (set by its prefix).
-    deadline: Option<tokio::time::Instant>,
-}
-
-impl FrameReader {
-    const MAX_PIECES: usize = 64;
-
-    fn new(max: usize, timeout: Duration) -> Self {
-        Self {
-            max,
-            timeout,
-            prefix: [0; 4],
-            prefix_got: 0,
-            pieces: Vec::new(),
-            body: Vec::new(),
-            got: 0,
-            deadline: None,
-        }
-    }
-
-    /// The next frame's body, `Ok(None)` once the peer finished the stream
-    /// between frames. Cancel-safe: each await is a cancel-safe
-    /// `read_chunk`, and what it returned is kept in `self` before the next.
-    async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
-        while self.prefix_got < 4 {
-            let chunk = match self.deadline {
-                // A prefix begun must also arrive within the frame timeout.
-                Some(d) => tokio::time::timeout_at(d, recv.read_chunk(4 - self.prefix_got, true))
-                    .await
-                    .map_err(|_| NetError::Timeout)?,
-                None => recv.read_chunk(4 - self.prefix_got, true).await,
-            };
-            match chunk.map_err(NetError::from)? {
-                Some(c) => {
-                    let n = c.bytes.len().min(4 - self.prefix_got);
-                    self.prefix[self.prefix_got..self.prefix_got + n].copy_from_slice(&c.bytes[..n]);
-                    self.prefix_got += n;
-                    if self.deadline.is_none() {
-                        self.deadline = Some(tokio::time::Instant::now() + self.timeout);
-                    }
-                }
-                None if self.prefix_got == 0 => return Ok(None),
-                None => return Err(WireError::Truncated { needed: 4 - self.prefix_got }.into()),
-            }
-        }
-        let len = u32::from_be_bytes(self.prefix) as usize;
-        if len > self.max {
-            return Err(WireError::TooLarge { len, max: self.max }.into());
-        }
-        let deadline = self.deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
-        while self.got < len {
-            let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(len - self.got, true))
-                .await
-                .map_err(|_| NetError::Timeout)?;
-            match chunk.map_err(NetError::from)? {
-                Some(c) => {
-                    self.got += c.bytes.len();
-                    self.pieces.push(c.bytes);
-                }
-                None => return Err(WireError::Truncated { needed: len - self.got }.into()),
-            }
-            if self.pieces.len() == Self::MAX_PIECES || self.got >= len {
-                // The body is allocated for the announced length once 64 KiB
-                // of it have arrived, so every byte is copied once, without
-                // reallocations.
-                let room = if self.got >= 64 * 1024 || self.got >= len { len } else { self.got.saturating_mul(2) };
-                self.body.reserve_exact(room.saturating_sub(self.body.len()));
-                for piece in self.pieces.drain(..) {
-                    self.body.extend_from_slice(&piece);
-                }
-            }
-        }
-        let body = std::mem::take(&mut self.body);
-        self.prefix_got = 0;
-        self.got = 0;
-        self.deadline = None;
-        Ok(Some(body))
-    }
 }
 
 fn store_err(e: StoreError) -> Response {
