@@ -67,8 +67,9 @@ pub struct Limits {
     /// Hours an upload may stay unfinished (resumable); older ones are
     /// deleted (checked at start and every hour).
     pub unfinished_upload_hours: u64,
-    /// Days an envelope waits for its recipient; older ones are deleted
-    /// (checked at start and every hour). 0: kept until delivered.
+    /// Days an envelope or a finished file waits for its recipient (every
+    /// member, for a room's file); older ones are deleted (checked at start
+    /// and every hour). 0: kept until delivered.
     pub envelope_days: u64,
 }
 

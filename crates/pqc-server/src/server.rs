@@ -356,8 +356,9 @@ impl Server {
 
 /// Deletes what was abandoned, at start and then hourly, until shutdown:
 /// uploads left unfinished for `unfinished_upload_hours` (their sender no
-/// longer resumes them) and envelopes older than `envelope_days` (their
-/// recipient did not come back). Holds the shared state only while it
+/// longer resumes them), and envelopes and finished files older than
+/// `envelope_days` (their recipient did not come back, or the sender never
+/// announced the file). Holds the shared state only while it
 /// works, so it never keeps the database open past the server's end.
 async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut shutdown: watch::Receiver<bool>) {
     use pqc_store::server::ServerStore;
@@ -381,6 +382,12 @@ async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut s
                 Ok(0) => {}
                 Ok(n) => tracing::info!(n, days, "deleted messages older than envelope_days that were never fetched"),
                 Err(e) => tracing::error!("storage error expiring old messages: {e}"),
+            }
+            let before = i64::try_from(before).unwrap_or(i64::MAX);
+            match sh.db(move |st| st.attachments_expire_finished(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, days, "deleted files older than envelope_days that were never downloaded"),
+                Err(e) => tracing::error!("storage error expiring old files: {e}"),
             }
         }
         drop(sh);

@@ -122,6 +122,10 @@ pub trait ServerStore: Send {
     /// Deletes the unfinished uploads begun before `before` (Unix seconds);
     /// returns how many went.
     fn attachments_expire_unfinished(&mut self, before: i64) -> Result<u32, StoreError>;
+    /// Deletes the finished attachments uploaded before `before` (Unix
+    /// seconds) that are still here: a recipient who never took them (or,
+    /// for a room's file, a member who never did). Returns how many went.
+    fn attachments_expire_finished(&mut self, before: i64) -> Result<u32, StoreError>;
 
     /// Creates a room at epoch 0 with `owner` as its only member (`RoomExists` if taken).
     fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError>;
@@ -485,9 +489,9 @@ impl SqliteServerStore {
         Ok(())
     }
 
-    /// Deletes the unfinished attachments `select` names (their files go
+    /// Deletes the attachments `select` names (their files go
     /// after the commit); returns how many.
-    fn delete_unfinished(&mut self, select: &str, args: impl rusqlite::Params) -> Result<u32, StoreError> {
+    fn delete_attachments(&mut self, select: &str, args: impl rusqlite::Params) -> Result<u32, StoreError> {
         let tx = self.conn.savepoint()?;
         let ids: Vec<AttachmentId> = {
             let mut st = tx.prepare_cached(select)?;
@@ -1150,7 +1154,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError> {
-        self.delete_unfinished(
+        self.delete_attachments(
             "SELECT id FROM attachments WHERE sender = ?1 AND complete = 0
              ORDER BY begun DESC LIMIT -1 OFFSET ?2",
             params![sender.as_str(), keep],
@@ -1158,7 +1162,11 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn attachments_expire_unfinished(&mut self, before: i64) -> Result<u32, StoreError> {
-        self.delete_unfinished("SELECT id FROM attachments WHERE complete = 0 AND created_at < ?1", params![before])
+        self.delete_attachments("SELECT id FROM attachments WHERE complete = 0 AND created_at < ?1", params![before])
+    }
+
+    fn attachments_expire_finished(&mut self, before: i64) -> Result<u32, StoreError> {
+        self.delete_attachments("SELECT id FROM attachments WHERE complete = 1 AND created_at < ?1", params![before])
     }
 
     fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError> {
@@ -1790,6 +1798,12 @@ mod tests {
         let left: Vec<u64> = (1..=6).filter(|i| s.attachment(AttachmentId(*i)).unwrap().is_some()).collect();
         assert_eq!(left, [1]);
         assert_eq!(s.attachment_read(AttachmentId(1), 0, 10).unwrap(), b"1234567890");
+        // A finished one its recipient never took goes after its own retention.
+        assert_eq!(s.attachments_expire_finished(0).unwrap(), 0);
+        assert_eq!(s.attachments_expire_finished(tomorrow).unwrap(), 1);
+        assert!(s.attachment(AttachmentId(1)).unwrap().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!file(1).exists());
     }
 
     #[test]
