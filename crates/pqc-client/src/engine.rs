@@ -226,6 +226,20 @@ fn is_permanent(e: &ClientError) -> bool {
     }
 }
 
+/// Outbox messages sent before waiting for their Acks.
+const OUTBOX_IN_FLIGHT: usize = 8;
+
+/// An outbox record: `u8 name length || recipient || encoded content`.
+fn outbox_record(rec: &[u8]) -> Result<(Username, &[u8])> {
+    let Some((&n, rest)) = rec.split_first() else { return Err(ClientError::Malformed("outbox record")) };
+    let n = usize::from(n);
+    if rest.len() < n {
+        return Err(ClientError::Malformed("outbox record"));
+    }
+    let to = Username::new(std::str::from_utf8(&rest[..n]).map_err(|_| ClientError::Malformed("outbox record"))?)?;
+    Ok((to, &rest[n..]))
+}
+
 pub(crate) fn server_error(resp: Response) -> ClientError {
     match resp {
         Response::Error { code, message } => ClientError::Refused { code, message },
@@ -589,42 +603,76 @@ impl Client {
         Ok(self.profile.db().list(ns::OUTBOX)?.len())
     }
 
-    /// Sends every queued message, oldest first; stops at the first failure
-    /// (keeping that message and the ones after it queued). Returns how many
-    /// were sent.
+    /// Sends every queued message, oldest first, up to eight before waiting
+    /// for their Acks; stops at the first failure, keeping that message and
+    /// the ones not acknowledged queued (one refused for good is dropped and
+    /// reported as [`ClientError::NotSent`]). Returns how many were sent.
     pub async fn flush_outbox(&mut self) -> Result<usize> {
         let mut sent = 0;
-        for (key, rec) in self.profile.list_sealed(ns::OUTBOX)? {
-            let Some((&n, rest)) = rec.split_first() else { return Err(ClientError::Malformed("outbox record")) };
-            let n = usize::from(n);
-            if rest.len() < n {
-                return Err(ClientError::Malformed("outbox record"));
-            }
-            let to =
-                Username::new(std::str::from_utf8(&rest[..n]).map_err(|_| ClientError::Malformed("outbox record"))?)?;
-            let content = &rest[n..];
-            let max_views = Content::decode(content)?.max_views;
-            let outcome = async {
-                let payload = self.encrypt_for(&to, content).await?;
-                match call(&self.conn, Request::Send { to: to.clone(), max_views, payload }).await? {
-                    Response::Ack { .. } => Ok(()),
-                    other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        let mut queued = self.profile.list_sealed(ns::OUTBOX)?.into_iter().peekable();
+        while queued.peek().is_some() {
+            // Up to OUTBOX_IN_FLIGHT messages are encrypted in order, then
+            // sent without waiting for each Ack: the relay commits them
+            // together and answers in order.
+            let mut batch = Vec::with_capacity(OUTBOX_IN_FLIGHT);
+            let mut stopped = None;
+            for (key, rec) in queued.by_ref().take(OUTBOX_IN_FLIGHT) {
+                let (to, content) = outbox_record(&rec)?;
+                let max_views = Content::decode(content)?.max_views;
+                match self.encrypt_for(&to, content).await {
+                    Ok(payload) => {
+                        let request = Request::Send { to: to.clone(), max_views, payload };
+                        batch.push((key, to, request));
+                    }
+                    Err(e) => {
+                        stopped = Some((key, to, e));
+                        break;
+                    }
                 }
             }
-            .await;
-            match outcome {
-                Ok(()) => {
-                    self.profile.db().delete(ns::OUTBOX, &key)?;
-                    sent += 1;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut pending = Vec::with_capacity(batch.len());
+            for (key, to, request) in batch {
+                match self.conn.submit(request).await {
+                    Ok(p) => pending.push((key, to, p)),
+                    Err(e) => {
+                        outcomes.push((key, to, Err(e.into())));
+                        break;
+                    }
                 }
-                Err(e) if is_permanent(&e) => {
-                    // Retrying cannot help (no such user, a changed identity
-                    // key, a refused message): drop it so it does not hold up
-                    // the messages queued after it, and say so.
-                    self.profile.db().delete(ns::OUTBOX, &key)?;
-                    return Err(ClientError::NotSent { to: to.as_str().to_string(), source: Box::new(e) });
+            }
+            for (key, to, p) in pending {
+                let outcome = match p.response().await {
+                    Ok(Response::Ack { .. }) => Ok(()),
+                    Ok(r @ Response::Error { .. }) => Err(server_error(r)),
+                    Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+                    Err(e) => Err(e.into()),
+                };
+                outcomes.push((key, to, outcome));
+            }
+            outcomes.extend(stopped.map(|(key, to, e)| (key, to, Err(e))));
+            // Every Ack counts, even after a failure in the same batch; the
+            // first failure ends the flush (what was not sent stays queued).
+            let mut failed = None;
+            for (key, to, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => {
+                        self.profile.db().delete(ns::OUTBOX, &key)?;
+                        sent += 1;
+                    }
+                    Err(e) if failed.is_some() => tracing::debug!("queued message not sent yet: {e}"),
+                    Err(e) if is_permanent(&e) => {
+                        // Retrying cannot help (no such user, a changed
+                        // identity key, a refused message): drop it so it does
+                        // not hold up the messages queued after it, and say so.
+                        self.profile.db().delete(ns::OUTBOX, &key)?;
+                        failed = Some(ClientError::NotSent { to: to.as_str().to_string(), source: Box::new(e) });
+                    }
+                    Err(e) => failed = Some(e),
                 }
-                Err(e) => return Err(e),
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(sent)

@@ -154,3 +154,31 @@ fn wrong_passphrase_is_refused_without_touching_the_profile() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
 }
+
+/// Messages the relay refused for a while (the recipient's mailbox full)
+/// wait in the sender's outbox; the next command sends them all, several at
+/// a time, and they arrive complete and in order.
+#[test]
+fn queued_messages_go_out_together_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_configured(&tmp.path().join("server-data"), "[limits]\nmax_mailbox = 10\n");
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    for i in 1..=10 {
+        alice.ok(&["send", "bob", &format!("m{i}")]);
+    }
+    for i in 11..=20 {
+        let err = alice.fails(&["send", "bob", &format!("m{i}")]);
+        assert!(err.contains("queued"), "{err}");
+    }
+    let first: String = (1..=10).map(|i| format!("alice: m{i}\n")).collect();
+    assert_eq!(bob.ok(&["recv"]), first);
+    // Any command sends what waits (ten: more than go out at once).
+    alice.ok(&["recv"]);
+    let second: String = (11..=20).map(|i| format!("alice: m{i}\n")).collect();
+    assert_eq!(bob.ok(&["recv"]), second);
+    alice.ok(&["send", "bob", "m21"]);
+    assert_eq!(bob.ok(&["recv"]), "alice: m21\n");
+}

@@ -55,7 +55,22 @@ impl TestServer {
 
     /// Starts a server on the given ports (used to restart on the same address).
     pub fn start_on(data: &Path, port: u16, status_port: u16) -> Self {
-        let mut child = Command::new(server_bin())
+        Self::start_with(data, port, status_port, None)
+    }
+
+    /// Starts a server with `config` (TOML) as its configuration file.
+    pub fn start_configured(data: &Path, config: &str) -> Self {
+        let file = data.with_extension("toml");
+        std::fs::write(&file, config).unwrap();
+        Self::start_with(data, free_udp_port(), free_tcp_port(), Some(&file))
+    }
+
+    fn start_with(data: &Path, port: u16, status_port: u16, config: Option<&Path>) -> Self {
+        let mut server = Command::new(server_bin());
+        if let Some(c) = config {
+            server.arg("--config").arg(c);
+        }
+        let mut child = server
             .arg("--data")
             .arg(data)
             .arg("--listen")
