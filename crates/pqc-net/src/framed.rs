@@ -21,6 +21,10 @@ use crate::error::NetError;
 ///   of its length prefix (`Err(NetError::Timeout)` otherwise);
 /// - memory grows with the bytes actually received rather than being
 ///   reserved up front for the announced length.
+///
+/// The framing itself is I/O-free ([`FrameReader::push`],
+/// [`FrameReader::poll_frame`], [`FrameReader::finish`]): the fuzz target
+/// `net_frame_reader` drives it with bytes cut in arbitrary pieces.
 #[derive(Debug)]
 pub struct FrameReader {
     max: usize,
@@ -62,6 +66,13 @@ impl FrameReader {
         }
     }
 
+    /// Adds bytes received on the stream (in order) to what is buffered.
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.buffered.push_back(bytes);
+        }
+    }
+
     /// Up to `max` bytes of what is buffered, in stream order.
     fn take(&mut self, max: usize) -> Option<Bytes> {
         let front = self.buffered.front_mut()?;
@@ -71,33 +82,12 @@ impl FrameReader {
         self.buffered.pop_front()
     }
 
-    /// Waits for more of the stream (`false`: the peer finished it). Cancel-safe.
-    async fn fill(&mut self, recv: &mut quinn::RecvStream) -> Result<bool, NetError> {
-        let mut bufs: [Bytes; Self::BATCH] = Default::default();
-        let read = recv.read_chunks(&mut bufs);
-        let n = match self.deadline {
-            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| NetError::Timeout)?,
-            None => read.await,
-        }?;
-        let Some(n) = n else { return Ok(false) };
-        self.buffered.extend(bufs.into_iter().take(n).filter(|b| !b.is_empty()));
-        Ok(true)
-    }
-
-    /// The next frame's body, `Ok(None)` once the peer finished the stream
-    /// between frames. Cancel-safe: each await is a cancel-safe
-    /// `read_chunks`, and what it returned is kept in `self` before the next.
-    pub async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+    /// The next whole frame from what was pushed, `Ok(None)` while more is
+    /// needed. The I/O-free part of [`FrameReader::next`]: what it took of
+    /// an unfinished frame stays in `self`.
+    pub fn poll_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
         while self.prefix_got < 4 {
-            let Some(c) = self.take(4 - self.prefix_got) else {
-                if self.fill(recv).await? {
-                    continue;
-                }
-                return match self.prefix_got {
-                    0 => Ok(None),
-                    got => Err(WireError::Truncated { needed: 4 - got }.into()),
-                };
-            };
+            let Some(c) = self.take(4 - self.prefix_got) else { return Ok(None) };
             let n = c.len();
             self.prefix[self.prefix_got..self.prefix_got + n].copy_from_slice(&c);
             self.prefix_got += n;
@@ -108,21 +98,12 @@ impl FrameReader {
         }
         let len = u32::from_be_bytes(self.prefix) as usize;
         if len > self.max {
-            return Err(WireError::TooLarge { len, max: self.max }.into());
+            return Err(WireError::TooLarge { len, max: self.max });
         }
         while self.got < len {
-            match self.take(len - self.got) {
-                Some(c) => {
-                    self.got += c.len();
-                    self.pieces.push(c);
-                }
-                None => {
-                    if !self.fill(recv).await? {
-                        return Err(WireError::Truncated { needed: len - self.got }.into());
-                    }
-                    continue;
-                }
-            }
+            let Some(c) = self.take(len - self.got) else { return Ok(None) };
+            self.got += c.len();
+            self.pieces.push(c);
             if self.pieces.len() == Self::MAX_PIECES || self.got >= len {
                 // The body is allocated for the announced length once 64 KiB
                 // of it have arrived, so every byte is copied once, without
@@ -140,6 +121,110 @@ impl FrameReader {
         self.deadline = None;
         Ok(Some(body))
     }
+
+    /// The stream ended: `Ok(())` between frames, the bytes missing of the
+    /// frame begun otherwise.
+    pub fn finish(&self) -> Result<(), WireError> {
+        let buffered: usize = self.buffered.iter().map(Bytes::len).sum();
+        match (self.prefix_got, buffered) {
+            (0, 0) => Ok(()),
+            (p, b) if p < 4 => Err(WireError::Truncated { needed: 4usize.saturating_sub(p + b) }),
+            _ => {
+                let len = u32::from_be_bytes(self.prefix) as usize;
+                Err(WireError::Truncated { needed: len.saturating_sub(self.got + buffered) })
+            }
+        }
+    }
+
+    /// Waits for more of the stream (`false`: the peer finished it). Cancel-safe.
+    async fn fill(&mut self, recv: &mut quinn::RecvStream) -> Result<bool, NetError> {
+        let mut bufs: [Bytes; Self::BATCH] = Default::default();
+        let read = recv.read_chunks(&mut bufs);
+        let n = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| NetError::Timeout)?,
+            None => read.await,
+        }?;
+        let Some(n) = n else { return Ok(false) };
+        for b in bufs.into_iter().take(n) {
+            self.push(b);
+        }
+        Ok(true)
+    }
+
+    /// The next frame's body, `Ok(None)` once the peer finished the stream
+    /// between frames. Cancel-safe: each await is a cancel-safe
+    /// `read_chunks`, and what it returned is kept in `self` before the next.
+    pub async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+        loop {
+            if let Some(frame) = self.poll_frame()? {
+                return Ok(Some(frame));
+            }
+            if !self.fill(recv).await? {
+                self.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Feeds `data` to a [`FrameReader`] (frames of at most 4 KiB) in pieces
+/// whose sizes the data's first bytes choose, and checks that it reads the
+/// same frames, and fails or ends the same way, as a plain parse of the
+/// whole input. The fuzz target's entry point: how many frames were read,
+/// or how the two differ.
+#[doc(hidden)]
+pub fn fuzz_frame_reader(data: &[u8]) -> Result<usize, String> {
+    const MAX: usize = 4096;
+    let (cuts, stream) = data.split_at(data.len().min(8));
+    // The plain parse.
+    let mut expected = Vec::new();
+    let mut at = 0;
+    let expected_end = loop {
+        let Some(prefix) = stream.get(at..at + 4) else {
+            break if at == stream.len() {
+                Ok(())
+            } else {
+                Err(WireError::Truncated { needed: at + 4 - stream.len() })
+            };
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > MAX {
+            break Err(WireError::TooLarge { len, max: MAX });
+        }
+        let Some(body) = stream.get(at + 4..at + 4 + len) else {
+            break Err(WireError::Truncated { needed: at + 4 + len - stream.len() });
+        };
+        expected.push(body.to_vec());
+        at += 4 + len;
+    };
+    // The reader, fed in pieces.
+    let mut reader = FrameReader::new(MAX, None);
+    let mut got = Vec::new();
+    let mut rest = Bytes::copy_from_slice(stream);
+    let mut i = 0;
+    let end = loop {
+        match reader.poll_frame() {
+            Ok(Some(f)) => {
+                got.push(f);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        if rest.is_empty() {
+            break reader.finish();
+        }
+        let size = usize::from(cuts.get(i % cuts.len().max(1)).copied().unwrap_or(255)).max(1) * (i % 3 + 1);
+        i += 1;
+        reader.push(rest.split_to(size.min(rest.len())));
+    };
+    if got != expected {
+        return Err(format!("frames differ from a plain parse: {} against {}", got.len(), expected.len()));
+    }
+    if end != expected_end {
+        return Err(format!("the end differs from a plain parse: {end:?} against {expected_end:?}"));
+    }
+    Ok(got.len())
 }
 
 /// Reads one frame body. `Ok(None)` on a clean end of stream between frames;
