@@ -630,17 +630,17 @@ impl Client {
                     }
                 }
             }
-            let mut outcomes = Vec::with_capacity(batch.len());
             let mut pending = Vec::with_capacity(batch.len());
             for (key, to, request) in batch {
                 match self.conn.submit(request).await {
                     Ok(p) => pending.push((key, to, p)),
                     Err(e) => {
-                        outcomes.push((key, to, Err(e.into())));
+                        stopped = Some((key, to, e.into()));
                         break;
                     }
                 }
             }
+            let mut outcomes = Vec::with_capacity(pending.len() + 1);
             for (key, to, p) in pending {
                 let outcome = match p.response().await {
                     Ok(Response::Ack { .. }) => Ok(()),

@@ -31,10 +31,11 @@ const CLOSE_POLICY: u32 = 3;
 const PUSH_COALESCE_BYTES: usize = 64 * 1024;
 
 /// Most requests of one connection (envelopes sent, file chunks) queued for
-/// the database at once; past it the connection reads no further frames until the oldest is
-/// answered. With the frame being read, a connection holds at most nine
-/// frames (`max_frame` each) in memory, and an upload keeps that many chunks
-/// in flight (reading them frees QUIC flow-control credit for the next).
+/// the database at once; past it the connection reads no further frames
+/// until the oldest is answered. With the frame being read, a connection
+/// holds at most nine frames (`max_frame` each) in memory, and an upload
+/// keeps that many chunks in flight (reading them frees QUIC flow-control
+/// credit for the next).
 const MAX_QUEUED: usize = 8;
 
 /// The response to come of a request whose store operation is queued.
@@ -176,7 +177,7 @@ async fn run(
     // connection for it).
     let mut reader = FrameReader::new(max_frame, Some(frame_timeout));
     let mut bucket = Bucket::new(shared.limits.requests_per_second);
-    // File chunks whose store operations are queued, oldest first.
+    // Requests whose store operations are queued (envelopes, file chunks), oldest first.
     let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
     'conn: loop {
         tokio::select! {
