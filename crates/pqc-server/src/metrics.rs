@@ -40,6 +40,11 @@ pub struct Metrics {
     pub auth_failed: AtomicU64,
     /// Accounts created.
     pub registrations: AtomicU64,
+    /// Group commits of the database thread.
+    pub store_commits: AtomicU64,
+    /// Group commits that `fdatasync`ed the mailbox log (envelopes came):
+    /// `messages_queued` over this is the envelopes per disk flush.
+    pub mailbox_syncs: AtomicU64,
     /// Handshakes per negotiated key-exchange group.
     pub tls_groups: Mutex<BTreeMap<String, u64>>,
 }
@@ -74,6 +79,8 @@ impl Metrics {
             ("pqc_refused_auth_attempts_total", "counter", l(&self.refused_auth_attempts)),
             ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
             ("pqc_registrations_total", "counter", l(&self.registrations)),
+            ("pqc_store_commits_total", "counter", l(&self.store_commits)),
+            ("pqc_mailbox_syncs_total", "counter", l(&self.mailbox_syncs)),
         ]
     }
 

@@ -46,11 +46,12 @@ const MAX_BATCH: usize = 256;
 /// The database thread: owns the store and runs queued operations in group
 /// commits. It takes every operation waiting at that moment (up to
 /// [`MAX_BATCH`]), runs each as a savepoint inside one transaction, commits
-/// once (an `fdatasync` of the mailbox log if envelopes came or went, an
-/// `fsync` of the database, `synchronous=FULL`, if it changed), and only
-/// then answers the callers. So an envelope is still on disk before its sender is
+/// once (an `fdatasync` of the mailbox log if envelopes came, an `fsync` of
+/// the database, `synchronous=FULL`, if it changed), and only then answers
+/// the callers. So an envelope is still on disk before its sender is
 /// acknowledged, but a hundred concurrent senders share one disk flush
-/// instead of queueing for a hundred.
+/// instead of queueing for a hundred. The commits, and those that flushed
+/// the mailbox log, are counted in `metrics`.
 ///
 /// A failed commit also empties the room member cache: jobs of that batch
 /// may have cached a membership the rollback undid.
@@ -58,6 +59,7 @@ fn run_database(
     mut store: SqliteServerStore,
     jobs: std::sync::mpsc::Receiver<Job>,
     room_members: Arc<Mutex<RoomMembers>>,
+    metrics: Arc<Metrics>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -76,6 +78,10 @@ fn run_database(
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut store)).collect();
+        if store.batch_must_sync() {
+            inc(&metrics.mailbox_syncs);
+        }
+        inc(&metrics.store_commits);
         let committed = store.commit_batch();
         if let Err(e) = &committed {
             tracing::error!("storage error committing a batch of {}: {e}", completions.len());
@@ -312,11 +318,12 @@ impl Server {
         let room_members = Arc::new(Mutex::new(RoomMembers::default()));
         let db_members = room_members.clone();
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let metrics = Arc::new(Metrics::default());
+        let db_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("pqc-db".into())
-            .spawn(move || run_database(store, job_rx, db_members))
+            .spawn(move || run_database(store, job_rx, db_members, db_metrics))
             .map_err(ServerError::Io)?;
-        let metrics = Arc::new(Metrics::default());
         let (fanout, fanout_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             jobs,

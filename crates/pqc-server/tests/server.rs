@@ -256,6 +256,10 @@ async fn send_fetch_ack_push_views_and_restart() {
     else {
         panic!()
     };
+    // Every batch with an envelope or a view flushed the mailbox log.
+    let body = http_get(h.status_addr.unwrap(), "/metrics").await;
+    let (syncs, commits) = (metric(&body, "pqc_mailbox_syncs_total"), metric(&body, "pqc_store_commits_total"));
+    assert!((4..=commits).contains(&syncs), "{body}");
     drop((ca, cb));
     h.shutdown().await;
     let h = start(dir.path(), |_| {}).await;
@@ -272,9 +276,21 @@ async fn send_fetch_ack_push_views_and_restart() {
     // Status endpoint.
     let body = http_get(h.status_addr.unwrap(), "/metrics").await;
     assert!(body.contains("pqc_tls_group_total{group=\"X25519MLKEM768\"}"), "{body}");
+    // Fetches without views and acknowledgements were committed without
+    // a flush of the mailbox log.
+    assert_eq!(metric(&body, "pqc_mailbox_syncs_total"), 0, "{body}");
+    assert!(metric(&body, "pqc_store_commits_total") >= 3, "{body}");
     let body = http_get(h.status_addr.unwrap(), "/status").await;
     assert!(body.contains("\"connections_current\""), "{body}");
     h.shutdown().await;
+}
+
+/// The value of an unlabelled counter in Prometheus text.
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {body}"))
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {

@@ -622,6 +622,12 @@ impl Mailboxes {
         Ok(())
     }
 
+    /// Whether the open batch holds records that must be synced before it
+    /// is answered (an envelope or a view count; not deletions alone).
+    pub(crate) fn must_sync(&self) -> bool {
+        self.must_sync && self.log.is_some()
+    }
+
     /// Takes back the open batch's changes.
     pub(crate) fn rollback(&mut self) {
         self.pending.clear();

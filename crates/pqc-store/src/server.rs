@@ -579,6 +579,13 @@ impl SqliteServerStore {
         self.remove_doomed()
     }
 
+    /// Whether committing the open batch will `fdatasync` the mailbox log:
+    /// it holds an envelope or a view count (deletions alone are written
+    /// with the next batch that syncs).
+    pub fn batch_must_sync(&self) -> bool {
+        self.mail.must_sync()
+    }
+
     /// Abandons the batch started by [`Self::begin_batch`]. Uploads resume
     /// from their last checkpoint (what the database still says).
     pub fn rollback_batch(&mut self) -> Result<(), StoreError> {
@@ -1454,6 +1461,42 @@ mod tests {
         s.enqueue(&u("bob"), &u("alice"), None, b"three", 10).unwrap();
         s.rollback_batch().unwrap();
         assert_eq!(s.queued_total().unwrap(), 2);
+    }
+
+    #[test]
+    fn only_batches_with_envelopes_or_views_must_sync_the_mailbox_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteServerStore::open(&dir.path().join("server.db")).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        // Nothing but an account: the database's own commit, no log flush.
+        s.begin_batch().unwrap();
+        s.create_account(&u("carol"), b"k").unwrap();
+        assert!(!s.batch_must_sync());
+        s.commit_batch().unwrap();
+        s.begin_batch().unwrap();
+        let a = s.enqueue(&u("bob"), &u("alice"), None, b"one", 10).unwrap();
+        s.enqueue(&u("bob"), &u("alice"), Some(2), b"two", 10).unwrap();
+        assert!(s.batch_must_sync());
+        s.commit_batch().unwrap();
+        assert!(!s.batch_must_sync(), "a new batch starts clean");
+        // A fetch counts a view of the limited envelope: that must be durable.
+        s.begin_batch().unwrap();
+        s.fetch(&u("bob"), 1 << 20).unwrap();
+        assert!(s.batch_must_sync());
+        s.commit_batch().unwrap();
+        // Deletions alone wait for the next batch that syncs.
+        s.begin_batch().unwrap();
+        assert_eq!(s.ack(&u("bob"), &[a]).unwrap(), 1);
+        assert!(!s.batch_must_sync());
+        s.commit_batch().unwrap();
+        // A refused envelope leaves nothing to sync; a rollback forgets.
+        s.begin_batch().unwrap();
+        assert!(s.enqueue(&u("nobody"), &u("alice"), None, b"x", 10).is_err());
+        assert!(!s.batch_must_sync());
+        s.enqueue(&u("bob"), &u("alice"), None, b"three", 10).unwrap();
+        assert!(s.batch_must_sync());
+        s.rollback_batch().unwrap();
+        assert!(!s.batch_must_sync());
     }
 
     #[test]
