@@ -205,10 +205,15 @@ OPEN_S=$(echo "$t1 - $t0" | bc -l)
 # client reports it: send-file's "sent ...: N MiB in S s" line (upload start
 # to acknowledged announcement), recv's "file downloaded" log line (download,
 # decryption, check and fsync of the file).
-QUINN_ALL=(); SEND_ALL=(); RECV_ALL=(); SEND_X=(); RECV_X=()
+# The disk's own time for the same bytes (written and flushed, as the
+# server must before it acknowledges the upload's end): an upload cannot be
+# faster than the slower of the network and the disk.
+QUINN_ALL=(); DISK_ALL=(); SEND_ALL=(); RECV_ALL=(); SEND_X=(); RECV_X=()
 for round in $(seq "$FILE_ROUNDS"); do
     timeout 150 "$BIN/examples/quinn_transfer" --bytes "$((FILE_MIB << 20))" > "$WORK/quinn.out"
     QUINN_ALL+=("$(result "$WORK/quinn.out" secs)")
+    t0=$(now); dd if="$WORK/payload.bin" of="$WORK/disk.bin" bs=1M conv=fdatasync status=none; t1=$(now)
+    DISK_ALL+=("$(echo "$t1 - $t0" | bc -l)"); rm -f "$WORK/disk.bin"
     t0=$(now); $C --profile "$WORK/alice" send-file "bob$RID" "$WORK/payload.bin" > "$WORK/send.out"; t1=$(now)
     SEND_ALL+=("$(echo "$t1 - $t0" | bc -l)")
     SEND_X+=("$(sed -n 's/.* in \([0-9.]*\) s (.*/\1/p' "$WORK/send.out")")
@@ -217,8 +222,8 @@ for round in $(seq "$FILE_ROUNDS"); do
     RECV_ALL+=("$(echo "$t1 - $t0" | bc -l)")
     RECV_X+=("$(sed -n 's/.*file downloaded.* ms=\([0-9.]*\).*/\1/p; s/.* ms=\([0-9.]*\).*file downloaded.*/\1/p' "$WORK/recv.err" | head -1 | awk '{print $1 / 1000}')")
     cmp "$WORK/payload.bin" "$WORK/out/payload.bin"
-    printf 'round %s: plain quinn %.3f s; send-file %.3f s (transfer %.3f s); recv %.3f s (transfer %.3f s)\n' "$round" \
-        "${QUINN_ALL[-1]}" "${SEND_ALL[-1]}" "${SEND_X[-1]}" "${RECV_ALL[-1]}" "${RECV_X[-1]}"
+    printf 'round %s: plain quinn %.3f s; disk %.3f s; send-file %.3f s (transfer %.3f s); recv %.3f s (transfer %.3f s)\n' "$round" \
+        "${QUINN_ALL[-1]}" "${DISK_ALL[-1]}" "${SEND_ALL[-1]}" "${SEND_X[-1]}" "${RECV_ALL[-1]}" "${RECV_X[-1]}"
 done
 stop_server
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -233,6 +238,10 @@ E2E_MIBS=$(mibs "$(echo "$SEND_S + $RECV_S" | bc -l)")
 ratios() { local -n ours=$1; local i; for i in "${!ours[@]}"; do echo "100 * ${QUINN_ALL[$i]} / ${ours[$i]}" | bc -l; done; }
 R_SEND=$(median $(ratios SEND_ALL)); R_RECV=$(median $(ratios RECV_ALL))
 R_SEND_X=$(median $(ratios SEND_X)); R_RECV_X=$(median $(ratios RECV_X))
+DISK_S=$(median "${DISK_ALL[@]}"); DISK=$(mibs "$DISK_S")
+# The upload alone against its bound: the slower of plain quinn and the disk, same round.
+R_SEND_B=$(median $(for i in "${!SEND_X[@]}"; do
+    python3 -c "print(100 * max(${QUINN_ALL[$i]}, ${DISK_ALL[$i]}) / ${SEND_X[$i]})"; done))
 fi
 
 if step room; then
@@ -325,6 +334,8 @@ printf '%-58s %.2f s, %s MiB/s\n' "  recv: the download alone (median)" "$RECV_X
 printf '%-58s %.0f%% / %.0f%%\n' "send-file / recv vs plain quinn (whole commands)" "$R_SEND" "$R_RECV"
 printf '%-58s %.0f%% / %.0f%%\n' "upload / download alone vs plain quinn" "$R_SEND_X" "$R_RECV_X"
 printf '%-58s %s\n' "  (median over the rounds of quinn's time / ours, same round)" ""
+printf '%-58s %s MiB/s\n' "disk: the same bytes written and flushed (dd, median)" "$DISK"
+printf '%-58s %.0f%%\n' "upload alone vs the slower of plain quinn and the disk" "$R_SEND_B"
 fi
 if step room; then
 printf '%-58s %s us\n' "room of $ROOM: server CPU per message to all members" "$(result "$WORK/room.out" cpu_per_msg_us)"
