@@ -257,14 +257,31 @@ pub struct ServerHandle {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    status_task: Option<tokio::task::JoinHandle<()>>,
+    db_thread: std::thread::JoinHandle<()>,
 }
+
+/// How long [`ServerHandle::shutdown`] waits for the database thread.
+const DB_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl ServerHandle {
     /// Graceful shutdown: stop accepting, close connections, wait for their
-    /// tasks, close the endpoint and the database.
+    /// tasks, close the endpoint and the database. Returns once the
+    /// database is closed and the data folder free for the next server
+    /// (or after [`DB_CLOSE_WAIT`], with a warning).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(status) = self.status_task {
+            let _ = status.await;
+        }
+        // The thread ends once the last holder of the shared state is gone
+        // (a status answer in flight holds it a few seconds at most): it
+        // runs what was queued, and the store closes with it.
+        let db = self.db_thread;
+        if tokio::time::timeout(DB_CLOSE_WAIT, tokio::task::spawn_blocking(move || db.join())).await.is_err() {
+            tracing::warn!("the database did not close within {} s of the shutdown", DB_CLOSE_WAIT.as_secs());
+        }
     }
 }
 
@@ -311,6 +328,22 @@ impl Server {
     ) -> Result<ServerHandle, ServerError> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let tls = ensure_certificate(&cfg)?;
+        // The sockets first: a start that fails on them leaves the data
+        // folder untouched, free for the next attempt at once.
+        let endpoint = tls.endpoint(listen).map_err(|e| match e {
+            pqc_net::NetError::Io(source) => ServerError::Bind { what: "QUIC, UDP", addr: listen, source },
+            e => e.into(),
+        })?;
+        let addr = endpoint.local_addr()?;
+        let status_listener = match status_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| ServerError::Bind {
+                what: "status and metrics, TCP",
+                addr: a,
+                source,
+            })?),
+            None => None,
+        };
+        let status_bound = status_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let db_path = cfg.data_dir.join("server.db");
         let store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
             .await
@@ -320,7 +353,7 @@ impl Server {
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
         let metrics = Arc::new(Metrics::default());
         let db_metrics = metrics.clone();
-        std::thread::Builder::new()
+        let db_thread = std::thread::Builder::new()
             .name("pqc-db".into())
             .spawn(move || run_database(store, job_rx, db_members, db_metrics))
             .map_err(ServerError::Io)?;
@@ -334,30 +367,22 @@ impl Server {
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,
         });
-        let endpoint = tls.endpoint(listen).map_err(|e| match e {
-            pqc_net::NetError::Io(source) => ServerError::Bind { what: "QUIC, UDP", addr: listen, source },
-            e => e.into(),
-        })?;
-        let addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let status_bound = match status_addr {
-            Some(a) => {
-                let l = tokio::net::TcpListener::bind(a).await.map_err(|source| ServerError::Bind {
-                    what: "status and metrics, TCP",
-                    addr: a,
-                    source,
-                })?;
-                let bound = l.local_addr()?;
-                tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone()));
-                Some(bound)
-            }
-            None => None,
-        };
+        let status_task = status_listener.map(|l| tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone())));
         let fingerprint = tls.fingerprint();
         tokio::spawn(fan_out(Arc::downgrade(&shared), fanout_rx));
         tokio::spawn(expire_abandoned(Arc::downgrade(&shared), cfg.limits.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
-        Ok(ServerHandle { addr, status_addr: status_bound, fingerprint, metrics, shutdown, task })
+        Ok(ServerHandle {
+            addr,
+            status_addr: status_bound,
+            fingerprint,
+            metrics,
+            shutdown,
+            task,
+            status_task,
+            db_thread,
+        })
     }
 }
 

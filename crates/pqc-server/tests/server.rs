@@ -729,6 +729,25 @@ async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
 }
 
 #[tokio::test]
+async fn a_data_folder_in_use_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |_| {}).await;
+    let cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    let Err(err) = Server::start(cfg, "127.0.0.1:0".parse().unwrap(), None).await else {
+        panic!("a second server started on a data folder in use")
+    };
+    let err = err.to_string();
+    assert!(err.contains("in use by another pqc-server"), "{err}");
+    // The first one still serves.
+    let c = User::new("alice").register(&h).await;
+    assert_eq!(c.request(Request::Ping).await.unwrap(), Response::Pong);
+    h.shutdown().await;
+    // Once it has stopped, the folder is free.
+    let h = start(dir.path(), |_| {}).await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_port_in_use_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let h = start(dir.path(), |_| {}).await;

@@ -69,6 +69,9 @@ pub enum StoreError {
     /// The user is not a member of the room (or the room does not exist).
     #[error("not a member of this room")]
     NotAMember,
+    /// Another process holds the data folder (a second server started on it).
+    #[error("{0}")]
+    InUse(String),
     /// The database was written by a newer version of this program.
     #[error("database schema version {found} is newer than supported {supported}; upgrade pqc-server")]
     SchemaTooNew {

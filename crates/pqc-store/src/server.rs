@@ -347,6 +347,8 @@ pub struct SqliteServerStore {
     /// own thread so the database thread goes on with other work, and the
     /// length it makes durable (recorded at the next checkpoint).
     syncing: HashMap<AttachmentId, (u64, JoinHandle<std::io::Result<()>>)>,
+    /// The data folder's lock (`server.lock`), for a store on files.
+    lock: Option<std::fs::File>,
     /// Attachments deleted by the current transaction: their files go once it commits.
     doomed: Vec<AttachmentId>,
     /// Inside [`SqliteServerStore::begin_batch`].
@@ -358,6 +360,45 @@ pub struct SqliteServerStore {
     /// it before the database). Accounts are never deleted; cleared when a
     /// batch, which may have created one, is rolled back.
     accounts: HashSet<Username>,
+}
+
+/// Takes the data folder `dir` for this process: an exclusive lock on
+/// `dir/server.lock`, held as long as the returned file is open (the kernel
+/// lets go of it when the process ends, however it ends). A second server
+/// on the same folder would append to the same mailbox log from its own
+/// idea of where it ends, and cut what it took for a torn tail: it is
+/// refused instead, naming the process that holds the folder.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read as _, Write as _};
+    let path = dir.join("server.lock");
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            return Err(StoreError::InUse(format!(
+                "the data folder {} is in use by another pqc-server{holder}; stop it first, or give this one \
+                 another folder (--data)",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
 }
 
 /// Bytes of an upload written between two fsyncs of its file (and updates
@@ -400,7 +441,9 @@ fn i64_of(v: u64) -> Result<i64, StoreError> {
 impl SqliteServerStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock = lock_data_dir(path.parent().unwrap_or(Path::new(".")))?;
         let mut store = Self::init(Connection::open(path)?)?;
+        store.lock = Some(lock);
         store.mail = Mailboxes::open(&path.parent().unwrap_or(Path::new(".")).join("mailbox.log"))?;
         store.import_envelopes()?;
         let dir = path.parent().unwrap_or(Path::new(".")).join("attachments");
@@ -618,6 +661,7 @@ impl SqliteServerStore {
             files: None,
             written: Default::default(),
             syncing: Default::default(),
+            lock: None,
             doomed: Vec::new(),
             in_batch: false,
             mail: Mailboxes::in_memory(),
@@ -1461,6 +1505,26 @@ mod tests {
         s.enqueue(&u("bob"), &u("alice"), None, b"three", 10).unwrap();
         s.rollback_batch().unwrap();
         assert_eq!(s.queued_total().unwrap(), 2);
+    }
+
+    #[test]
+    fn one_store_at_a_time_holds_a_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        s.create_account(&u("bob"), b"k").unwrap();
+        s.enqueue(&u("bob"), &u("alice"), None, b"kept", 10).unwrap();
+        // A second open (a second server) is refused before it touches the
+        // mailbox log, naming the holder.
+        let Err(err) = SqliteServerStore::open(&path) else { panic!("a second store opened the folder") };
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::InUse(_)), "{err:?}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains(&format!("process {}", std::process::id())), "{text}");
+        // Let go when the store goes; the envelope is still there.
+        drop(s);
+        let mut s = SqliteServerStore::open(&path).unwrap();
+        assert_eq!(s.queued_total().unwrap(), 1);
     }
 
     #[test]
