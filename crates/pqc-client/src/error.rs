@@ -13,6 +13,18 @@ pub enum ClientError {
     /// `register` on a profile that already has one.
     #[error("this profile is already registered as {0:?}; use another --profile for a second account")]
     AlreadyRegistered(String),
+    /// Another process has the profile open.
+    #[error(
+        "the profile at {dir} is in use by another pqc-client{holder}: one command at a time uses a profile \
+         (two would advance the same session keys); wait for it to end, or use `pqc-client chat` to send and \
+         receive at once"
+    )]
+    ProfileInUse {
+        /// The profile folder.
+        dir: PathBuf,
+        /// " (process N)" when the holder wrote its id.
+        holder: String,
+    },
     /// Wrong passphrase for the profile.
     #[error("wrong passphrase for the profile at {0} (set PQC_PASSPHRASE or type it at the prompt)")]
     WrongPassphrase(PathBuf),

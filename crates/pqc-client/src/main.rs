@@ -18,6 +18,8 @@ mod cli_rooms;
 /// key agreement, Double Ratchet with a post-quantum ratchet) and the server
 /// only relays ciphertext. The profile (keys, sessions, history) is sealed
 /// with a key derived from your passphrase ($PQC_PASSPHRASE or a prompt).
+/// One command at a time uses a profile: another waits up to 10 s for it
+/// (use `chat` to send and receive at once).
 #[derive(Parser, Debug)]
 #[command(name = "pqc-client", version, about, long_about)]
 struct Cli {
@@ -164,6 +166,29 @@ pub(crate) fn transfer_notice(msg: String) {
     eprintln!("{msg}");
 }
 
+/// How long a command waits for another `pqc-client` that has the profile
+/// open (a `send` while another `send` finishes) before it gives up.
+const PROFILE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the profile, waiting up to [`PROFILE_WAIT`] while another process
+/// has it open (saying so once on stderr).
+async fn open_profile(dir: &std::path::Path, pass: &str, create: bool) -> Result<Profile> {
+    let deadline = std::time::Instant::now() + PROFILE_WAIT;
+    let mut told = false;
+    loop {
+        match Profile::open(dir, pass, create) {
+            Err(ClientError::ProfileInUse { holder, .. }) if std::time::Instant::now() < deadline => {
+                if !told {
+                    notice(format!("waiting for the other pqc-client{holder} using this profile to finish..."));
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
     let dir = cli.profile.clone().or(config.profile.clone()).unwrap_or_else(profile::default_dir);
     let registering = matches!(cli.command, Command::Register { .. });
@@ -171,7 +196,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         return Err(ClientError::NotRegistered);
     }
     let pass = profile::passphrase(registering && !Profile::exists(&dir))?;
-    let profile = Profile::open(&dir, &pass, registering)?;
+    let profile = open_profile(&dir, &pass, registering).await?;
     let server = cli
         .server
         .clone()

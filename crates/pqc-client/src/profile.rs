@@ -66,6 +66,46 @@ pub struct Profile {
     db: ClientDb,
     key: Zeroizing<[u8; 32]>,
     aead: AeadKey,
+    /// `profile.lock`, locked while this profile is open.
+    _lock: std::fs::File,
+}
+
+/// Takes the profile folder `dir` for this process: an exclusive lock on
+/// `dir/profile.lock`, held as long as the returned file is open (the
+/// kernel lets go when the process ends, however it ends). Two processes
+/// on one profile would each load a session or a room's group state, both
+/// advance it and save: the second save undoes the first, and the next
+/// message would be sealed again with keys already used. A second command
+/// gets [`ClientError::ProfileInUse`] instead (the caller may wait and try
+/// again).
+fn lock_profile(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Write as _};
+    let path = dir.join("profile.lock");
+    let io = |e| ClientError::io(format!("cannot lock {}", path.display()), e);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            return Err(ClientError::ProfileInUse { dir: dir.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+    Ok(file)
 }
 
 impl core::fmt::Debug for Profile {
@@ -127,6 +167,7 @@ impl Profile {
         }
         std::fs::create_dir_all(dir).map_err(|e| ClientError::io(format!("cannot create {}", dir.display()), e))?;
         restrict_permissions(dir);
+        let lock = lock_profile(dir)?;
         let db = ClientDb::open(&dir.join("profile.sqlite"))?;
         let salt = match db.get(ns::META, "salt")? {
             Some(s) => s,
@@ -138,7 +179,7 @@ impl Profile {
         };
         let key = derive_key(passphrase, &salt)?;
         let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, key.as_ref())?;
-        let profile = Self { dir: dir.to_path_buf(), db, key, aead };
+        let profile = Self { dir: dir.to_path_buf(), db, key, aead, _lock: lock };
         match profile.db.get(ns::META, "check")? {
             Some(sealed) => {
                 if profile.open_sealed(ns::META, "check", &sealed).is_err() {
@@ -353,5 +394,22 @@ mod tests {
         assert_eq!(p.get_sealed("x", "k").unwrap().unwrap().as_slice(), b"very secret text");
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(Profile::open(empty.path(), "x", false), Err(ClientError::NotRegistered)));
+    }
+
+    #[test]
+    fn one_process_at_a_time_opens_a_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::open(dir.path(), "pw", true).unwrap();
+        // A second opening (another command on the same profile) is refused
+        // before the passphrase is even tried, naming the holder.
+        let Err(err) = Profile::open(dir.path(), "not even the passphrase", false) else {
+            panic!("a second opening of an open profile")
+        };
+        assert!(matches!(err, ClientError::ProfileInUse { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("(process {})", std::process::id())), "{text}");
+        assert!(text.contains("pqc-client chat"), "{text}");
+        drop(p);
+        Profile::open(dir.path(), "pw", false).unwrap();
     }
 }

@@ -155,6 +155,46 @@ fn wrong_passphrase_is_refused_without_touching_the_profile() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
 }
 
+/// A second command on a profile in use waits for the first to end (the
+/// two would advance the same session keys), then runs; one that would
+/// wait too long is refused with a clear message.
+#[test]
+fn a_profile_serves_one_command_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    alice.ok(&["send", "bob", "are you there?"]);
+    // bob listens for 3 s; his send meanwhile waits for the profile.
+    let mut recv = bob.command(&["recv", "--wait", "3"]).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "alice: are you there?");
+    let started = std::time::Instant::now();
+    let out = bob.run(&["send", "alice", "yes, one moment"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("waiting for the other pqc-client (process {})", recv.id())), "{stderr}");
+    assert!(recv.wait().unwrap().success());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "the send waited for the recv to end");
+    assert_eq!(alice.ok(&["recv"]).trim(), "bob: yes, one moment");
+    // A listener for longer than a command waits (10 s): refused, nothing sent.
+    let mut recv = bob.command(&["recv", "--wait", "30"]).spawn().unwrap();
+    let holder = || std::fs::read_to_string(bob.profile.join("profile.lock")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while holder().trim() != recv.id().to_string() {
+        assert!(std::time::Instant::now() < deadline, "recv never opened the profile");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stderr = bob.fails(&["send", "alice", "never sent"]);
+    assert!(stderr.contains("in use by another pqc-client") && stderr.contains("pqc-client chat"), "{stderr}");
+    let _ = recv.kill();
+    let _ = recv.wait();
+    assert_eq!(alice.ok(&["recv"]).trim(), "");
+}
+
 /// Messages the relay refused for a while (the recipient's mailbox full)
 /// wait in the sender's outbox; the next command sends them all, several at
 /// a time, and they arrive complete and in order.
