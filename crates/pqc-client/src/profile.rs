@@ -70,42 +70,19 @@ pub struct Profile {
     _lock: std::fs::File,
 }
 
-/// Takes the profile folder `dir` for this process: an exclusive lock on
-/// `dir/profile.lock`, held as long as the returned file is open (the
-/// kernel lets go when the process ends, however it ends). Two processes
-/// on one profile would each load a session or a room's group state, both
-/// advance it and save: the second save undoes the first, and the next
-/// message would be sealed again with keys already used. A second command
-/// gets [`ClientError::ProfileInUse`] instead (the caller may wait and try
-/// again).
+/// Takes the profile folder `dir` for this process ([`pqc_store::lock`]).
+/// Two processes on one profile would each load a session or a room's
+/// group state, both advance it and save: the second save undoes the
+/// first, and the next message would be sealed again with keys already
+/// used. A second command gets [`ClientError::ProfileInUse`] instead (the
+/// caller may wait and try again).
 fn lock_profile(dir: &Path) -> Result<std::fs::File> {
-    use std::io::{Read as _, Write as _};
-    let path = dir.join("profile.lock");
-    let io = |e| ClientError::io(format!("cannot lock {}", path.display()), e);
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&path).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => String::new(),
-                pid => format!(" (process {pid})"),
-            };
-            return Err(ClientError::ProfileInUse { dir: dir.to_path_buf(), holder });
+    pqc_store::lock::lock_folder(dir, "profile.lock").map_err(|e| match e {
+        pqc_store::lock::LockError::InUse { holder } => ClientError::ProfileInUse { dir: dir.to_path_buf(), holder },
+        pqc_store::lock::LockError::Io(e) => {
+            ClientError::io(format!("cannot lock {}", dir.join("profile.lock").display()), e)
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-    }
-    file.set_len(0).map_err(io)?;
-    file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
-    Ok(file)
+    })
 }
 
 impl core::fmt::Debug for Profile {

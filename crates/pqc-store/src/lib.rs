@@ -19,6 +19,7 @@
 //! metadata are created, resumed and deleted transactionally.
 
 pub mod client;
+pub mod lock;
 pub mod mailbox;
 pub mod server;
 

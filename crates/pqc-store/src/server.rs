@@ -362,43 +362,19 @@ pub struct SqliteServerStore {
     accounts: HashSet<Username>,
 }
 
-/// Takes the data folder `dir` for this process: an exclusive lock on
-/// `dir/server.lock`, held as long as the returned file is open (the kernel
-/// lets go of it when the process ends, however it ends). A second server
-/// on the same folder would append to the same mailbox log from its own
-/// idea of where it ends, and cut what it took for a torn tail: it is
+/// Takes the data folder `dir` for this process ([`crate::lock`]): a
+/// second server on it would append to the same mailbox log from its own
+/// idea of where it ends, and cut what it took for a torn tail; it is
 /// refused instead, naming the process that holds the folder.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
-    use std::io::{Read as _, Write as _};
-    let path = dir.join("server.lock");
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => String::new(),
-                pid => format!(" (process {pid})"),
-            };
-            return Err(StoreError::InUse(format!(
-                "the data folder {} is in use by another pqc-server{holder}; stop it first, or give this one \
-                 another folder (--data)",
-                dir.display()
-            )));
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-    }
-    file.set_len(0)?;
-    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    Ok(file)
+    crate::lock::lock_folder(dir, "server.lock").map_err(|e| match e {
+        crate::lock::LockError::InUse { holder } => StoreError::InUse(format!(
+            "the data folder {} is in use by another pqc-server{holder}; stop it first, or give this one another \
+             folder (--data)",
+            dir.display()
+        )),
+        crate::lock::LockError::Io(e) => e.into(),
+    })
 }
 
 /// Bytes of an upload written between two fsyncs of its file (and updates
