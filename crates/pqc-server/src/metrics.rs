@@ -40,7 +40,7 @@ pub struct Metrics {
     pub auth_failed: AtomicU64,
     /// Accounts created.
     pub registrations: AtomicU64,
-    /// Group commits of the database thread.
+    /// Group commits of the database thread (that succeeded).
     pub store_commits: AtomicU64,
     /// Group commits that `fdatasync`ed the mailbox log (envelopes came):
     /// `messages_queued` over this is the envelopes per disk flush.

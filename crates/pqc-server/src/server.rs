@@ -78,11 +78,14 @@ fn run_database(
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut store)).collect();
-        if store.batch_must_sync() {
-            inc(&metrics.mailbox_syncs);
-        }
-        inc(&metrics.store_commits);
+        let syncs = store.batch_must_sync();
         let committed = store.commit_batch();
+        if committed.is_ok() {
+            inc(&metrics.store_commits);
+            if syncs {
+                inc(&metrics.mailbox_syncs);
+            }
+        }
         if let Err(e) = &committed {
             tracing::error!("storage error committing a batch of {}: {e}", completions.len());
             let _ = store.rollback_batch();
