@@ -432,7 +432,6 @@ async fn garbage_udp_datagrams_are_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server to persist its QUIC stateless-reset and connection-id keys (docs/RELIABILITY.md)"]
 async fn connections_to_a_crashed_server_are_reset_after_restart() {
     let mut srv = ServerProc::start("");
     let alice = User::new("alice");
