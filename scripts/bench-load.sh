@@ -6,7 +6,8 @@
 #      then ("pairs", not in the default steps) 1b and 2 one after the other ROUNDS times, with
 #      each round's ratio and the medians: on a shared machine, the figure to compare;
 #   3. server RSS with 5 000 idle logged-in QUIC connections;
-#   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer;
+#   4. a 100 MiB file through pqc-client send-file / recv vs a plain quinn transfer and the disk
+#      writing and flushing the same bytes (dd), the bound of a relay that keeps what it acknowledges;
 #   5. a room of ROOM members: server CPU per join and per message to all, relay latency;
 #      then ("sparse") one sender, ROOM_SPARSE messages ROOM_PAUSE_MS apart;
 #   6. ("floor") both loads through a relay that only forwards, over the same QUIC/TLS set-up
