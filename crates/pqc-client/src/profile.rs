@@ -77,11 +77,10 @@ pub struct Profile {
 /// used. A second command gets [`ClientError::ProfileInUse`] instead (the
 /// caller may wait and try again).
 fn lock_profile(dir: &Path) -> Result<std::fs::File> {
-    pqc_store::lock::lock_folder(dir, "profile.lock").map_err(|e| match e {
+    const LOCK: &str = "profile.lock";
+    pqc_store::lock::lock_folder(dir, LOCK).map_err(|e| match e {
         pqc_store::lock::LockError::InUse { holder } => ClientError::ProfileInUse { dir: dir.to_path_buf(), holder },
-        pqc_store::lock::LockError::Io(e) => {
-            ClientError::io(format!("cannot lock {}", dir.join("profile.lock").display()), e)
-        }
+        pqc_store::lock::LockError::Io(e) => ClientError::io(format!("cannot lock {}", dir.join(LOCK).display()), e),
     })
 }
 

@@ -417,12 +417,13 @@ fn i64_of(v: u64) -> Result<i64, StoreError> {
 impl SqliteServerStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let lock = lock_data_dir(path.parent().unwrap_or(Path::new(".")))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let lock = lock_data_dir(folder)?;
         let mut store = Self::init(Connection::open(path)?)?;
         store.lock = Some(lock);
-        store.mail = Mailboxes::open(&path.parent().unwrap_or(Path::new(".")).join("mailbox.log"))?;
+        store.mail = Mailboxes::open(&folder.join("mailbox.log"))?;
         store.import_envelopes()?;
-        let dir = path.parent().unwrap_or(Path::new(".")).join("attachments");
+        let dir = folder.join("attachments");
         std::fs::create_dir_all(&dir)?;
         store.files = Some(dir);
         store.reconcile_files()?;
