@@ -1,7 +1,8 @@
 //! Async client: connect, request/response matched by request id, pushes.
 //!
 //! One reader task dispatches responses to waiting requests and pushes to a
-//! channel; one writer task serialises outgoing frames.
+//! channel; callers write their frames themselves ([`Outbox`]), a flusher
+//! task only what quinn could not take at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +16,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NetError;
-use crate::framed::{FrameReader, read_frame, write_encoded};
+use crate::framed::{FrameReader, read_frame};
+use crate::outbox::Outbox;
 use crate::tls::{CertFingerprint, ServerTrust, client_parts};
 
 /// Largest frame body the client accepts from a server, whatever it announces.
@@ -45,8 +47,8 @@ pub struct ConnectInfo {
 pub struct Connection {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
-    /// Whole frames (length prefix and body) for the writer task.
-    out: mpsc::Sender<Vec<u8>>,
+    /// The control stream's sending side.
+    out: Arc<Outbox>,
     pending: Pending,
     closed: Arc<AtomicBool>,
     next_id: AtomicU32,
@@ -89,7 +91,7 @@ impl Connection {
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|chain| chain.first().map(|c| CertFingerprint::of_der(c)))
             .ok_or_else(|| NetError::Protocol("server presented no certificate".into()))?;
-        let (mut send, mut recv) = conn.accept_bi().await?;
+        let (send, mut recv) = conn.accept_bi().await?;
         let hello = read_frame(&mut recv, CLIENT_MAX_FRAME).await?.ok_or(NetError::Closed)?;
         let (challenge, max_frame) = match ServerFrame::decode(&hello)? {
             ServerFrame::Hello { version, challenge, max_frame } => {
@@ -103,16 +105,10 @@ impl Connection {
         let info = ConnectInfo { fingerprint, group, challenge, max_frame };
 
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+        let out = Arc::new(Outbox::new(send));
+        let flusher = out.clone();
+        tokio::spawn(async move { flusher.flush().await });
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if write_encoded(&mut send, frame).await.is_err() {
-                    break;
-                }
-            }
-            let _ = send.finish();
-        });
         let closed = Arc::new(AtomicBool::new(false));
         let reader_closed = closed.clone();
         let reader_pending = pending.clone();
@@ -222,7 +218,7 @@ impl Connection {
         }
         if self.out.send(frame).await.is_err() {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-            return Err(NetError::Closed);
+            return Err(self.closed_reason());
         }
         Ok(PendingResponse { conn: self, rx })
     }
@@ -230,7 +226,7 @@ impl Connection {
     /// Sends raw bytes on the control stream (tests of malformed input).
     #[doc(hidden)]
     pub async fn send_raw_frame_body(&self, body: Vec<u8>) -> Result<(), NetError> {
-        self.out.send(pqc_wire::encode_frame(&body)).await.map_err(|_| NetError::Closed)
+        self.out.send(pqc_wire::encode_frame(&body)).await
     }
 
     fn closed_reason(&self) -> NetError {
@@ -261,6 +257,13 @@ impl Connection {
         let grace = (self.conn.rtt() * 3).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // What is queued still goes out, then the stream finishes.
+        self.out.close();
     }
 }
 

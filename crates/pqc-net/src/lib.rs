@@ -22,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod framed;
 pub mod kx;
+pub mod outbox;
 pub mod socket;
 pub mod tls;
 
@@ -29,6 +30,7 @@ pub use client::{ConnectInfo, Connection, PendingResponse};
 pub use error::NetError;
 pub use framed::{FrameReader, read_frame, write_encoded, write_frame};
 pub use kx::KxProbe;
+pub use outbox::{OUTBOX_LIMIT, Outbox};
 pub use rustls::NamedGroup;
 pub use socket::client_endpoint;
 pub use tls::{CertFingerprint, SelfSigned, ServerTls, ServerTrust, client_config, generate_self_signed};

@@ -626,6 +626,12 @@ impl SqliteServerStore {
     fn init(conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // One process has the database (the data folder's lock says which):
+        // SQLite may hold its file locks for good and keep the WAL index in
+        // its own memory, instead of taking and dropping `fcntl` locks on a
+        // shared-memory file around every transaction. Set before the first
+        // access, so the WAL is opened that way.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit (an envelope before its Ack) is fsynced.
         conn.pragma_update(None, "synchronous", "FULL")?;
