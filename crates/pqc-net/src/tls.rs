@@ -173,9 +173,18 @@ pub struct ServerTls {
     cid_key: u64,
 }
 
-/// Label of the stateless-reset key's derivation (HKDF-Extract with this
-/// salt over the private key's DER encoding).
-const RESET_KEY_LABEL: &[u8] = b"pqc-chat/quic-stateless-reset/v1";
+/// Salt of the stateless-reset keys' derivation (HKDF-Extract with this
+/// salt over the private key's DER encoding, then HKDF-Expand per key).
+const RESET_KEY_LABEL: &[u8] = b"pqc-chat/quic-stateless-reset/v2";
+
+/// An HKDF output length.
+struct OkmLen(usize);
+
+impl aws_lc_rs::hkdf::KeyType for OkmLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -195,12 +204,17 @@ impl ServerTls {
         // Clients of a server that crashed and came back then learn at their
         // next packet that their connection is gone (and reconnect) instead
         // of waiting out the idle timeout.
-        use aws_lc_rs::hmac;
-        let prk = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, RESET_KEY_LABEL), key.secret_der());
-        let reset_key = Arc::new(hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()));
-        let cid = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()), b"connection ids");
+        // HKDF (RFC 5869): the pseudorandom key is zeroized when dropped;
+        // each key is expanded from it under its own label.
+        use aws_lc_rs::{hkdf, hmac};
+        let derive = || NetError::Cert("cannot derive the stateless-reset keys".into());
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, RESET_KEY_LABEL).extract(key.secret_der());
+        let reset_okm = prk.expand(&[b"stateless reset"], hmac::HMAC_SHA256).map_err(|_| derive())?;
+        let reset_key = Arc::new(hmac::Key::from(reset_okm));
         let mut cid_key = [0u8; 8];
-        cid_key.copy_from_slice(&cid.as_ref()[..8]);
+        prk.expand(&[b"connection ids"], OkmLen(cid_key.len()))
+            .and_then(|okm| okm.fill(&mut cid_key))
+            .map_err(|_| derive())?;
         let cid_key = u64::from_be_bytes(cid_key);
         Ok(Self { key: Arc::new(CertifiedKey::new(chain, signer)), fingerprint, reset_key, cid_key })
     }
