@@ -61,6 +61,10 @@ pub struct Limits {
     /// Failed Register/Login attempts allowed per connection; one more
     /// closes it (registration spam and password-spray defence).
     pub max_auth_attempts: u32,
+    /// New accounts per source address (an IPv6 address by its /64) and
+    /// hour: that many at once, then one more every `3600 / n` seconds.
+    /// 0: no limit.
+    pub registrations_per_hour: u32,
     /// Unfinished uploads kept per sender: beginning one more deletes the
     /// sender's oldest (bounds the disk abandoned uploads can hold).
     pub max_unfinished_uploads: u32,
@@ -102,6 +106,7 @@ impl Default for Limits {
             login_timeout_secs: 10,
             frame_timeout_secs: 30,
             max_auth_attempts: 5,
+            registrations_per_hour: 20,
             max_unfinished_uploads: 16,
             unfinished_upload_hours: 72,
             envelope_days: 30,

@@ -90,6 +90,8 @@ struct Session {
     user: Option<Username>,
     /// Failed Register/Login requests on this connection.
     auth_failures: u32,
+    /// The peer's address (as the connection began).
+    remote: std::net::IpAddr,
     challenge: [u8; CHALLENGE_LEN],
     push_tx: mpsc::UnboundedSender<PushFrame>,
 }
@@ -140,7 +142,8 @@ pub(crate) async fn handle(
     tracing::info!(conn_id, remote = %conn.remote_address(), group, "connection established");
 
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
-    let mut session = Session { conn_id, user: None, auth_failures: 0, challenge: [0; CHALLENGE_LEN], push_tx };
+    let mut session =
+        Session { conn_id, user: None, auth_failures: 0, remote: remote.ip(), challenge: [0; CHALLENGE_LEN], push_tx };
     SystemRng.fill_bytes(&mut session.challenge);
     run(&conn, &shared, &mut session, &mut push_rx, &mut shutdown, login_deadline).await;
     if let Some(u) = &session.user {
@@ -351,8 +354,23 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if let Err(r) = verify(identity_key, signature, &t, REGISTER_CONTEXT) {
                 return r;
             }
+            if let Err(wait) = shared.registrations.take(s.remote, std::time::Instant::now()) {
+                inc(&shared.metrics.refused_registration_quota);
+                tracing::warn!(conn_id = s.conn_id, remote = %s.remote, "refused: registration quota of the address");
+                let minutes = wait.as_secs().div_ceil(60).max(1);
+                return Response::error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many new accounts from your network address in the last hour (at most {}); \
+                         try again in {minutes} minute{}",
+                        shared.limits.registrations_per_hour,
+                        if minutes == 1 { "" } else { "s" }
+                    ),
+                );
+            }
             let (u, k) = (username.clone(), identity_key.clone());
             if let Err(e) = shared.db(move |st| st.create_account(&u, &k)).await {
+                shared.registrations.refund(s.remote);
                 return store_err(e);
             }
             inc(&shared.metrics.registrations);

@@ -14,6 +14,7 @@
 pub mod config;
 mod conn;
 pub mod metrics;
+mod quota;
 pub mod server;
 pub mod status;
 

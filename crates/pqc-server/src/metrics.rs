@@ -36,6 +36,8 @@ pub struct Metrics {
     pub refused_frame_timeout: AtomicU64,
     /// Connections closed after `max_auth_attempts` failed Register/Login.
     pub refused_auth_attempts: AtomicU64,
+    /// Registrations refused by `registrations_per_hour` (per source address).
+    pub refused_registration_quota: AtomicU64,
     /// Failed Register/Login requests (bad signature, name taken, unknown user).
     pub auth_failed: AtomicU64,
     /// Accounts created.
@@ -77,6 +79,7 @@ impl Metrics {
             ("pqc_refused_login_timeout_total", "counter", l(&self.refused_login_timeout)),
             ("pqc_refused_frame_timeout_total", "counter", l(&self.refused_frame_timeout)),
             ("pqc_refused_auth_attempts_total", "counter", l(&self.refused_auth_attempts)),
+            ("pqc_refused_registration_quota_total", "counter", l(&self.refused_registration_quota)),
             ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
             ("pqc_registrations_total", "counter", l(&self.registrations)),
             ("pqc_store_commits_total", "counter", l(&self.store_commits)),

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Participant limit of a room created with limit 0.
     pub(crate) default_max_participants: u32,
+    /// New accounts per source address and hour.
+    pub(crate) registrations: crate::quota::RegistrationQuota,
 }
 
 impl Shared {
@@ -369,6 +371,7 @@ impl Server {
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,
+            registrations: crate::quota::RegistrationQuota::new(cfg.limits.registrations_per_hour),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let status_task = status_listener.map(|l| tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone())));

@@ -761,3 +761,39 @@ async fn a_port_in_use_gets_a_clear_error() {
     assert!(err.contains(&format!("cannot listen on {status} (status and metrics, TCP)")), "{err}");
     h.shutdown().await;
 }
+
+/// New accounts per source address and hour: the quota's worth, then a
+/// clear refusal on any connection from that address; a registration that
+/// fails (a name taken) does not use it up; logging in is not limited.
+#[tokio::test]
+async fn registrations_per_address_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.registrations_per_hour = 3).await;
+    let alice = User::new("alice");
+    let _ca = alice.register(&h).await;
+    let _cb = User::new("bob").register(&h).await;
+    // The name is taken: refused, and the quota is given back.
+    let again = User::new("alice");
+    let c = connect(&h).await;
+    assert_eq!(code(c.request(again.register_req(&c)).await.unwrap()), ErrorCode::UsernameTaken);
+    let _cc = User::new("carol").register(&h).await;
+    // The fourth from 127.0.0.1 within the hour is refused, on a new connection too.
+    for _ in 0..2 {
+        let dave = User::new("dave");
+        let c = connect(&h).await;
+        match c.request(dave.register_req(&c)).await.unwrap() {
+            Response::Error { code: ErrorCode::RateLimited, message } => {
+                assert!(message.contains("too many new accounts from your network address"), "{message}");
+                assert!(message.contains("at most 3"), "{message}");
+                assert!(message.contains("try again in 20 minutes"), "{message}");
+            }
+            other => panic!("expected the registration quota's refusal, got {other:?}"),
+        }
+    }
+    // Existing accounts log in as before.
+    let _again = alice.login(&h).await;
+    let body = http_get(h.status_addr.unwrap(), "/metrics").await;
+    assert_eq!(metric(&body, "pqc_refused_registration_quota_total"), 2);
+    assert_eq!(metric(&body, "pqc_registrations_total"), 3);
+    h.shutdown().await;
+}
