@@ -416,6 +416,49 @@ impl Client {
         Err(ClientError::Server("the room keeps changing while joining; retry".into()))
     }
 
+    /// After the relay deleted entries of the room this member had not
+    /// fetched (it was away longer than the relay keeps them), its group
+    /// state can no longer follow the room: it joins again by external
+    /// commit, which also removes its old place in the group (a resync:
+    /// same seat), and says what happened. What the old state had not shown
+    /// yet (lines, files, invitations to send) is kept.
+    async fn room_rejoin(&mut self, id: RoomId, old: &Room, local: RoomLocal) -> Result<()> {
+        let member = self.mls_member()?;
+        let (name, key) = (old.name().to_string(), old.access_key());
+        for _ in 0..MAX_ATTEMPTS {
+            let (sealed, epoch) = match self.conn_request(Request::RoomGetInfo { room_id: id }).await? {
+                Response::RoomInfo { group_info, epoch } => (group_info, epoch),
+                other => return Err(server_error(other)),
+            };
+            let (room, commit) = Room::join_external(&member, &sealed, &key)?;
+            let group_info = room.group_info()?;
+            match self.conn_request(Request::RoomJoin { room_id: id, epoch, commit, group_info }).await? {
+                Response::RoomSent { seq } => {
+                    tracing::info!(seq, "joined a room again after its unread history expired on the server");
+                    let mut unshown = local.unshown;
+                    unshown.push(format!(
+                        "[{name}] * room messages you had not fetched expired on the server while you were \
+                         away; you joined the room again (what was sent meanwhile is lost)"
+                    ));
+                    let fresh = RoomLocal {
+                        last_update_ms: now_ms(),
+                        last_seq: seq,
+                        unshown,
+                        files: local.files,
+                        welcomes: local.welcomes,
+                        ..RoomLocal::default()
+                    };
+                    // A commit of the old state that never made it is void now.
+                    self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
+                    return self.save_room(&id, &room, &fresh);
+                }
+                Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
+                other => return Err(server_error(other)),
+            }
+        }
+        Err(ClientError::Server("the room kept changing while joining it again; retry".into()))
+    }
+
     async fn conn_request(&self, req: Request) -> Result<Response> {
         Ok(self.connection().request(req).await?)
     }
@@ -528,7 +571,7 @@ impl Client {
     /// Syncs a room: processes its pending entries in order, saves, acks,
     /// then commits queued proposals. Returns the up-to-date state.
     async fn room_sync(&mut self, id: RoomId) -> Result<(Room, RoomLocal)> {
-        for _ in 0..MAX_ATTEMPTS {
+        'attempt: for _ in 0..MAX_ATTEMPTS {
             let Some((mut room, mut local)) = self.load_room(&id)? else {
                 return Err(ClientError::Usage("you are not in this room".into()));
             };
@@ -543,9 +586,13 @@ impl Client {
                 call(self.connection(), Request::RoomAck { room_id: id, seq }).await?;
             }
             loop {
-                let (messages, more) = match call(self.connection(), Request::RoomFetch { room_id: Some(id) }).await? {
+                let (messages, more) = match self.conn_request(Request::RoomFetch { room_id: Some(id) }).await? {
                     Response::RoomMessages { messages, more } => (messages, more),
-                    other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                    Response::Error { code: ErrorCode::HistoryExpired, .. } => {
+                        self.room_rejoin(id, &room, local).await?;
+                        continue 'attempt;
+                    }
+                    other => return Err(server_error(other)),
                 };
                 let Some(last) = messages.last().map(|m| m.seq) else { break };
                 // Entries applied from pushes but not acknowledged yet come again: skip them.

@@ -266,3 +266,52 @@ fn a_leave_made_void_by_a_join_is_still_carried_out() {
     assert!(got.ends_with(&format!("[{room}] alice: without bob\n")), "{got}");
     assert_eq!(bob.ok(&["recv"]), "");
 }
+
+/// A member away longer than the relay keeps room messages (`envelope_days`;
+/// the relay's hourly sweep is played here on the stopped server's store)
+/// finds them gone: its next `recv` says so and joins the room again in its
+/// own seat (the room of 2 is full and still takes it), and the room goes on
+/// both ways; what expired is not shown.
+#[test]
+fn a_member_whose_room_history_expired_joins_again() {
+    use pqc_store::server::ServerStore;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let mut server = TestServer::start(&data);
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    let bob = User::new(tmp.path(), "bob", &server.addr());
+    for u in [&alice, &bob] {
+        u.ok(&["register", &u.name]);
+    }
+    let room = "long-absence-4b1c";
+    alice.ok(&["rooms", "create", room, "--max", "2"]);
+    bob.ok(&["rooms", "join", room]);
+    bob.ok(&["rooms", "send", room, "see you in a month"]);
+    assert_eq!(alice.ok(&["recv"]), format!("[{room}] * bob joined\n[{room}] bob: see you in a month\n"));
+    alice.ok(&["rooms", "send", room, "sent while bob is away"]);
+    // alice's own sync reads her entry; bob never fetches it.
+    assert_eq!(alice.ok(&["recv"]), "");
+
+    server.stop();
+    {
+        let mut store = pqc_store::server::SqliteServerStore::open(&data.join("server.db")).unwrap();
+        // bob's own message and alice's: he has read neither back.
+        assert_eq!(store.expire_room_entries(pqc_store::mailbox::unix_now() + 1).unwrap(), 2);
+    }
+    let (port, status_port) = (server.port, server.status_port);
+    server = TestServer::start_on(&data, port, status_port);
+
+    let out = bob.ok(&["recv"]);
+    assert_eq!(
+        out,
+        format!(
+            "[{room}] * room messages you had not fetched expired on the server while you were away; you joined the room again (what was sent meanwhile is lost)\n"
+        )
+    );
+    assert_eq!(bob.ok(&["rooms", "members", room]), "alice\nbob\n");
+    alice.ok(&["rooms", "send", room, "welcome back"]);
+    assert_eq!(bob.ok(&["recv"]), format!("[{room}] alice: welcome back\n"));
+    bob.ok(&["rooms", "send", room, "thanks"]);
+    assert_eq!(alice.ok(&["recv"]), format!("[{room}] bob: thanks\n"));
+    drop(server);
+}

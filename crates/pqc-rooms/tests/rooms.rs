@@ -293,3 +293,31 @@ fn invite_by_published_key_package_checks_owner_and_binding() {
     let ct = alice.encrypt(b"hi bob").unwrap();
     assert_eq!(message_of(&bob.process(&ct).unwrap()), (user("alice"), b"hi bob".to_vec()));
 }
+
+/// A member whose state fell behind for good (the relay deleted commits it
+/// never fetched) joins again by external commit with the same identity:
+/// the commit also removes its old leaf (a resync), so the room keeps its
+/// size (a full room takes it) and the same members, and messages flow
+/// both ways again; its old state stays locked out.
+#[test]
+fn a_member_left_behind_joins_again_in_its_own_seat() {
+    let (mut alice, mut bob, mut carol_old) = three_member_room(3);
+    let commit = alice.self_update().unwrap();
+    bob.process(&commit).unwrap();
+    // carol never gets that commit. Her device's identity is the same.
+    let carol_id = member("carol", 3);
+    let (mut carol, resync) =
+        Room::join_external(&carol_id, &alice.group_info().unwrap(), &alice.access_key()).unwrap();
+    assert_eq!(carol.members(), vec![user("alice"), user("bob"), user("carol")]);
+    for r in [&mut alice, &mut bob] {
+        // The same people before and after: only the epoch changes.
+        assert_eq!(r.process(&resync).unwrap(), vec![Event::EpochChanged { epoch: carol.epoch() }]);
+        assert_eq!(r.members(), carol.members());
+        assert_eq!(r.epoch(), carol.epoch());
+    }
+    let m = bob.encrypt(b"welcome back").unwrap();
+    assert_eq!(message_of(&carol.process(&m).unwrap()), (user("bob"), b"welcome back".to_vec()));
+    let m = carol.encrypt(b"thanks").unwrap();
+    assert_eq!(message_of(&alice.process(&m).unwrap()), (user("carol"), b"thanks".to_vec()));
+    assert!(carol_old.process(&m).is_err(), "the stale state must not read the new epoch");
+}

@@ -71,9 +71,10 @@ pub struct Limits {
     /// Hours an upload may stay unfinished (resumable); older ones are
     /// deleted (checked at start and every hour).
     pub unfinished_upload_hours: u64,
-    /// Days an envelope or a finished file waits for its recipient (every
-    /// member, for a room's file); older ones are deleted (checked at start
-    /// and every hour). 0: kept until delivered.
+    /// Days an envelope, a room entry or a finished file waits for its
+    /// recipient (every member, for a room's entry or file); older ones are
+    /// deleted (checked at start and every hour; a member who missed room
+    /// entries joins the room again). 0: kept until delivered.
     pub envelope_days: u64,
 }
 

@@ -322,6 +322,7 @@ fn store_err(e: StoreError) -> Response {
         }
         e @ StoreError::RoomExists => Response::error(ErrorCode::RoomExists, e.to_string()),
         e @ StoreError::NotAMember => Response::error(ErrorCode::Forbidden, e.to_string()),
+        e @ StoreError::HistoryExpired => Response::error(ErrorCode::HistoryExpired, e.to_string()),
         other => {
             tracing::error!("storage error: {other}");
             Response::error(ErrorCode::Internal, "storage error; retry later")

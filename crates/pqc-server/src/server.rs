@@ -394,9 +394,10 @@ impl Server {
 
 /// Deletes what was abandoned, at start and then hourly, until shutdown:
 /// uploads left unfinished for `unfinished_upload_hours` (their sender no
-/// longer resumes them), and envelopes and finished files older than
-/// `envelope_days` (their recipient did not come back, or the sender never
-/// announced the file). Holds the shared state only while it
+/// longer resumes them), and envelopes, room entries and finished files
+/// older than `envelope_days` (their recipient did not come back, or the
+/// sender never announced the file; a room member who was away longer
+/// joins the room again). Holds the shared state only while it
 /// works, so it never keeps the database open past the server's end.
 async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut shutdown: watch::Receiver<bool>) {
     use pqc_store::server::ServerStore;
@@ -420,6 +421,11 @@ async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut s
                 Ok(0) => {}
                 Ok(n) => tracing::info!(n, days, "deleted messages older than envelope_days that were never fetched"),
                 Err(e) => tracing::error!("storage error expiring old messages: {e}"),
+            }
+            match sh.db(move |st| st.expire_room_entries(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, days, "deleted room messages older than envelope_days"),
+                Err(e) => tracing::error!("storage error expiring old room messages: {e}"),
             }
             let before = i64::try_from(before).unwrap_or(i64::MAX);
             match sh.db(move |st| st.attachments_expire_finished(before)).await {

@@ -70,6 +70,13 @@ pub enum StoreError {
     /// The user is not a member of the room (or the room does not exist).
     #[error("not a member of this room")]
     NotAMember,
+    /// Entries of the room the member had not fetched were older than the
+    /// relay keeps them and were deleted: the member's group state cannot
+    /// catch up; it joins again by external commit (a resync).
+    #[error(
+        "room messages you had not fetched were older than the relay keeps them and were deleted; join the room again"
+    )]
+    HistoryExpired,
     /// Another process holds the data folder (a second server started on it).
     #[error("{0}")]
     InUse(String),

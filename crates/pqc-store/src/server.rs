@@ -98,6 +98,11 @@ pub trait ServerStore: Send {
     /// Deletes the envelopes queued before `before` (Unix seconds) and never
     /// acknowledged (their recipient did not come back in time); returns how many.
     fn expire_envelopes(&mut self, before: u64) -> Result<u32, StoreError>;
+    /// Deletes room entries stored before `before` (Unix seconds), read or
+    /// not: a member who had not fetched them can no longer follow the room
+    /// (its cursor moves past them and its fetches of the room answer
+    /// `HistoryExpired` until it joins again). Returns how many went.
+    fn expire_room_entries(&mut self, before: u64) -> Result<u32, StoreError>;
     /// Creates an attachment record.
     fn attachment_begin(&mut self, meta: &AttachmentMeta) -> Result<(), StoreError>;
     /// An attachment's metadata.
@@ -134,7 +139,9 @@ pub trait ServerStore: Send {
     /// External join: checks the limit (`RoomFull`) and the epoch
     /// (`EpochConflict`), adds `user` as a member, appends the commit (the
     /// joiner's cursor starts at it), advances the epoch and replaces the
-    /// GroupInfo. Returns the commit's sequence number.
+    /// GroupInfo. Returns the commit's sequence number. A member joining
+    /// again (a resync: its external commit removes its old leaf, after its
+    /// history expired) keeps its seat; its cursor moves to the commit.
     fn room_join(
         &mut self,
         room: &RoomId,
@@ -321,8 +328,19 @@ ALTER TABLE rooms DROP COLUMN group_info;
 ALTER TABLE rooms ADD COLUMN proposals INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Room entries expire like envelopes: each records when it was stored
+/// (entries from before this version count from the upgrade); a member whose
+/// unread entries expired is `lost` until it joins the room again.
+const MIGRATION_7: &str = "
+ALTER TABLE room_log ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+UPDATE room_log SET at = unixepoch();
+CREATE INDEX room_log_by_time ON room_log(at);
+ALTER TABLE room_members ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The schema's steps, oldest first: version `n` is the first `n` of them.
-const MIGRATIONS: [&str; 6] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6];
+const MIGRATIONS: [&str; 7] =
+    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7];
 
 /// SQLite implementation of [`ServerStore`].
 ///
@@ -729,7 +747,7 @@ impl SqliteServerStore {
         group_info: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         conn.exec(
-            "INSERT INTO room_log (room_id, seq, sender, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO room_log (room_id, seq, sender, kind, payload, at) VALUES (?1, ?2, ?3, ?4, ?5, unixepoch())",
             params![&room.0[..], i64_of(seq)?, sender.as_str(), kind.to_u8(), payload],
         )?;
         // A commit starts a new epoch, in which earlier proposals are void.
@@ -785,7 +803,20 @@ impl SqliteServerStore {
     ) -> Result<u64, StoreError> {
         let (max, current, seq) = Self::room_row(tx, room)?.ok_or(StoreError::NotFound)?;
         if Self::is_member(tx, room, member)? {
-            return Err(StoreError::Invalid("already a member of this room".into()));
+            if sender != member {
+                return Err(StoreError::Invalid("already a member of this room".into()));
+            }
+            // A resync: the member joins again by external commit, which
+            // removes its old leaf (members check that); same seat.
+            if epoch != current {
+                return Err(StoreError::EpochConflict { current, sent: epoch });
+            }
+            Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info))?;
+            tx.exec(
+                "UPDATE room_members SET cursor = MAX(cursor, ?3), lost = 0 WHERE room_id = ?1 AND username = ?2",
+                params![&room.0[..], member.as_str(), i64_of(seq)?],
+            )?;
+            return Ok(seq);
         }
         let members: i64 =
             tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
@@ -960,6 +991,26 @@ impl ServerStore for SqliteServerStore {
         let n = self.mail.expire(before);
         self.mail_autocommit()?;
         Ok(n)
+    }
+
+    fn expire_room_entries(&mut self, before: u64) -> Result<u32, StoreError> {
+        let tx = self.conn.savepoint()?;
+        // Entries are stored in sequence order, so those older than `before`
+        // are a prefix of each room's log: up to its newest expired one.
+        let cut: Vec<(Vec<u8>, i64)> = {
+            let mut st = tx.prepare_cached("SELECT room_id, MAX(seq) FROM room_log WHERE at < ?1 GROUP BY room_id")?;
+            st.query_map(params![i64_of(before)?], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        let mut n = 0usize;
+        for (room, last) in cut {
+            tx.exec(
+                "UPDATE room_members SET cursor = ?2, lost = 1 WHERE room_id = ?1 AND cursor < ?2",
+                params![&room[..], last],
+            )?;
+            n += tx.exec("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room[..], last])?;
+        }
+        tx.commit()?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     fn attachment_begin(&mut self, m: &AttachmentMeta) -> Result<(), StoreError> {
@@ -1399,11 +1450,26 @@ impl ServerStore for SqliteServerStore {
         room: Option<&RoomId>,
         max_bytes: usize,
     ) -> Result<(Vec<RoomMessage>, bool), StoreError> {
+        if let Some(r) = room {
+            let lost: Option<bool> = self
+                .conn
+                .row(
+                    "SELECT lost FROM room_members WHERE room_id = ?1 AND username = ?2",
+                    params![&r.0[..], user.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if lost == Some(true) {
+                return Err(StoreError::HistoryExpired);
+            }
+        }
         let filter: Option<Vec<u8>> = room.map(|r| r.0.to_vec());
+        // A room whose unread entries expired is left out of a fetch of
+        // every room (fetched alone, it says so).
         let mut st = self.conn.prepare_cached(
             "SELECT l.room_id, l.seq, l.sender, l.kind, l.payload FROM room_log l
              JOIN room_members m ON m.room_id = l.room_id AND m.username = ?1
-             WHERE l.seq > m.cursor AND (?2 IS NULL OR l.room_id = ?2)
+             WHERE l.seq > m.cursor AND m.lost = 0 AND (?2 IS NULL OR l.room_id = ?2)
              ORDER BY l.room_id, l.seq",
         )?;
         let mut rows = st.query(params![user.as_str(), filter])?;
@@ -1793,11 +1859,20 @@ mod tests {
             .unwrap();
             c.execute("INSERT INTO room_members (room_id, username, cursor) VALUES (?1, 'alice', 0)", [&r.0[..]])
                 .unwrap();
+            c.execute(
+                "INSERT INTO room_log (room_id, seq, sender, kind, payload) VALUES (?1, 1, 'alice', 0, x'01')",
+                [&r.0[..]],
+            )
+            .unwrap();
+            c.execute("UPDATE rooms SET next_seq = 2 WHERE room_id = ?1", [&r.0[..]]).unwrap();
         }
         let mut s = SqliteServerStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 6);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        // An entry from before room entries had a time counts from the upgrade.
+        assert_eq!(s.expire_room_entries(crate::mailbox::unix_now() - 60).unwrap(), 0);
+        assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
         assert_eq!(s.room_info(&r).unwrap(), (b"\x00".to_vec(), 0));
-        assert_eq!(s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"m", None).unwrap(), 1);
+        assert_eq!(s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"m", None).unwrap(), 2);
     }
 
     #[test]
@@ -1836,6 +1911,47 @@ mod tests {
         assert!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.is_empty());
         s.room_append(&r, &u("alice"), 1, RoomMessageKind::Application, b"hi", None).unwrap();
         assert_eq!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn expired_room_entries_cut_a_members_history_until_it_joins_again() {
+        use RoomMessageKind::Application;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteServerStore::open(&dir.path().join("server.db")).unwrap();
+        let r = RoomId([4; 16]);
+        let now = crate::mailbox::unix_now();
+        s.create_account(&u("alice"), b"ka").unwrap();
+        s.create_account(&u("bob"), b"kb").unwrap();
+        s.room_create(&r, &u("alice"), 2, b"gi").unwrap();
+        assert_eq!(s.room_join(&r, &u("bob"), 0, b"join-bob", b"gi1").unwrap(), 1);
+        s.room_append(&r, &u("alice"), 1, Application, b"m1", None).unwrap();
+        // bob read both entries, alice neither.
+        s.room_ack(&r, &u("bob"), 2).unwrap();
+        assert_eq!(s.expire_room_entries(now - 3600).unwrap(), 0, "nothing is an hour old");
+        assert_eq!(s.expire_room_entries(now + 1).unwrap(), 2);
+        // bob goes on as before.
+        assert!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.is_empty());
+        // alice's fetch of the room says why; a fetch of every room leaves it out.
+        assert!(matches!(s.room_fetch(&u("alice"), Some(&r), 1 << 20), Err(StoreError::HistoryExpired)));
+        s.room_append(&r, &u("bob"), 1, Application, b"m2", None).unwrap();
+        assert!(s.room_fetch(&u("alice"), None, 1 << 20).unwrap().0.is_empty());
+        // Adding her is refused (a member); her own join is a resync in her
+        // seat (the room is full with her), on the current epoch only.
+        assert!(matches!(s.room_add(&r, &u("bob"), &u("alice"), 1, b"c", b"g"), Err(StoreError::Invalid(_))));
+        assert!(matches!(s.room_join(&r, &u("alice"), 0, b"old", b"g"), Err(StoreError::EpochConflict { .. })));
+        let seq = s.room_join(&r, &u("alice"), 1, b"resync", b"gi2").unwrap();
+        assert_eq!(seq, 4);
+        assert_eq!(s.room_members(&r).unwrap().len(), 2);
+        assert_eq!(s.room_info(&r).unwrap(), (b"gi2".to_vec(), 2));
+        // From her commit on she reads the room again; bob sees her commit.
+        assert!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.is_empty());
+        s.room_append(&r, &u("bob"), 2, Application, b"m3", None).unwrap();
+        let got: Vec<Vec<u8>> =
+            s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.into_iter().map(|m| m.payload).collect();
+        assert_eq!(got, [b"m3".to_vec()]);
+        let got: Vec<Vec<u8>> =
+            s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.into_iter().map(|m| m.payload).collect();
+        assert_eq!(got, [b"m2".to_vec(), b"resync".to_vec(), b"m3".to_vec()]);
     }
 
     #[test]

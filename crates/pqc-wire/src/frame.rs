@@ -389,6 +389,9 @@ pub enum ErrorCode {
     EpochConflict,
     /// A room with this id exists already; join it instead.
     RoomExists,
+    /// Room entries this member had not fetched expired on the relay: its
+    /// group state cannot follow the room any more; join it again.
+    HistoryExpired,
     /// A code this build does not know.
     Other(u16),
 }
@@ -412,6 +415,7 @@ impl ErrorCode {
             Self::RoomFull => 13,
             Self::EpochConflict => 14,
             Self::RoomExists => 15,
+            Self::HistoryExpired => 16,
             Self::Other(v) => v,
         }
     }
@@ -434,6 +438,7 @@ impl ErrorCode {
             13 => Self::RoomFull,
             14 => Self::EpochConflict,
             15 => Self::RoomExists,
+            16 => Self::HistoryExpired,
             v => Self::Other(v),
         }
     }
@@ -457,6 +462,9 @@ impl fmt::Display for ErrorCode {
             Self::RoomFull => f.write_str("the room is full"),
             Self::EpochConflict => f.write_str("the room changed meanwhile; sync and retry"),
             Self::RoomExists => f.write_str("a room with this name exists already; join it instead"),
+            Self::HistoryExpired => {
+                f.write_str("room messages you had not fetched expired on the server; join the room again")
+            }
             Self::Other(v) => write!(f, "server error code {v}"),
         }
     }
