@@ -802,36 +802,30 @@ impl SqliteServerStore {
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
         let (max, current, seq) = Self::room_row(tx, room)?.ok_or(StoreError::NotFound)?;
-        if Self::is_member(tx, room, member)? {
-            if sender != member {
-                return Err(StoreError::Invalid("already a member of this room".into()));
-            }
-            // A resync: the member joins again by external commit, which
-            // removes its old leaf (members check that); same seat.
-            if epoch != current {
-                return Err(StoreError::EpochConflict { current, sent: epoch });
-            }
-            Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info))?;
-            tx.exec(
-                "UPDATE room_members SET cursor = MAX(cursor, ?3), lost = 0 WHERE room_id = ?1 AND username = ?2",
-                params![&room.0[..], member.as_str(), i64_of(seq)?],
-            )?;
-            return Ok(seq);
+        // A member joining again is a resync: its external commit removes
+        // its old leaf (the members check that), so it keeps its seat.
+        let resync = Self::is_member(tx, room, member)?;
+        if resync && sender != member {
+            return Err(StoreError::Invalid("already a member of this room".into()));
         }
-        let members: i64 =
-            tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
-        let members = u32::try_from(members).unwrap_or(u32::MAX);
-        if members >= max {
-            return Err(StoreError::RoomFull { members, max });
+        if !resync {
+            let members: i64 =
+                tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
+            let members = u32::try_from(members).unwrap_or(u32::MAX);
+            if members >= max {
+                return Err(StoreError::RoomFull { members, max });
+            }
         }
         if epoch != current {
             return Err(StoreError::EpochConflict { current, sent: epoch });
         }
         Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info))?;
-        tx.exec(
-            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)",
-            params![&room.0[..], member.as_str(), i64_of(seq)?],
-        )?;
+        let sql = if resync {
+            "UPDATE room_members SET cursor = MAX(cursor, ?3), lost = 0 WHERE room_id = ?1 AND username = ?2"
+        } else {
+            "INSERT INTO room_members (room_id, username, cursor) VALUES (?1, ?2, ?3)"
+        };
+        tx.exec(sql, params![&room.0[..], member.as_str(), i64_of(seq)?])?;
         Ok(seq)
     }
 
