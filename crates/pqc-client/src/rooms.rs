@@ -385,8 +385,19 @@ impl Client {
         if self.load_room(&id)?.is_some_and(|(r, _)| r.is_active()) {
             return Err(ClientError::Usage(format!("you are already in room {name:?}")));
         }
+        let (room, seq) = self.join_external(id, name, &access_key_for(name)?).await?;
+        // The relay routes the room here from this commit on.
+        let local = RoomLocal { last_update_ms: now_ms(), last_seq: seq, ..RoomLocal::default() };
+        self.save_room(&id, &room, &local)
+    }
+
+    /// Joins room `id` (`name`, opened with `key`) by external commit from
+    /// the GroupInfo the relay keeps, again while another commit wins the
+    /// epoch. Returns the room and the sequence number of the join commit.
+    /// A member that is in the group already (a resync) leaves its old place
+    /// in the same commit (OpenMLS matches its signature key).
+    async fn join_external(&mut self, id: RoomId, name: &str, key: &RoomAccessKey) -> Result<(Room, u64)> {
         let member = self.mls_member()?;
-        let key = access_key_for(name)?;
         for _ in 0..MAX_ATTEMPTS {
             let (sealed, epoch) = match self.conn_request(Request::RoomGetInfo { room_id: id }).await? {
                 Response::RoomInfo { group_info, epoch } => (group_info, epoch),
@@ -397,18 +408,14 @@ impl Client {
                 }
                 other => return Err(server_error(other)),
             };
-            let (room, commit) = match Room::join_external(&member, &sealed, &key) {
+            let (room, commit) = match Room::join_external(&member, &sealed, key) {
                 Ok(x) => x,
                 Err(e @ RoomError::RoomFull { .. }) => return Err(ClientError::Server(e.to_string())),
                 Err(e) => return Err(e.into()),
             };
             let group_info = room.group_info()?;
             match self.conn_request(Request::RoomJoin { room_id: id, epoch, commit, group_info }).await? {
-                Response::RoomSent { seq } => {
-                    // The relay routes the room here from this commit on.
-                    let local = RoomLocal { last_update_ms: now_ms(), last_seq: seq, ..RoomLocal::default() };
-                    return self.save_room(&id, &room, &local);
-                }
+                Response::RoomSent { seq } => return Ok((room, seq)),
                 Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
                 other => return Err(server_error(other)),
             }
@@ -423,40 +430,25 @@ impl Client {
     /// same seat), and says what happened. What the old state had not shown
     /// yet (lines, files, invitations to send) is kept.
     async fn room_rejoin(&mut self, id: RoomId, old: &Room, local: RoomLocal) -> Result<()> {
-        let member = self.mls_member()?;
-        let (name, key) = (old.name().to_string(), old.access_key());
-        for _ in 0..MAX_ATTEMPTS {
-            let (sealed, epoch) = match self.conn_request(Request::RoomGetInfo { room_id: id }).await? {
-                Response::RoomInfo { group_info, epoch } => (group_info, epoch),
-                other => return Err(server_error(other)),
-            };
-            let (room, commit) = Room::join_external(&member, &sealed, &key)?;
-            let group_info = room.group_info()?;
-            match self.conn_request(Request::RoomJoin { room_id: id, epoch, commit, group_info }).await? {
-                Response::RoomSent { seq } => {
-                    tracing::info!(seq, "joined a room again after its unread history expired on the server");
-                    let mut unshown = local.unshown;
-                    unshown.push(format!(
-                        "[{name}] * room messages you had not fetched expired on the server while you were \
-                         away; you joined the room again (what was sent meanwhile is lost)"
-                    ));
-                    let fresh = RoomLocal {
-                        last_update_ms: now_ms(),
-                        last_seq: seq,
-                        unshown,
-                        files: local.files,
-                        welcomes: local.welcomes,
-                        ..RoomLocal::default()
-                    };
-                    // A commit of the old state that never made it is void now.
-                    self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
-                    return self.save_room(&id, &room, &fresh);
-                }
-                Response::Error { code: ErrorCode::EpochConflict, .. } => continue,
-                other => return Err(server_error(other)),
-            }
-        }
-        Err(ClientError::Server("the room kept changing while joining it again; retry".into()))
+        let name = old.name().to_string();
+        let (room, seq) = self.join_external(id, &name, &old.access_key()).await?;
+        tracing::info!(seq, "joined a room again after its unread history expired on the server");
+        let mut unshown = local.unshown;
+        unshown.push(format!(
+            "[{name}] * room messages you had not fetched expired on the server while you were away; you joined \
+             the room again (what was sent meanwhile is lost)"
+        ));
+        let fresh = RoomLocal {
+            last_update_ms: now_ms(),
+            last_seq: seq,
+            unshown,
+            files: local.files,
+            welcomes: local.welcomes,
+            ..RoomLocal::default()
+        };
+        // A commit of the old state that never made it is void now.
+        self.profile().db().delete(ns::ROOM_PENDING, &id.to_hex())?;
+        self.save_room(&id, &room, &fresh)
     }
 
     async fn conn_request(&self, req: Request) -> Result<Response> {

@@ -105,9 +105,7 @@ impl Connection {
         let info = ConnectInfo { fingerprint, group, challenge, max_frame };
 
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let out = Arc::new(Outbox::new(send));
-        let flusher = out.clone();
-        tokio::spawn(async move { flusher.flush().await });
+        let (out, _flusher) = Outbox::start(send);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
         let reader_closed = closed.clone();

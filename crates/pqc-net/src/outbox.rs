@@ -13,11 +13,12 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::error::NetError;
 
@@ -49,10 +50,15 @@ struct State {
 }
 
 impl Outbox {
-    /// Wraps the control stream's sending side.
-    pub fn new(stream: quinn::SendStream) -> Self {
+    /// Wraps the control stream's sending side and spawns its flusher task
+    /// (on the current Tokio runtime), which ends once the stream failed, or
+    /// was closed ([`Outbox::close`]) and everything queued went out.
+    pub fn start(stream: quinn::SendStream) -> (Arc<Self>, JoinHandle<()>) {
         let state = State { stream, queue: VecDeque::new(), queued: 0, flusher: None, failed: false, closing: false };
-        Self { state: Mutex::new(state), room: Notify::new() }
+        let out = Arc::new(Self { state: Mutex::new(state), room: Notify::new() });
+        let flusher = out.clone();
+        let task = tokio::spawn(async move { poll_fn(|cx| flusher.poll_flush(cx)).await });
+        (out, task)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -120,12 +126,8 @@ impl Outbox {
         }
     }
 
-    /// The flusher task: writes what [`Outbox::send`] queued, in order,
-    /// until the stream fails or is closed and drained.
-    pub async fn flush(&self) {
-        poll_fn(|cx| self.poll_flush(cx)).await;
-    }
-
+    /// The flusher task's work: writes what [`Outbox::send`] queued, in
+    /// order, until the stream fails or is closed and drained.
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut guard = self.lock();
         let s = &mut *guard;

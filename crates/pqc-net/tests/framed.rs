@@ -159,9 +159,7 @@ fn check_numbered(body: &[u8]) -> (u32, u32) {
 #[tokio::test]
 async fn an_outbox_keeps_many_callers_frames_whole_and_in_order() {
     let (send, mut recv, _c, _e) = pair().await;
-    let out = std::sync::Arc::new(Outbox::new(send));
-    let flusher = out.clone();
-    tokio::spawn(async move { flusher.flush().await });
+    let (out, _flusher) = Outbox::start(send);
     let sizes = [8usize, 300, 600_000, 1, 70_000, 1_200, 250_000];
     let mut callers = Vec::new();
     for task in 0..8u32 {
@@ -192,9 +190,7 @@ async fn an_outbox_keeps_many_callers_frames_whole_and_in_order() {
 #[tokio::test]
 async fn an_outbox_caller_dropped_while_waiting_leaves_no_half_frame() {
     let (send, mut recv, _c, _e) = pair().await;
-    let out = std::sync::Arc::new(Outbox::new(send));
-    let flusher = out.clone();
-    tokio::spawn(async move { flusher.flush().await });
+    let (out, _flusher) = Outbox::start(send);
     let mut dropped = 0;
     for seq in 0..30u32 {
         let f = framed(&numbered(0, seq, 500_000));
@@ -214,9 +210,7 @@ async fn an_outbox_caller_dropped_while_waiting_leaves_no_half_frame() {
 #[tokio::test]
 async fn an_outbox_on_a_stopped_stream_refuses() {
     let (send, mut recv, _c, _e) = pair().await;
-    let out = std::sync::Arc::new(Outbox::new(send));
-    let flusher = out.clone();
-    let flushing = tokio::spawn(async move { flusher.flush().await });
+    let (out, flushing) = Outbox::start(send);
     recv.stop(0u32.into()).unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(5), async {
         loop {

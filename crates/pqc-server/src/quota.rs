@@ -51,6 +51,14 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// The tokens at `now`: refilled since `at` at `rate` per second, at
+    /// most `full`.
+    fn level(&self, now: Instant, rate: f64, full: f64) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(full)
+    }
+}
+
 impl RegistrationQuota {
     /// `per_hour` registrations per address and hour; 0: no limit.
     pub(crate) fn new(per_hour: u32) -> Self {
@@ -67,10 +75,10 @@ impl RegistrationQuota {
         let rate = full / HOUR.as_secs_f64();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= TRACKED {
-            buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < full);
+            buckets.retain(|_, b| b.level(now, rate, full) < full);
         }
         let b = buckets.entry(Source::from(ip)).or_insert(Bucket { tokens: full, at: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(full);
+        b.tokens = b.level(now, rate, full);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
