@@ -4,7 +4,7 @@
 //! channel; callers write their frames themselves ([`Outbox`]), a flusher
 //! task only what quinn could not take at once.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,8 +23,19 @@ use crate::tls::{CertFingerprint, ServerTrust, client_parts};
 /// Largest frame body the client accepts from a server, whatever it announces.
 const CLIENT_MAX_FRAME: usize = 64 << 20;
 
-/// Requests waiting for their response, with the time they give up.
-type Pending = Arc<Mutex<HashMap<u32, (oneshot::Sender<Response>, Instant)>>>;
+/// Requests waiting for their response, with the time they give up, in
+/// the order they were sent: the server answers a connection's requests in
+/// order, so a response's waiter is found at the front (no hashing per
+/// request and per response; a request that timed out is gone from the
+/// queue, and an out-of-order answer is still matched, by a short scan).
+type Pending = Arc<Mutex<VecDeque<(u32, oneshot::Sender<Response>, Instant)>>>;
+
+/// Takes the waiter of request `id` out of `pending`.
+fn take_waiter(pending: &Pending, id: u32) -> Option<oneshot::Sender<Response>> {
+    let mut q = pending.lock().unwrap_or_else(PoisonError::into_inner);
+    let pos = q.iter().position(|(i, _, _)| *i == id)?;
+    q.remove(pos).map(|(_, tx, _)| tx)
+}
 
 /// How often a connection's watchdog looks for requests past their timeout.
 const WATCHDOG_TICK: Duration = Duration::from_secs(1);
@@ -104,7 +115,7 @@ impl Connection {
         };
         let info = ConnectInfo { fingerprint, group, challenge, max_frame };
 
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
         let (out, _flusher) = Outbox::start(send);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
@@ -121,8 +132,7 @@ impl Connection {
                 };
                 match ServerFrame::decode(&body) {
                     Ok(ServerFrame::Response { id, response }) => {
-                        let tx = reader_pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id.0);
-                        if let Some((tx, _)) = tx {
+                        if let Some(tx) = take_waiter(&reader_pending, id.0) {
                             let _ = tx.send(response);
                         }
                     }
@@ -155,7 +165,7 @@ impl Connection {
                     break;
                 }
                 let now = Instant::now();
-                pending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, (_, until)| *until > now);
+                pending.lock().unwrap_or_else(PoisonError::into_inner).retain(|(_, _, until)| *until > now);
             }
         });
         let c = Self {
@@ -209,13 +219,13 @@ impl Connection {
         }
         let (tx, rx) = oneshot::channel();
         let until = Instant::now() + self.timeout;
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (tx, until));
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push_back((id, tx, until));
         if self.closed.load(Ordering::SeqCst) {
-            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            take_waiter(&self.pending, id);
             return Err(self.closed_reason());
         }
         if self.out.send(frame).await.is_err() {
-            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            take_waiter(&self.pending, id);
             return Err(self.closed_reason());
         }
         Ok(PendingResponse { conn: self, rx })
@@ -281,5 +291,39 @@ impl PendingResponse<'_> {
             Err(_) if self.conn.closed.load(Ordering::SeqCst) => Err(self.conn.closed_reason()),
             Err(_) => Err(NetError::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(ids: &[u32]) -> (Pending, Vec<oneshot::Receiver<Response>>) {
+        let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+        let mut rxs = Vec::new();
+        for &id in ids {
+            let (tx, rx) = oneshot::channel();
+            pending.lock().unwrap().push_back((id, tx, Instant::now()));
+            rxs.push(rx);
+        }
+        (pending, rxs)
+    }
+
+    #[test]
+    fn responses_find_their_waiters_in_any_order() {
+        let (pending, mut rxs) = waiting(&[1, 2, 3, 4]);
+        // In order, out of order, and one nobody waits for (timed out).
+        for id in [1, 3, 2, 9] {
+            match take_waiter(&pending, id) {
+                Some(tx) => tx.send(Response::Pong).unwrap(),
+                None => assert_eq!(id, 9),
+            }
+        }
+        for (i, rx) in rxs.iter_mut().enumerate().take(3) {
+            assert!(matches!(rx.try_recv(), Ok(Response::Pong)), "request {}", i + 1);
+        }
+        assert!(rxs[3].try_recv().is_err(), "request 4 still waits");
+        assert_eq!(pending.lock().unwrap().len(), 1);
+        assert!(take_waiter(&pending, 3).is_none(), "answered once only");
     }
 }

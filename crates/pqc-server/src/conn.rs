@@ -182,6 +182,11 @@ async fn run(
     let mut bucket = Bucket::new(shared.limits.requests_per_second);
     // Requests whose store operations are queued (envelopes, file chunks), oldest first.
     let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
+    // Made once, not at every turn of the loop: each `changed()` future
+    // registers with the shutdown channel, which every connection shares
+    // (a lock taken and released twice per turn, under load).
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
     'conn: loop {
         tokio::select! {
             Some((id, response)) = next_answer(&mut queued), if !queued.is_empty() => {
@@ -297,7 +302,7 @@ async fn run(
                 conn.close(CLOSE_POLICY.into(), b"login timeout");
                 break;
             }
-            _ = shutdown.changed() => {
+            _ = &mut stopping => {
                 conn.close(CLOSE_OK.into(), b"server shutting down");
                 break;
             }

@@ -110,6 +110,10 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What [`Writer::framed`] reserves: the prefix, version, type, request id
+/// and a user name or two fit.
+const FRAMED_CAPACITY: usize = 128;
+
 /// Appends encoded fields to a buffer.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -129,8 +133,15 @@ impl Writer {
 
     /// A writer for a whole frame: room for the `u32` length prefix that
     /// [`Self::into_frame`] fills in, so the body is never copied to add it.
+    ///
+    /// Starts with room for a small frame's header fields, so encoding one
+    /// does not grow the buffer a few bytes at a time (each growth is a
+    /// reallocation and a copy); a payload written by [`Self::bytes`]
+    /// grows it at most once more.
     pub fn framed() -> Self {
-        Self { buf: vec![0; 4] }
+        let mut buf = Vec::with_capacity(FRAMED_CAPACITY);
+        buf.extend_from_slice(&[0; 4]);
+        Self { buf }
     }
 
     /// The frame started by [`Self::framed`]: its length prefix, then the body.
@@ -176,6 +187,7 @@ impl Writer {
     /// length field; frames are far smaller than that by construction).
     pub fn bytes(&mut self, b: &[u8]) {
         let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
+        self.buf.reserve(4 + n as usize);
         self.u32(n);
         self.raw(&b[..n as usize]);
     }
