@@ -103,6 +103,9 @@ pub async fn resolve(server: &str) -> Result<(String, SocketAddr)> {
     Ok((host, addr))
 }
 
+/// How long a connection attempt goes unanswered before the user is told.
+const STILL_CONNECTING: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Connects with trust on first use: the first connection to an address
 /// pins the certificate's fingerprint (reported through `notice`), later
 /// connections accept only that certificate.
@@ -115,10 +118,22 @@ pub async fn connect(profile: &Profile, opts: &ConnectOptions, notice: &mut dyn 
         (None, None) => ServerTrust::FirstUse,
     };
     let first_use = matches!(trust, ServerTrust::FirstUse);
-    let (conn, fingerprint, group) = Connection::connect(addr, &host, trust).await.map_err(|e| match e {
+    let attempt = Connection::connect(addr, &host, trust);
+    tokio::pin!(attempt);
+    // A host that does not answer at all is given the whole idle timeout;
+    // say so instead of hanging silently.
+    let connected = tokio::select! {
+        r = &mut attempt => r,
+        () = tokio::time::sleep(STILL_CONNECTING) => {
+            notice(format!("no answer from {} yet; still trying (up to 15 s)...", opts.server));
+            attempt.await
+        }
+    };
+    let (conn, fingerprint, group) = connected.map_err(|e| match e {
         pqc_net::NetError::Connection(pqc_net::quinn::ConnectionError::TimedOut) => {
             ClientError::Unreachable(opts.server.clone())
         }
+        pqc_net::NetError::PortClosed(_) => ClientError::NotListening(opts.server.clone()),
         e => e.into(),
     })?;
     if first_use {
@@ -252,7 +267,7 @@ pub(crate) fn server_error(resp: Response) -> ClientError {
 pub(crate) fn is_connection_lost(e: &ClientError) -> bool {
     use pqc_net::NetError as N;
     matches!(e, ClientError::Net(N::Connection(_) | N::Closed | N::Timeout | N::Write(_) | N::Read(_) | N::Io(_)))
-        || matches!(e, ClientError::Unreachable(_))
+        || matches!(e, ClientError::Unreachable(_) | ClientError::NotListening(_))
 }
 
 /// Connects and logs in as `me`.

@@ -47,6 +47,11 @@ pub enum ClientError {
         "cannot reach the server at {0}: no answer within 15 s. Is pqc-server running there, and is its UDP port open (pqc-chat uses QUIC over UDP)?"
     )]
     Unreachable(String),
+    /// The server's host answered that nothing listens on the port.
+    #[error(
+        "cannot reach the server at {0}: its host answered that nothing listens on that UDP port. Is pqc-server running there, on that port (pqc-chat uses QUIC over UDP)?"
+    )]
+    NotListening(String),
     /// Transport failure.
     #[error("{0}")]
     Net(#[from] pqc_net::NetError),

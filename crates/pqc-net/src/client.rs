@@ -53,6 +53,49 @@ pub struct ConnectInfo {
     pub max_frame: usize,
 }
 
+/// Resolves once the host at `addr` answers that nothing listens on its UDP
+/// port; stays pending otherwise (a host that does not answer, a firewall
+/// that drops, a server that is there).
+///
+/// A connected UDP socket sends an empty datagram (a QUIC endpoint drops
+/// it) and sees the ICMP port unreachable that comes back as
+/// `ECONNREFUSED`; quinn's socket is not connected, so it never does. The
+/// datagram goes again after 0.5 s and 1.5 s in case one was lost.
+async fn port_refused(addr: SocketAddr) {
+    async fn refused(sock: &tokio::net::UdpSocket) -> bool {
+        let mut buf = [0u8; 1];
+        loop {
+            match sock.recv(&mut buf).await {
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionRefused,
+            }
+        }
+    }
+    let bind: SocketAddr = if addr.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    if let Ok(sock) = tokio::net::UdpSocket::bind(bind).await
+        && sock.connect(addr).await.is_ok()
+    {
+        for wait_ms in [500, 1000, 2000] {
+            if let Err(e) = sock.send(&[]).await {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return;
+                }
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(wait_ms), refused(&sock)).await {
+                Ok(true) => return,
+                Ok(false) => break,
+                Err(_) => continue,
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 /// A connection to a pqc-chat server.
 #[derive(Debug)]
 pub struct Connection {
@@ -85,7 +128,14 @@ impl Connection {
         let endpoint = crate::socket::client_endpoint(bind)?;
         let parts = client_parts(&trust)?;
         let connecting = endpoint.connect_with(parts.config, addr, server_name)?;
-        let conn = match connecting.await {
+        // QUIC itself ignores the ICMP answer of a host where nothing listens
+        // and would wait out the idle timeout (15 s); the probe beside it
+        // turns that answer into an error at once.
+        let connected = tokio::select! {
+            c = connecting => c,
+            () = port_refused(addr) => return Err(NetError::PortClosed(addr)),
+        };
+        let conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 if let (ServerTrust::Pinned(expected), Some(v)) = (&trust, &parts.pin)

@@ -49,6 +49,10 @@ pub enum NetError {
     /// The stream ended.
     #[error("connection closed")]
     Closed,
+    /// The server's host answered that nothing listens on its UDP port
+    /// (an ICMP port unreachable): no pqc-server runs there.
+    #[error("nothing listens on UDP port {} at {}: the host refused the connection", .0.port(), .0.ip())]
+    PortClosed(std::net::SocketAddr),
     /// No response within the timeout.
     #[error("request timed out")]
     Timeout,

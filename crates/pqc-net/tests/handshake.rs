@@ -168,3 +168,15 @@ async fn an_unanswered_request_times_out_and_the_connection_goes_on() {
     assert!(took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3), "{took:?}");
     assert!(matches!(c.request(Request::Ping).await, Ok(Response::Pong)));
 }
+
+#[tokio::test]
+async fn a_port_where_nothing_listens_is_refused_at_once() {
+    // A port that was free a moment ago: nothing listens on it.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let err = Connection::connect(addr, "localhost", ServerTrust::FirstUse).await.unwrap_err();
+    assert!(matches!(err, NetError::PortClosed(a) if a == addr), "{err}");
+    assert!(err.to_string().contains(&format!("UDP port {}", addr.port())), "{err}");
+    // Not the 15 s idle timeout QUIC alone would wait.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}
