@@ -53,6 +53,15 @@ pub struct ConnectInfo {
     pub max_frame: usize,
 }
 
+/// Any local address and port of `addr`'s family, to send to it from.
+fn any_port_like(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
 /// Resolves once the host at `addr` answers that nothing listens on its UDP
 /// port; stays pending otherwise (a host that does not answer, a firewall
 /// that drops, a server that is there).
@@ -71,12 +80,7 @@ async fn port_refused(addr: SocketAddr) {
             }
         }
     }
-    let bind: SocketAddr = if addr.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-    };
-    if let Ok(sock) = tokio::net::UdpSocket::bind(bind).await
+    if let Ok(sock) = tokio::net::UdpSocket::bind(any_port_like(addr)).await
         && sock.connect(addr).await.is_ok()
     {
         for wait_ms in [500, 1000, 2000] {
@@ -120,12 +124,7 @@ impl Connection {
         server_name: &str,
         trust: ServerTrust,
     ) -> Result<(Self, CertFingerprint, NamedGroup), NetError> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-        } else {
-            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-        };
-        let endpoint = crate::socket::client_endpoint(bind)?;
+        let endpoint = crate::socket::client_endpoint(any_port_like(addr))?;
         let parts = client_parts(&trust)?;
         let connecting = endpoint.connect_with(parts.config, addr, server_name)?;
         // QUIC itself ignores the ICMP answer of a host where nothing listens
