@@ -9,12 +9,14 @@ use pqc_server::{Config, Server};
 
 /// pqc-chat relay server.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Args {
-    /// TOML config file (default: config/server.toml if present).
+    /// TOML config file (default: config/server.toml if present): limits,
+    /// certificate files, log level, message retention.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory (database, certificate). Default: ./pqc-data
+    /// Data directory (database, mailbox log, attachments, certificate; one
+    /// server at a time). Default: ./pqc-data
     #[arg(long)]
     data: Option<PathBuf>,
     /// QUIC listen address (UDP). Default: 0.0.0.0:8443
@@ -24,6 +26,16 @@ struct Args {
     #[arg(long)]
     status: Option<SocketAddr>,
 }
+
+const AFTER_HELP: &str = "\
+The first start creates the data directory with a self-signed certificate
+and prints its SHA-256 fingerprint: clients pin it on first use, so give it
+to your users to compare. The server stores and forwards only ciphertext
+and deletes each message and file once its recipient has acknowledged it.
+A message is acknowledged to its sender only once it is on disk.
+Ctrl-C or SIGTERM stops it cleanly, and a crash loses nothing that was
+acknowledged. Log level: log_level in the config, or RUST_LOG (keys and
+message contents are never logged).";
 
 /// mimalloc, as in every binary of the workspace (the workspace manifest says why).
 #[global_allocator]
