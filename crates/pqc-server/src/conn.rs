@@ -18,6 +18,7 @@ use pqc_wire::{
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::inc;
+use crate::quota::Bucket;
 use crate::server::{FanOut, PushFrame, Shared};
 
 /// QUIC application close codes.
@@ -41,30 +42,22 @@ const MAX_QUEUED: usize = 8;
 /// The response to come of a request whose store operation is queued.
 type Queued = Pin<Box<dyn Future<Output = Response> + Send>>;
 
-/// Token bucket: `rate` tokens per second, capacity `2 * rate`.
-struct Bucket {
-    tokens: f64,
+/// A connection's request limit: `rate` tokens per second, capacity
+/// `2 * rate`.
+struct RequestLimit {
+    bucket: Bucket,
     rate: f64,
-    last: Instant,
 }
 
-impl Bucket {
+impl RequestLimit {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Self { tokens: rate * 2.0, rate, last: Instant::now() }
+        Self { bucket: Bucket::full(rate * 2.0, Instant::now()), rate }
     }
 
     /// Takes `cost` tokens if there are that many.
     fn take(&mut self, cost: f64) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
-        self.last = now;
-        if self.tokens >= cost {
-            self.tokens -= cost;
-            true
-        } else {
-            false
-        }
+        self.bucket.take(Instant::now(), self.rate, self.rate * 2.0, cost)
     }
 }
 
@@ -179,7 +172,7 @@ async fn run(
     // frame across the loop's other branches (no task and channel per
     // connection for it).
     let mut reader = FrameReader::new(max_frame, Some(frame_timeout));
-    let mut bucket = Bucket::new(shared.limits.requests_per_second);
+    let mut bucket = RequestLimit::new(shared.limits.requests_per_second);
     // Requests whose store operations are queued (envelopes, file chunks), oldest first.
     let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
     // Made once, not at every turn of the loop: each `changed()` future

@@ -45,17 +45,39 @@ impl From<IpAddr> for Source {
     }
 }
 
+/// A token bucket: the tokens it held at `at`. Its refill rate (tokens
+/// per second) and capacity are the caller's, so a table of buckets that
+/// share them stores neither (the quota here, a connection's request limit
+/// in `conn`).
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
+    /// A bucket holding `full` tokens at `now`.
+    pub(crate) fn full(full: f64, now: Instant) -> Self {
+        Self { tokens: full, at: now }
+    }
+
     /// The tokens at `now`: refilled since `at` at `rate` per second, at
     /// most `full`.
     fn level(&self, now: Instant, rate: f64, full: f64) -> f64 {
         (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(full)
+    }
+
+    /// Refills the bucket to `now`, then takes `cost` tokens if there are
+    /// that many.
+    pub(crate) fn take(&mut self, now: Instant, rate: f64, full: f64, cost: f64) -> bool {
+        self.tokens = self.level(now, rate, full);
+        self.at = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -77,15 +99,8 @@ impl RegistrationQuota {
         if buckets.len() >= TRACKED {
             buckets.retain(|_, b| b.level(now, rate, full) < full);
         }
-        let b = buckets.entry(Source::from(ip)).or_insert(Bucket { tokens: full, at: now });
-        b.tokens = b.level(now, rate, full);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
-        }
+        let b = buckets.entry(Source::from(ip)).or_insert(Bucket::full(full, now));
+        if b.take(now, rate, full, 1.0) { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - b.tokens) / rate)) }
     }
 
     /// Gives back a registration taken for `ip` that did not happen (the
