@@ -125,7 +125,11 @@ pub async fn connect(profile: &Profile, opts: &ConnectOptions, notice: &mut dyn 
     let connected = tokio::select! {
         r = &mut attempt => r,
         () = tokio::time::sleep(STILL_CONNECTING) => {
-            notice(format!("no answer from {} yet; still trying (up to 15 s)...", opts.server));
+            notice(format!(
+                "no answer from {} yet; still trying (up to {} s)...",
+                opts.server,
+                pqc_net::CLIENT_IDLE_TIMEOUT.as_secs()
+            ));
             attempt.await
         }
     };

@@ -44,7 +44,8 @@ pub enum ClientError {
     Unexpected(String),
     /// The server did not answer the connection attempt at all.
     #[error(
-        "cannot reach the server at {0}: no answer within 15 s. Is pqc-server running there, and is its UDP port open (pqc-chat uses QUIC over UDP)?"
+        "cannot reach the server at {0}: no answer within {secs} s. Is pqc-server running there, and is its UDP port open (pqc-chat uses QUIC over UDP)?",
+        secs = pqc_net::CLIENT_IDLE_TIMEOUT.as_secs()
     )]
     Unreachable(String),
     /// The server's host answered that nothing listens on the port.

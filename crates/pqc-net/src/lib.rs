@@ -33,7 +33,9 @@ pub use kx::KxProbe;
 pub use outbox::{OUTBOX_LIMIT, Outbox};
 pub use rustls::NamedGroup;
 pub use socket::client_endpoint;
-pub use tls::{CertFingerprint, SelfSigned, ServerTls, ServerTrust, client_config, generate_self_signed};
+pub use tls::{
+    CLIENT_IDLE_TIMEOUT, CertFingerprint, SelfSigned, ServerTls, ServerTrust, client_config, generate_self_signed,
+};
 pub use {quinn, rustls};
 
 /// ALPN protocol id.

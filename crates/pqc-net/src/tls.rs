@@ -124,14 +124,18 @@ fn provider(probe: &KxProbe) -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider { kx_groups: probe.groups(), ..rustls::crypto::aws_lc_rs::default_provider() })
 }
 
+/// The idle timeout clients ask for (the smaller side's applies): also how
+/// long a connection attempt waits for a server that does not answer.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 fn transport(server: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // The idle timeout in effect is the smaller of the two sides'. Clients ask
     // for 15 s and send a keep-alive every 5 s, so a server that crashed or
     // restarted (its new process does not know the old connection) is noticed
     // within 15 s and the client's command fails or retries instead of hanging.
-    let idle = if server { 60 } else { 15 };
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(idle)).ok());
+    let idle = if server { Duration::from_secs(60) } else { CLIENT_IDLE_TIMEOUT };
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     if server {
         // Clients never open streams: the server opens the one control stream.
         t.max_concurrent_bidi_streams(0u8.into());
