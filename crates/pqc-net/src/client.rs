@@ -53,6 +53,10 @@ pub struct ConnectInfo {
     pub max_frame: usize,
 }
 
+/// How long a connection attempt goes unanswered before [`port_refused`]
+/// probes the port.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+
 /// Any local address and port of `addr`'s family, to send to it from.
 fn any_port_like(addr: SocketAddr) -> SocketAddr {
     if addr.is_ipv6() {
@@ -69,7 +73,9 @@ fn any_port_like(addr: SocketAddr) -> SocketAddr {
 /// A connected UDP socket sends an empty datagram (a QUIC endpoint drops
 /// it) and sees the ICMP port unreachable that comes back as
 /// `ECONNREFUSED`; quinn's socket is not connected, so it never does. The
-/// datagram goes again after 0.5 s and 1.5 s in case one was lost.
+/// datagram goes again after 0.5 s and 1.5 s in case one was lost. Only
+/// for an attempt still unanswered after [`PROBE_AFTER`]: a server that is
+/// there has usually answered by then, and gets no probe.
 async fn port_refused(addr: SocketAddr) {
     async fn refused(sock: &tokio::net::UdpSocket) -> bool {
         let mut buf = [0u8; 1];
@@ -80,6 +86,7 @@ async fn port_refused(addr: SocketAddr) {
             }
         }
     }
+    tokio::time::sleep(PROBE_AFTER).await;
     if let Ok(sock) = tokio::net::UdpSocket::bind(any_port_like(addr)).await
         && sock.connect(addr).await.is_ok()
     {
