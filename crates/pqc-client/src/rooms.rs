@@ -544,6 +544,10 @@ impl Client {
                     Err(e) => tracing::warn!(sender = %m.sender, "room message content: {e}"),
                 },
                 MlsEvent::MemberJoined(u) => local.unshown.push(format!("[{name}] * {} joined", u.as_str())),
+                MlsEvent::MemberRejoined(u) => local.unshown.push(format!(
+                    "[{name}] * {u} joined again after being away; room messages sent meanwhile may not have reached {u}",
+                    u = u.as_str()
+                )),
                 MlsEvent::MemberLeft(u) => {
                     local.audio.remove(u.as_str());
                     local.video.remove(u.as_str());

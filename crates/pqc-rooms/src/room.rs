@@ -71,6 +71,10 @@ pub enum Event {
     MemberJoined(UserId),
     /// A member left or was removed.
     MemberLeft(UserId),
+    /// A member joined again from the same identity by external commit (a
+    /// resync after it fell behind): the same people are in the room, but
+    /// room messages sent before it came back may not have reached it.
+    MemberRejoined(UserId),
     /// A commit moved the room to a new epoch.
     EpochChanged {
         /// The new epoch.
@@ -472,9 +476,24 @@ impl Room {
                 // The metadata may have changed (e.g. a new limit).
                 self.meta = RoomMetadata::from_extensions(self.group.extensions())?;
                 let after = self.member_set();
-                let mut events: Vec<Event> =
-                    before.difference(&after).map(|(_, u)| Event::MemberLeft(u.clone())).collect();
-                events.extend(after.difference(&before).map(|(_, u)| Event::MemberJoined(u.clone())));
+                // An external commit by someone already in the room replaces
+                // their old place (a resync): one event, not "left" and
+                // "joined" (or nothing when the seat is the same).
+                let rejoined = joiner == 1 && before.iter().any(|(_, u)| *u == sender);
+                let mut events: Vec<Event> = before
+                    .difference(&after)
+                    .filter(|(_, u)| !(rejoined && *u == sender))
+                    .map(|(_, u)| Event::MemberLeft(u.clone()))
+                    .collect();
+                events.extend(
+                    after
+                        .difference(&before)
+                        .filter(|(_, u)| !(rejoined && *u == sender))
+                        .map(|(_, u)| Event::MemberJoined(u.clone())),
+                );
+                if rejoined {
+                    events.push(Event::MemberRejoined(sender));
+                }
                 events.push(Event::EpochChanged { epoch: self.epoch() });
                 Ok(events)
             }
