@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::inc;
 use crate::quota::Bucket;
-use crate::server::{PushFrame, Shared};
+use crate::server::{FanOut, PushFrame, Shared};
 
 /// QUIC application close codes.
 const CLOSE_OK: u32 = 0;
@@ -667,9 +667,9 @@ enum Change {
 
 /// Stores a room entry with `op` (given the payload; returns the entry's
 /// sequence number) and, once it is committed, pushes it inline to the
-/// room's other connected members, in commit order (after the commit, see
-/// [`Shared::db_then`]), so every member gets a room's entries in the
-/// room's order.
+/// room's other connected members: queued from the database thread for the
+/// fan-out task ([`crate::server::FanOut`]), so every member gets a room's
+/// entries in the room's order.
 async fn store_room_entry(
     shared: &Arc<Shared>,
     room_id: RoomId,
@@ -694,8 +694,8 @@ async fn store_room_entry(
             Ok((seq, members, sender, push))
         },
         move |(_, members, sender, push)| {
-            let n = after.push_many(members, Some(sender), push);
-            after.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            let entry = FanOut { members: members.clone(), sender: sender.clone(), push: push.clone() };
+            let _ = after.fanout.send(entry);
         },
     );
     Ok(stored.await?.0)
@@ -735,8 +735,8 @@ fn queue(shared: &Arc<Shared>, user: Username, req: Request) -> Result<Queued, R
 /// committed (the mailbox log fdatasynced), or the refusal.
 ///
 /// A connected recipient gets the envelope inline (it stays queued until
-/// acknowledged), pushed after the commit in commit order, so in mailbox
-/// order; a limited-view one is only announced, since each fetch of
+/// acknowledged), pushed from the database thread after the commit, so in
+/// mailbox order; a limited-view one is only announced, since each fetch of
 /// it counts as a view.
 fn send_envelope(
     shared: &Arc<Shared>,

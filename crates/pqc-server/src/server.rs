@@ -39,8 +39,6 @@ struct RoomMembers {
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// A store operation queued for the database thread.
 type Job = Box<dyn FnOnce(&mut SqliteServerStore) -> Completion + Send>;
-/// A committed (or failed) batch's completions, with the commit error.
-type Finished = (Vec<Completion>, Option<StoreError>);
 
 /// Most operations committed together in one transaction.
 const MAX_BATCH: usize = 256;
@@ -55,13 +53,6 @@ const MAX_BATCH: usize = 256;
 /// instead of queueing for a hundred. The commits, and those that flushed
 /// the mailbox log, are counted in `metrics`.
 ///
-/// The answers go to [`complete`] on the runtime, one batch at a time: a
-/// connection task woken from this thread goes through the scheduler's
-/// shared queue (and may wake a parked worker), from a task on a worker it
-/// goes to that worker's own queue. So a batch costs one wake-up from
-/// outside the runtime, not two per message (the sender's answer and the
-/// recipient's push). Without the runtime (shutting down), they run here.
-///
 /// A failed commit also empties the room member cache: jobs of that batch
 /// may have cached a membership the rollback undid.
 fn run_database(
@@ -69,7 +60,6 @@ fn run_database(
     jobs: std::sync::mpsc::Receiver<Job>,
     room_members: Arc<Mutex<RoomMembers>>,
     metrics: Arc<Metrics>,
-    finished: mpsc::UnboundedSender<Finished>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -101,27 +91,38 @@ fn run_database(
             let _ = store.rollback_batch();
             room_members.lock().unwrap_or_else(PoisonError::into_inner).rooms.clear();
         }
-        if let Err(mpsc::error::SendError((completions, error))) = finished.send((completions, committed.err())) {
-            for done in completions {
-                done(error.as_ref());
-            }
+        for done in completions {
+            done(committed.as_ref().err());
         }
     }
 }
 
-/// Answers the callers of each batch the database thread finished, in
-/// commit order (so pushes reach each connection in the store's order).
-async fn complete(mut finished: mpsc::UnboundedReceiver<Finished>) {
-    while let Some((completions, error)) = finished.recv().await {
-        for done in completions {
-            done(error.as_ref());
-        }
+/// A room entry to push to the room's connected members but its sender.
+pub(crate) struct FanOut {
+    pub(crate) members: Arc<[Username]>,
+    pub(crate) sender: Username,
+    pub(crate) push: Push,
+}
+
+/// Sends room entries to their members' connections, in the order the
+/// database thread committed them (it queues them from there). Done on the
+/// runtime rather than on the database thread: waking a hundred connection
+/// tasks from a worker puts them on its run queue, from another thread each
+/// wake-up goes through the scheduler's shared queue and may wake a parked
+/// worker.
+async fn fan_out(shared: std::sync::Weak<Shared>, mut entries: mpsc::UnboundedReceiver<FanOut>) {
+    while let Some(FanOut { members, sender, push }) = entries.recv().await {
+        let Some(sh) = shared.upgrade() else { break };
+        let n = sh.push_many(&members, Some(&sender), &push);
+        sh.metrics.messages_delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// State shared by all connection tasks.
 pub(crate) struct Shared {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Room entries to push, to [`fan_out`].
+    pub(crate) fanout: mpsc::UnboundedSender<FanOut>,
     online: Mutex<Online>,
     room_members: Arc<Mutex<RoomMembers>>,
     pub(crate) metrics: Arc<Metrics>,
@@ -146,10 +147,9 @@ impl Shared {
     }
 
     /// [`Self::db`], and once the operation succeeded and its commit is on
-    /// disk, `after_commit` runs (in [`complete`], on the runtime) before
-    /// the caller is answered. Operations' `after_commit`s run in commit
-    /// order: pushes sent from there reach each connection in the order of
-    /// the store.
+    /// disk, `after_commit` runs on the database thread, before the caller
+    /// is answered. Operations' `after_commit`s run in commit order: pushes
+    /// sent from there reach each connection in the order of the store.
     pub(crate) fn db_then<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteServerStore) -> Result<T, StoreError> + Send + 'static,
@@ -358,14 +358,14 @@ impl Server {
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
         let metrics = Arc::new(Metrics::default());
         let db_metrics = metrics.clone();
-        let (finished, finished_rx) = mpsc::unbounded_channel();
-        tokio::spawn(complete(finished_rx));
         let db_thread = std::thread::Builder::new()
             .name("pqc-db".into())
-            .spawn(move || run_database(store, job_rx, db_members, db_metrics, finished))
+            .spawn(move || run_database(store, job_rx, db_members, db_metrics))
             .map_err(ServerError::Io)?;
+        let (fanout, fanout_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             jobs,
+            fanout,
             online: Mutex::new(HashMap::new()),
             room_members,
             metrics: metrics.clone(),
@@ -376,6 +376,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let status_task = status_listener.map(|l| tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone())));
         let fingerprint = tls.fingerprint();
+        tokio::spawn(fan_out(Arc::downgrade(&shared), fanout_rx));
         tokio::spawn(expire_abandoned(Arc::downgrade(&shared), cfg.limits.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(accept_loop(endpoint, tls, shared, shutdown_rx));
         Ok(ServerHandle {
