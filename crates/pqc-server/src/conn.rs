@@ -15,11 +15,12 @@ use pqc_wire::{
     REGISTER_CONTEXT, Request, RequestId, Response, RoomId, RoomMessage, RoomMessageKind, ServerFrame, Username,
     WireError, login_transcript, register_transcript,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::metrics::inc;
+use crate::push::{PushRx, PushTx, push_queue};
 use crate::quota::Bucket;
-use crate::server::{FanOut, PushFrame, Shared};
+use crate::server::{FanOut, Shared};
 
 /// QUIC application close codes.
 const CLOSE_OK: u32 = 0;
@@ -78,6 +79,12 @@ fn request_cost(request: &Request) -> f64 {
 /// File chunks at least this large count as 1/16 of a request.
 const BULK_CHUNK: usize = 64 * 1024;
 
+/// Bytes of pushes a connection may leave unread before it is closed
+/// (see [`crate::push`]): four of the largest frames, at least 8 MiB.
+fn push_backlog(max_frame: usize) -> usize {
+    max_frame.saturating_mul(4).max(8 << 20)
+}
+
 struct Session {
     conn_id: u64,
     user: Option<Username>,
@@ -86,7 +93,7 @@ struct Session {
     /// The peer's address (as the connection began).
     remote: std::net::IpAddr,
     challenge: [u8; CHALLENGE_LEN],
-    push_tx: mpsc::UnboundedSender<PushFrame>,
+    push_tx: PushTx,
 }
 
 pub(crate) async fn handle(
@@ -134,7 +141,8 @@ pub(crate) async fn handle(
     drop(probe);
     tracing::info!(conn_id, remote = %conn.remote_address(), group, "connection established");
 
-    let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    let backlog = push_backlog(shared.limits.max_frame);
+    let (push_tx, mut push_rx) = push_queue(conn.clone(), backlog, shared.metrics.clone());
     let mut session =
         Session { conn_id, user: None, auth_failures: 0, remote: remote.ip(), challenge: [0; CHALLENGE_LEN], push_tx };
     SystemRng.fill_bytes(&mut session.challenge);
@@ -150,7 +158,7 @@ async fn run(
     conn: &quinn::Connection,
     shared: &Arc<Shared>,
     s: &mut Session,
-    push_rx: &mut mpsc::UnboundedReceiver<PushFrame>,
+    push_rx: &mut PushRx,
     shutdown: &mut watch::Receiver<bool>,
     login_deadline: tokio::time::Instant,
 ) {
@@ -277,7 +285,7 @@ async fn run(
                 let mut out = Vec::with_capacity(p.len());
                 out.extend_from_slice(&p);
                 while out.len() < PUSH_COALESCE_BYTES {
-                    let Ok(next) = push_rx.try_recv() else { break };
+                    let Some(next) = push_rx.try_recv() else { break };
                     out.extend_from_slice(&next);
                 }
                 if write_encoded(&mut send, out).await.is_err() {

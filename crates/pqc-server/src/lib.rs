@@ -7,6 +7,7 @@
 //!   connection cap, graceful shutdown.
 //! - `conn`: one task per connection: Hello, rate limit, request dispatch,
 //!   live pushes.
+//! - `push`: a connection's push queue, bounded in bytes.
 //! - [`metrics`]: counters exported by [`status`].
 //! - [`status`]: minimal HTTP/1.1 `GET /status` (JSON) and `GET /metrics`
 //!   (Prometheus text) on localhost.
@@ -14,6 +15,7 @@
 pub mod config;
 mod conn;
 pub mod metrics;
+mod push;
 mod quota;
 pub mod server;
 pub mod status;

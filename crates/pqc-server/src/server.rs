@@ -14,13 +14,10 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, inc};
+use crate::push::{PushFrame, PushTx};
 use crate::{ServerError, conn, status};
 
-/// A push, encoded once (length prefix and body) and shared by every
-/// connection it goes to.
-pub(crate) type PushFrame = Arc<[u8]>;
-
-type Online = HashMap<Username, Vec<(u64, mpsc::UnboundedSender<PushFrame>)>>;
+type Online = HashMap<Username, Vec<(u64, PushTx)>>;
 
 /// Most rooms whose member lists are cached; past it the cache starts over.
 const MAX_CACHED_ROOMS: usize = 10_000;
@@ -182,7 +179,7 @@ impl Shared {
         self.db(|s| s.queued_total()).await.unwrap_or(0)
     }
 
-    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: mpsc::UnboundedSender<PushFrame>) {
+    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: PushTx) {
         self.online.lock().unwrap_or_else(PoisonError::into_inner).entry(user.clone()).or_default().push((conn_id, tx));
     }
 
@@ -209,7 +206,7 @@ impl Shared {
         let mut n = 0;
         for user in users.iter().filter(|u| Some(*u) != except) {
             for (_, tx) in online.get(user).into_iter().flatten() {
-                if tx.send(frame.clone()).is_ok() {
+                if tx.send(&frame) {
                     n += 1;
                 }
             }

@@ -498,3 +498,60 @@ async fn a_frame_arriving_in_pieces_between_pushes_is_read_whole() {
     assert_eq!(envelopes[0].payload, vec![7u8; 3000]);
     assert!(conn.close_reason().is_none());
 }
+
+/// A logged-in client that stops reading its stream while messages keep
+/// coming for it: the server's queue of pushes for that connection grows
+/// only to its limit (8 MiB), then the connection is closed (code 4) and
+/// counted; nothing is lost: the messages stay queued, and the same user,
+/// connecting again, fetches every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_loses_nothing() {
+    let srv = ServerProc::start("requests_per_second = 100000");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (conn, mut send, mut recv, challenge) = srv.raw_hello(&endpoint).await;
+    let bob = User::new("bob");
+    send.write_all(&ClientFrame { id: RequestId(1), request: bob.register_req_for(&challenge) }.encode())
+        .await
+        .unwrap();
+    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    assert!(matches!(ServerFrame::decode(&answer).unwrap(), ServerFrame::Response { response: Response::Ok, .. }));
+    // bob reads nothing from here on.
+
+    let alice = User::new("alice");
+    let ca = alice.register(&srv).await;
+    let n = 256; // 16 MiB in all
+    let mut sent = 0;
+    for i in 0..n {
+        let payload = vec![u8::try_from(i % 251).unwrap(); 64 << 10];
+        let r = ca.request(Request::Send { to: bob.name.clone(), max_views: None, payload }).await.unwrap();
+        assert!(matches!(r, Response::Ack { .. }), "send {i}: {r:?}");
+        sent += 1;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("bob's connection closed");
+    assert!(closed_with(&closed, 4), "{closed:?}");
+    srv.wait_log("refused: more than 8192 KiB of pushes unread");
+    assert_eq!(srv.metric("pqc_refused_push_backlog_total"), 1);
+
+    // bob again, on a connection that reads: every message is there.
+    let cb = srv.connect().await.unwrap();
+    let t = login_transcript(&cb.challenge(), &bob.name);
+    let signature = bob.key.sign(&t, LOGIN_CONTEXT, &mut SystemRng).unwrap().to_bytes();
+    assert_eq!(cb.request(Request::Login { username: bob.name.clone(), signature }).await.unwrap(), Response::Ok);
+    let mut got = 0;
+    loop {
+        let Response::Envelopes { envelopes, more } = cb.request(Request::Fetch).await.unwrap() else {
+            panic!("fetch failed")
+        };
+        for e in &envelopes {
+            assert_eq!(e.payload, vec![u8::try_from(got % 251).unwrap(); 64 << 10], "envelope {got} in order");
+            got += 1;
+        }
+        let ids = envelopes.iter().map(|e| e.id).collect();
+        cb.request(Request::AckEnvelopes { ids }).await.unwrap();
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(got, sent);
+    well_behaved(&srv, "after-backlog", 3).await;
+}

@@ -422,8 +422,13 @@ impl Mailboxes {
         max_views: Option<u32>,
         payload: &[u8],
     ) -> Result<EnvelopeId, StoreError> {
+        // Ids never come near the end of u64 but from a damaged log: then
+        // refuse (the sender gets an error) rather than reuse an id, which
+        // would replace a queued envelope.
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = id
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Invalid("no envelope ids left: the mailbox log is damaged".into()))?;
         self.put_with_id(id, unix_now(), recipient, sender, max_views, max_views, payload)?;
         Ok(EnvelopeId(id))
     }
@@ -825,6 +830,25 @@ mod tests {
         let mut m = Mailboxes::open(&path).unwrap();
         assert_eq!(m.total(), 0);
         assert!(m.put(&u("bob"), &u("alice"), None, b"three").unwrap().0 > b.0);
+    }
+
+    /// A log whose records put the next id at the end of u64 (damaged, or
+    /// written by hand) makes sends fail with an error; no queued envelope
+    /// is replaced by reusing its id.
+    #[test]
+    fn ids_at_the_end_of_their_range_are_refused_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbox.log");
+        let mut m = Mailboxes::open(&path).unwrap();
+        m.put_with_id(u64::MAX - 1, 1_700_000_000, &u("bob"), &u("alice"), None, None, b"kept").unwrap();
+        m.flush().unwrap();
+        drop(m);
+        let mut m = Mailboxes::open(&path).unwrap();
+        let err = m.put(&u("carol"), &u("alice"), None, b"one too many").unwrap_err();
+        assert!(err.to_string().contains("no envelope ids left"), "{err}");
+        assert_eq!(m.total(), 1);
+        let (e, _) = m.fetch(&u("bob"), 1 << 20).unwrap();
+        assert_eq!(e[0].payload, b"kept");
     }
 
     #[test]
