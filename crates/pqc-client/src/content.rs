@@ -192,17 +192,37 @@ pub fn fuzz_decode(bytes: &[u8]) {
 }
 
 /// Makes a sender-chosen file name safe to create inside the output folder:
-/// only the last path component, no control characters, no leading dots, no
-/// reserved names, at most 200 bytes.
+/// only the last path component, no control characters or characters
+/// Windows forbids, no leading dots, no trailing dots or spaces, at most 200
+/// bytes, and a name Windows reserves for a device (`CON`, `nul.txt`,
+/// `COM1`...) gets a leading `_`.
 pub fn sanitize_file_name(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut clean: String =
         last.chars().filter(|c| !c.is_control() && !matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|')).collect();
-    clean = clean.trim().trim_start_matches('.').to_string();
-    while clean.len() > 200 {
+    // 199: room for the `_` of a device name.
+    while clean.len() > 199 {
         clean.pop();
     }
-    if clean.is_empty() { "file".to_string() } else { clean }
+    clean = clean.trim().trim_start_matches('.').trim_end_matches(['.', ' ']).to_string();
+    if clean.is_empty() {
+        return "file".to_string();
+    }
+    if is_reserved_device_name(&clean) { format!("_{clean}") } else { clean }
+}
+
+/// `CON`, `PRN`, `AUX`, `NUL`, `COM1`-`COM9`, `LPT1`-`LPT9`, in any case,
+/// alone or before an extension.
+fn is_reserved_device_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        s => {
+            (s.starts_with("COM") || s.starts_with("LPT"))
+                && s.len() == 4
+                && s.as_bytes().get(3).is_some_and(|d| (b'1'..=b'9').contains(d))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +267,15 @@ mod tests {
         assert_eq!(sanitize_file_name("a\u{0}b\nc"), "abc");
         assert_eq!(sanitize_file_name(""), "file");
         assert!(sanitize_file_name(&"x".repeat(500)).len() <= 200);
+        // Names Windows would open as a device, or silently change.
+        assert_eq!(sanitize_file_name("CON"), "_CON");
+        assert_eq!(sanitize_file_name("nul.txt"), "_nul.txt");
+        assert_eq!(sanitize_file_name("x/Com1.tar.gz"), "_Com1.tar.gz");
+        assert_eq!(sanitize_file_name("lpt9"), "_lpt9");
+        assert_eq!(sanitize_file_name("COM0"), "COM0");
+        assert_eq!(sanitize_file_name("CONSOLE.txt"), "CONSOLE.txt");
+        assert_eq!(sanitize_file_name("report.pdf. . "), "report.pdf");
+        assert_eq!(sanitize_file_name(" . "), "file");
+        assert!(sanitize_file_name(&format!("nul.{}", "x".repeat(500))).len() <= 200);
     }
 }

@@ -31,10 +31,15 @@ pub fn chunk_count(plain_len: u64, chunk: u32) -> u64 {
     if plain_len == 0 { 1 } else { plain_len.div_ceil(u64::from(chunk)) }
 }
 
-/// Encrypted length of a file of `plain_len` bytes.
+/// Encrypted length of a file of `plain_len` bytes (saturating: lengths
+/// from a peer's announcement are checked against [`MAX_FILE`] first).
 pub fn cipher_len(plain_len: u64, chunk: u32) -> u64 {
-    plain_len + chunk_count(plain_len, chunk) * TAG_LEN as u64
+    plain_len.saturating_add(chunk_count(plain_len, chunk).saturating_mul(TAG_LEN as u64))
 }
+
+/// Largest file a client sends or accepts (1 PiB): far above any server's
+/// `max_attachment`, low enough that no length computed from it overflows.
+pub const MAX_FILE: u64 = 1 << 50;
 
 fn nonce(index: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
@@ -60,6 +65,9 @@ impl FileCipher {
     pub fn new(key: &[u8; 32], plain_len: u64, chunk: u32) -> Result<Self> {
         if chunk == 0 || chunk > 4 << 20 {
             return Err(ClientError::Malformed("file chunk size"));
+        }
+        if plain_len > MAX_FILE {
+            return Err(ClientError::Malformed("file size"));
         }
         Ok(Self { key: AeadKey::new(AeadAlgorithm::Aes256Gcm, key)?, chunk, chunks: chunk_count(plain_len, chunk) })
     }
@@ -315,5 +323,11 @@ mod tests {
         let short = FileCipher::new(&key, 8, 4).unwrap();
         assert!(short.open(1, &parts[1]).is_err());
         assert_eq!(chunk_count(0, 4), 1);
+        // An announcement whose lengths would wrap around (17 P = C mod 2^64
+        // with chunk 1) is refused before any length is computed from it.
+        let p = u64::MAX / 17 + 1000;
+        assert!(FileCipher::new(&[0; 32], p, 1).is_err());
+        assert!(FileCipher::new(&[0; 32], MAX_FILE, 1).is_ok());
+        assert_eq!(cipher_len(u64::MAX, 1), u64::MAX);
     }
 }

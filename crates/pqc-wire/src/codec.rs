@@ -97,7 +97,9 @@ impl<'a> Reader<'a> {
         if need > self.remaining() {
             return Err(WireError::Truncated { needed: need - self.remaining() });
         }
-        let mut out = Vec::with_capacity(n);
+        // Reserve no more than the bytes left could hold as `T`s: a list of
+        // many tiny items must not reserve many times the frame's size.
+        let mut out = Vec::with_capacity(n.min(self.remaining() / std::mem::size_of::<T>().max(1)));
         for _ in 0..n {
             out.push(f(self)?);
         }
