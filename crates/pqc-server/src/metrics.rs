@@ -40,6 +40,9 @@ pub struct Metrics {
     pub refused_registration_quota: AtomicU64,
     /// Connections closed for leaving more pushes unread than their limit.
     pub refused_push_backlog: AtomicU64,
+    /// New connections asked to prove their address (QUIC Retry) because
+    /// most connection slots were taken.
+    pub address_validations: AtomicU64,
     /// Failed Register/Login requests (bad signature, name taken, unknown user).
     pub auth_failed: AtomicU64,
     /// Accounts created.
@@ -83,6 +86,7 @@ impl Metrics {
             ("pqc_refused_auth_attempts_total", "counter", l(&self.refused_auth_attempts)),
             ("pqc_refused_registration_quota_total", "counter", l(&self.refused_registration_quota)),
             ("pqc_refused_push_backlog_total", "counter", l(&self.refused_push_backlog)),
+            ("pqc_address_validations_total", "counter", l(&self.address_validations)),
             ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
             ("pqc_registrations_total", "counter", l(&self.registrations)),
             ("pqc_store_commits_total", "counter", l(&self.store_commits)),

@@ -72,12 +72,6 @@ impl PushTx {
         }
         true
     }
-
-    /// Bytes queued and not yet taken by the connection's task.
-    #[cfg(test)]
-    pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
 }
 
 impl PushRx {

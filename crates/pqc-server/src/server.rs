@@ -66,7 +66,15 @@ fn run_database(
                 Err(_) => break,
             }
         }
-        if let Err(e) = store.begin_batch() {
+        // A transaction left open (a ROLLBACK that failed) would make every
+        // BEGIN fail, and operations run "on their own" would then run inside
+        // it and never commit: roll back whatever is open and try once more.
+        let begun = store.begin_batch().or_else(|e| {
+            tracing::error!("storage error starting a batch: {e}; rolling back and trying again");
+            let _ = store.rollback_batch();
+            store.begin_batch()
+        });
+        if let Err(e) = begun {
             // Could not open a transaction: run each operation on its own.
             tracing::error!("storage error starting a batch: {e}");
             for job in batch {
@@ -452,6 +460,21 @@ async fn accept_loop(
         tokio::select! {
             inc_opt = endpoint.accept() => {
                 let Some(incoming) = inc_opt else { break };
+                // A connection takes its slot at its first packet, whose
+                // source address may be forged: once three quarters of the
+                // slots are taken, a new peer first proves it receives at
+                // its address (a QUIC Retry, one more round trip), so forged
+                // packets cannot hold the remaining slots.
+                if cap.available_permits() <= shared.limits.max_connections / 4
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    inc(&shared.metrics.address_validations);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    continue;
+                }
                 let Ok(permit) = cap.clone().try_acquire_owned() else {
                     inc(&shared.metrics.refused_connection_cap);
                     tracing::warn!("connection cap reached; refusing a connection");

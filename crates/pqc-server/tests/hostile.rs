@@ -555,3 +555,25 @@ async fn a_client_that_stops_reading_is_closed_and_loses_nothing() {
     assert_eq!(got, sent);
     well_behaved(&srv, "after-backlog", 3).await;
 }
+
+/// Once three quarters of the connection slots are taken, a new peer must
+/// first prove its address (QUIC Retry): a real client does so by itself
+/// and is served, and the server counts the validations; before that, no
+/// Retry is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_connection_cap_new_peers_prove_their_address() {
+    let srv = ServerProc::start("max_connections = 4");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(srv.raw_quinn(&endpoint).await);
+    }
+    assert_eq!(srv.metric("pqc_address_validations_total"), 0);
+    // One slot left: this client is asked for a Retry, and gets in.
+    let alice = User::new("alice");
+    let ca = alice.register(&srv).await;
+    assert_eq!(ca.request(Request::Ping).await.unwrap(), Response::Pong);
+    assert_eq!(srv.metric("pqc_address_validations_total"), 1);
+    assert_eq!(srv.metric("pqc_refused_connection_cap_total"), 0);
+    drop(held);
+}

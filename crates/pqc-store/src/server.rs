@@ -67,7 +67,10 @@ pub trait ServerStore: Send {
     /// An account's directory entry: identity key and current signed prekeys
     /// blob (empty if none was uploaded). Consumes nothing.
     fn directory_entry(&mut self, user: &Username) -> Result<Option<DirectoryEntry>, StoreError>;
-    /// Replaces the signed prekey blob and adds (or replaces by id) one-time prekeys.
+    /// Replaces the signed prekey blob and adds (or replaces by id) one-time
+    /// prekeys. An upload that would leave the user more one-time prekeys
+    /// of a kind than the store's limit is refused whole (`Invalid`; nothing
+    /// of it, the signed blob neither, is stored).
     fn upload_prekeys(
         &mut self,
         user: &Username,
@@ -378,7 +381,14 @@ pub struct SqliteServerStore {
     /// it before the database). Accounts are never deleted; cleared when a
     /// batch, which may have created one, is rolled back.
     accounts: HashSet<Username>,
+    /// One-time prekeys (and, apart, one-time KEM prekeys) a user may hold.
+    max_one_time_prekeys: u32,
 }
+
+/// Default of [`SqliteServerStore::set_max_one_time_prekeys`]. A client
+/// uploads 50 of each kind when it registers and 50 more each time the
+/// relay reports that few are left: far below this.
+pub const MAX_ONE_TIME_PREKEYS: u32 = 1000;
 
 /// Takes the data folder `dir` for this process ([`crate::lock`]): a
 /// second server on it would append to the same mailbox log from its own
@@ -668,6 +678,7 @@ impl SqliteServerStore {
             in_batch: false,
             mail: Mailboxes::in_memory(),
             accounts: HashSet::new(),
+            max_one_time_prekeys: MAX_ONE_TIME_PREKEYS,
         };
         store.migrate()?;
         Ok(store)
@@ -688,6 +699,13 @@ impl SqliteServerStore {
             }
         }
         Ok(())
+    }
+
+    /// Sets how many one-time prekeys of each kind a user may hold
+    /// (default [`MAX_ONE_TIME_PREKEYS`]): an upload that would leave more is
+    /// refused as a whole ([`StoreError::Invalid`]).
+    pub fn set_max_one_time_prekeys(&mut self, max: u32) {
+        self.max_one_time_prekeys = max;
     }
 
     /// Schema version of the open database.
@@ -893,6 +911,17 @@ impl ServerStore for SqliteServerStore {
              ON CONFLICT(username) DO UPDATE SET signed_prekeys = excluded.signed_prekeys",
             params![user.as_str(), signed_prekeys],
         )?;
+        let max = self.max_one_time_prekeys;
+        let before = Self::counts(&tx, user)?;
+        // Refused before anything is written: no more can be held.
+        for (name, list) in [("one-time prekeys", one_time), ("one-time KEM prekeys", one_time_kem)] {
+            if list.len() > max as usize {
+                return Err(StoreError::Invalid(format!(
+                    "at most {max} {name} are kept per user ({} offered)",
+                    list.len()
+                )));
+            }
+        }
         {
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO one_time_prekeys (username, kind, key_id, key) VALUES (?1, ?2, ?3, ?4)",
@@ -903,7 +932,21 @@ impl ServerStore for SqliteServerStore {
                 }
             }
         }
+        // Counted after the upload, as a key whose id is stored already
+        // replaces it; over the limit, the savepoint is dropped (rolled back):
+        // nothing of the upload stays, the signed prekeys neither.
         let counts = Self::counts(&tx, user)?;
+        for (name, held, stored, offered) in [
+            ("one-time prekeys", counts.one_time, before.one_time, one_time.len()),
+            ("one-time KEM prekeys", counts.one_time_kem, before.one_time_kem, one_time_kem.len()),
+        ] {
+            if held > max {
+                return Err(StoreError::Invalid(format!(
+                    "at most {max} {name} are kept per user ({stored} stored, {offered} offered); upload more when \
+                     the server reports few left"
+                )));
+            }
+        }
         tx.commit()?;
         Ok(counts)
     }
@@ -1444,49 +1487,66 @@ impl ServerStore for SqliteServerStore {
         room: Option<&RoomId>,
         max_bytes: usize,
     ) -> Result<(Vec<RoomMessage>, bool), StoreError> {
-        if let Some(r) = room {
-            let lost: Option<bool> = self
-                .conn
-                .row(
-                    "SELECT lost FROM room_members WHERE room_id = ?1 AND username = ?2",
-                    params![&r.0[..], user.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if lost == Some(true) {
-                return Err(StoreError::HistoryExpired);
+        // The rooms to read, in room order, with the member's cursor in each.
+        // Each room's unread entries are then read along the log's primary
+        // key (room, seq) and the reading stops once the budget is spent, so
+        // a long backlog is neither sorted nor held in memory.
+        let mut rooms: Vec<(Vec<u8>, i64)> = match room {
+            Some(r) => {
+                let row: Option<(bool, i64)> = self
+                    .conn
+                    .row(
+                        "SELECT lost, cursor FROM room_members WHERE room_id = ?1 AND username = ?2",
+                        params![&r.0[..], user.as_str()],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                match row {
+                    Some((true, _)) => return Err(StoreError::HistoryExpired),
+                    Some((false, cursor)) => vec![(r.0.to_vec(), cursor)],
+                    None => Vec::new(),
+                }
             }
-        }
-        let filter: Option<Vec<u8>> = room.map(|r| r.0.to_vec());
-        // A room whose unread entries expired is left out of a fetch of
-        // every room (fetched alone, it says so).
+            // A room whose unread entries expired is left out of a fetch of
+            // every room (fetched alone, it says so).
+            None => {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT room_id, cursor FROM room_members WHERE username = ?1 AND lost = 0")?;
+                st.query_map(params![user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            }
+        };
+        // Byte order, as SQLite orders blobs (room ids have one length).
+        rooms.sort_unstable();
         let mut st = self.conn.prepare_cached(
-            "SELECT l.room_id, l.seq, l.sender, l.kind, l.payload FROM room_log l
-             JOIN room_members m ON m.room_id = l.room_id AND m.username = ?1
-             WHERE l.seq > m.cursor AND m.lost = 0 AND (?2 IS NULL OR l.room_id = ?2)
-             ORDER BY l.room_id, l.seq",
+            "SELECT seq, sender, kind, payload FROM room_log WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = st.query(params![user.as_str(), filter])?;
         let mut out = Vec::new();
         let mut used = 0usize;
-        let mut more = false;
-        while let Some(r) = rows.next()? {
-            let payload: Vec<u8> = r.get(4)?;
-            if !out.is_empty() && used + payload.len() + 64 > max_bytes {
-                more = true;
-                break;
+        for (room_id, cursor) in rooms {
+            let id = room_id_of(room_id)?;
+            // Every entry counts at least 64 bytes: past the first, no more
+            // than this many fit, and one more tells whether more remain.
+            let limit = i64::try_from(max_bytes.saturating_sub(used) / 64).unwrap_or(i64::MAX).saturating_add(2);
+            let mut rows = st.query(params![&id.0[..], cursor, limit])?;
+            while let Some(r) = rows.next()? {
+                let payload: Vec<u8> = r.get(3)?;
+                if !out.is_empty() && used + payload.len() + 64 > max_bytes {
+                    return Ok((out, true));
+                }
+                used += payload.len() + 64;
+                let kind: u8 = r.get(2)?;
+                out.push(RoomMessage {
+                    room_id: id,
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    sender: user_of(r.get(1)?)?,
+                    kind: RoomMessageKind::from_u8(kind)
+                        .map_err(|e| StoreError::Invalid(format!("stored kind: {e}")))?,
+                    payload,
+                });
             }
-            used += payload.len() + 64;
-            let kind: u8 = r.get(3)?;
-            out.push(RoomMessage {
-                room_id: room_id_of(r.get(0)?)?,
-                seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                sender: user_of(r.get(2)?)?,
-                kind: RoomMessageKind::from_u8(kind).map_err(|e| StoreError::Invalid(format!("stored kind: {e}")))?,
-                payload,
-            });
         }
-        Ok((out, more))
+        Ok((out, false))
     }
 
     fn room_ack(&mut self, room: &RoomId, user: &Username, seq: u64) -> Result<u32, StoreError> {
@@ -1621,6 +1681,38 @@ mod tests {
         assert_eq!(s.directory_entry(&u("carol")).unwrap(), entry(b"ik", b"signed-2"));
         let (bundle, counts) = s.take_prekey_bundle(&u("carol")).unwrap().unwrap();
         assert!(bundle.one_time.is_some() && counts.one_time == 0);
+    }
+
+    #[test]
+    fn one_time_prekeys_are_capped_and_an_upload_over_the_cap_stores_nothing() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.set_max_one_time_prekeys(5);
+        s.create_account(&u("carol"), b"ik").unwrap();
+        let keys = |ids: std::ops::Range<u32>| ids.map(|i| (PreKeyId(i), vec![1; 8])).collect::<Vec<_>>();
+        let counts = s.upload_prekeys(&u("carol"), b"signed-1", &keys(0..3), &keys(0..5)).unwrap();
+        assert_eq!(counts, PrekeyCounts { one_time: 3, one_time_kem: 5 });
+        // Replacing keys by id holds no more of them: allowed at the cap.
+        let counts = s.upload_prekeys(&u("carol"), b"signed-1", &keys(1..5), &keys(3..5)).unwrap();
+        assert_eq!(counts, PrekeyCounts { one_time: 5, one_time_kem: 5 });
+        // One more of either kind, or an oversized list, is refused whole.
+        for (otk, kem) in [(keys(0..0), keys(5..6)), (keys(5..6), keys(0..0)), (keys(10..20), keys(0..0))] {
+            let e = s.upload_prekeys(&u("carol"), b"signed-2", &otk, &kem).unwrap_err();
+            assert!(matches!(&e, StoreError::Invalid(m) if m.contains("at most 5")), "{e}");
+        }
+        assert_eq!(s.directory_entry(&u("carol")).unwrap().unwrap().signed_prekeys, b"signed-1");
+        // Taking one makes room for one.
+        let (_, counts) = s.take_prekey_bundle(&u("carol")).unwrap().unwrap();
+        assert_eq!(counts, PrekeyCounts { one_time: 4, one_time_kem: 4 });
+        let counts = s.upload_prekeys(&u("carol"), b"signed-2", &keys(5..6), &keys(5..6)).unwrap();
+        assert_eq!(counts, PrekeyCounts { one_time: 5, one_time_kem: 5 });
+        // The default lets a client's registration and many top-ups (50 each) through.
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.create_account(&u("dave"), b"ik").unwrap();
+        for batch in 0..MAX_ONE_TIME_PREKEYS / 50 {
+            let k = keys(batch * 50..batch * 50 + 50);
+            s.upload_prekeys(&u("dave"), b"signed", &k, &k).unwrap();
+        }
+        assert!(s.upload_prekeys(&u("dave"), b"signed", &keys(5000..5001), &[]).is_err());
     }
 
     #[test]
@@ -1833,6 +1925,127 @@ mod tests {
         // Now dave fits.
         s.room_join(&r, &u("dave"), 4, b"join-dave", b"gi5").unwrap();
         s.room_append(&r, &u("dave"), 5, Application, b"m3", None).unwrap();
+    }
+
+    /// The query `room_fetch` ran before it read room by room: the order and
+    /// `more` it gave are the reference.
+    fn room_fetch_reference(
+        s: &SqliteServerStore,
+        user: &Username,
+        room: Option<&RoomId>,
+        max_bytes: usize,
+    ) -> (Vec<(RoomId, u64, Vec<u8>)>, bool) {
+        let mut st = s
+            .conn
+            .prepare(
+                "SELECT l.room_id, l.seq, l.payload FROM room_log l
+                 JOIN room_members m ON m.room_id = l.room_id AND m.username = ?1
+                 WHERE l.seq > m.cursor AND m.lost = 0 AND (?2 IS NULL OR l.room_id = ?2)
+                 ORDER BY l.room_id, l.seq",
+            )
+            .unwrap();
+        let mut rows = st.query(params![user.as_str(), room.map(|r| r.0.to_vec())]).unwrap();
+        let (mut out, mut used) = (Vec::new(), 0usize);
+        while let Some(r) = rows.next().unwrap() {
+            let payload: Vec<u8> = r.get(2).unwrap();
+            if !out.is_empty() && used + payload.len() + 64 > max_bytes {
+                return (out, true);
+            }
+            used += payload.len() + 64;
+            out.push((
+                room_id_of(r.get(0).unwrap()).unwrap(),
+                u64::try_from(r.get::<_, i64>(1).unwrap()).unwrap(),
+                payload,
+            ));
+        }
+        (out, false)
+    }
+
+    #[test]
+    fn a_long_room_backlog_is_fetched_in_order_in_bounded_pieces() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        // Three rooms, created out of id order; alice is in all, bob in two.
+        let rooms = [RoomId([5; 16]), RoomId([2; 16]), RoomId([9; 16])];
+        for r in &rooms {
+            s.room_create(r, &u("alice"), 10, b"gi").unwrap();
+        }
+        s.room_join(&rooms[0], &u("bob"), 0, b"join", b"gi").unwrap();
+        s.room_join(&rooms[2], &u("bob"), 0, b"join", b"gi").unwrap();
+        let mut sent = 0usize;
+        for (i, r) in rooms.iter().enumerate() {
+            let epoch = if i == 1 { 0 } else { 1 };
+            for n in 0..[500, 3, 40][i] {
+                let payload = vec![u8::try_from(n % 251).unwrap(); 100 + (n * 37) % 300];
+                s.room_append(r, &u("alice"), epoch, RoomMessageKind::Application, &payload, None).unwrap();
+                sent += 1;
+            }
+        }
+        // The same entries, order and `more` as the query it replaces, for
+        // every member, room and budget (smaller than one entry too).
+        for who in ["alice", "bob", "carol"] {
+            for room in [None, Some(&rooms[0]), Some(&rooms[1]), Some(&rooms[2]), Some(&RoomId([1; 16]))] {
+                for max in [0, 1, 64, 200, 450, 4096, 30_000, 1 << 20] {
+                    let (got, more) = s.room_fetch(&u(who), room, max).unwrap();
+                    let got: Vec<_> = got.into_iter().map(|m| (m.room_id, m.seq, m.payload)).collect();
+                    assert_eq!((got, more), room_fetch_reference(&s, &u(who), room, max), "{who} {room:?} {max}");
+                }
+            }
+        }
+        // alice reads her 500-entry room in bounded pieces, acknowledging
+        // each: every entry once, in order, no piece over its budget.
+        let (mut seqs, mut pieces) = (Vec::new(), 0);
+        loop {
+            let (m, more) = s.room_fetch(&u("alice"), Some(&rooms[0]), 8192).unwrap();
+            assert!(m.iter().map(|m| m.payload.len() + 64).sum::<usize>() <= 8192);
+            seqs.extend(m.iter().map(|m| m.seq));
+            pieces += 1;
+            if let Some(last) = m.last() {
+                s.room_ack(&rooms[0], &u("alice"), last.seq).unwrap();
+            }
+            if !more {
+                break;
+            }
+        }
+        // Seq 1 is bob's join in that room.
+        assert_eq!(seqs, (1..=501).collect::<Vec<u64>>());
+        assert!(pieces > 10, "{pieces}");
+        // Across rooms: by room id, then seq, each entry once.
+        let mut all = Vec::new();
+        loop {
+            let (m, more) = s.room_fetch(&u("alice"), None, 3000).unwrap();
+            for e in &m {
+                s.room_ack(&e.room_id, &u("alice"), e.seq).unwrap();
+            }
+            all.extend(m.into_iter().map(|m| (m.room_id, m.seq)));
+            if !more {
+                break;
+            }
+        }
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
+        assert_eq!(all.len(), 3 + 41);
+        assert!(sent > 500);
+    }
+
+    #[test]
+    fn room_fetch_walks_the_log_index_without_sorting() {
+        let s = SqliteServerStore::open_in_memory().unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+        };
+        let log = plan(
+            "SELECT seq, sender, kind, payload FROM room_log WHERE room_id = x'00' AND seq > 0 ORDER BY seq LIMIT 10",
+        );
+        assert!(log.contains("sqlite_autoindex_room_log_1 (room_id=? AND seq>?)"), "{log}");
+        let rooms = plan("SELECT room_id, cursor FROM room_members WHERE username = 'a' AND lost = 0");
+        assert!(rooms.contains("room_members_by_user (username=?)"), "{rooms}");
+        let one = plan("SELECT lost, cursor FROM room_members WHERE room_id = x'00' AND username = 'a'");
+        for p in [log, rooms, one] {
+            assert!(!p.contains("TEMP B-TREE"), "{p}");
+        }
     }
 
     #[test]
