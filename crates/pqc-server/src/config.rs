@@ -38,6 +38,8 @@ pub struct Limits {
     pub max_frame: usize,
     /// Envelopes queued per recipient.
     pub max_mailbox: u32,
+    /// Ciphertext bytes queued per recipient.
+    pub max_mailbox_bytes: u64,
     /// Largest attachment as stored, i.e. encrypted (bytes). The default lets
     /// a 100 MiB file through: clients add a 16-byte tag per chunk (512 KiB
     /// with the default `max_frame`).
@@ -99,6 +101,7 @@ impl Default for Limits {
         Self {
             max_frame: 1 << 20,
             max_mailbox: 10_000,
+            max_mailbox_bytes: pqc_store::server::MAX_MAILBOX_BYTES,
             max_attachment: (100 << 20) + 64 * 1024,
             requests_per_second: 100,
             max_connections: 1000,

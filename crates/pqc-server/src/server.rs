@@ -355,9 +355,10 @@ impl Server {
         };
         let status_bound = status_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let db_path = cfg.data_dir.join("server.db");
-        let store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
+        let mut store = tokio::task::spawn_blocking(move || SqliteServerStore::open(&db_path))
             .await
             .map_err(|e| ServerError::Config(format!("database open task failed: {e}")))??;
+        store.set_max_mailbox_bytes(cfg.limits.max_mailbox_bytes);
         let room_members = Arc::new(Mutex::new(RoomMembers::default()));
         let db_members = room_members.clone();
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();

@@ -202,6 +202,16 @@ enum Body {
     Log { offset: u64, len: u32 },
 }
 
+impl Body {
+    /// The ciphertext's length.
+    fn len(&self) -> u64 {
+        match self {
+            Self::Memory(v) => v.len() as u64,
+            Self::Log { len, .. } => u64::from(*len),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Queued {
     recipient: Username,
@@ -264,12 +274,20 @@ impl Drop for LogFile {
     }
 }
 
+/// One recipient's envelopes.
+#[derive(Debug, Default)]
+struct Mailbox {
+    ids: BTreeSet<u64>,
+    /// Their ciphertext bytes.
+    bytes: u64,
+}
+
 /// The envelopes of every mailbox; see the [module](self) documentation.
 #[derive(Debug)]
 pub(crate) struct Mailboxes {
     log: Option<LogFile>,
     envelopes: HashMap<u64, Queued>,
-    by_recipient: HashMap<Username, BTreeSet<u64>>,
+    by_recipient: HashMap<Username, Mailbox>,
     next_id: u64,
     /// Records of the open batch, written at [`Mailboxes::flush`].
     pending: Vec<u8>,
@@ -382,16 +400,19 @@ impl Mailboxes {
 
     fn insert(&mut self, id: u64, q: Queued) {
         self.live += q.record_len;
-        self.by_recipient.entry(q.recipient.clone()).or_default().insert(id);
+        let mailbox = self.by_recipient.entry(q.recipient.clone()).or_default();
+        mailbox.ids.insert(id);
+        mailbox.bytes += q.body.len();
         self.envelopes.insert(id, q);
     }
 
     fn remove(&mut self, id: u64) -> Option<Queued> {
         let q = self.envelopes.remove(&id)?;
         self.live = self.live.saturating_sub(q.record_len);
-        if let Some(ids) = self.by_recipient.get_mut(&q.recipient) {
-            ids.remove(&id);
-            if ids.is_empty() {
+        if let Some(mailbox) = self.by_recipient.get_mut(&q.recipient) {
+            mailbox.ids.remove(&id);
+            mailbox.bytes = mailbox.bytes.saturating_sub(q.body.len());
+            if mailbox.ids.is_empty() {
                 self.by_recipient.remove(&q.recipient);
             }
         }
@@ -405,7 +426,12 @@ impl Mailboxes {
 
     /// Envelopes queued for `user`.
     pub(crate) fn len_of(&self, user: &Username) -> usize {
-        self.by_recipient.get(user).map_or(0, BTreeSet::len)
+        self.by_recipient.get(user).map_or(0, |m| m.ids.len())
+    }
+
+    /// Ciphertext bytes queued for `user`.
+    pub(crate) fn bytes_of(&self, user: &Username) -> u64 {
+        self.by_recipient.get(user).map_or(0, |m| m.bytes)
     }
 
     /// Envelopes queued for everyone.
@@ -503,16 +529,13 @@ impl Mailboxes {
     /// one), and whether more remain. Counts a view of each limited-view
     /// envelope; the last one deletes it.
     pub(crate) fn fetch(&mut self, user: &Username, max_bytes: usize) -> Result<(Vec<Envelope>, bool), StoreError> {
-        let ids: Vec<u64> = self.by_recipient.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let ids: Vec<u64> = self.by_recipient.get(user).map(|m| m.ids.iter().copied().collect()).unwrap_or_default();
         let mut out = Vec::new();
         let mut used = 0usize;
         let mut more = false;
         for id in ids {
             let Some(q) = self.envelopes.get(&id) else { continue };
-            let size = match q.body {
-                Body::Memory(ref v) => v.len(),
-                Body::Log { len, .. } => len as usize,
-            };
+            let size = usize::try_from(q.body.len()).unwrap_or(usize::MAX);
             if !out.is_empty() && used + size + 64 > max_bytes {
                 more = true;
                 break;

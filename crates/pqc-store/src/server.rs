@@ -383,7 +383,14 @@ pub struct SqliteServerStore {
     accounts: HashSet<Username>,
     /// One-time prekeys (and, apart, one-time KEM prekeys) a user may hold.
     max_one_time_prekeys: u32,
+    /// Ciphertext bytes queued per recipient.
+    max_mailbox_bytes: u64,
 }
+
+/// Default of [`SqliteServerStore::set_max_mailbox_bytes`] (100 MiB):
+/// files travel as attachments, so a mailbox holds messages and file
+/// announcements.
+pub const MAX_MAILBOX_BYTES: u64 = 100 << 20;
 
 /// Default of [`SqliteServerStore::set_max_one_time_prekeys`]. A client
 /// uploads 50 of each kind when it registers and 50 more each time the
@@ -679,6 +686,7 @@ impl SqliteServerStore {
             mail: Mailboxes::in_memory(),
             accounts: HashSet::new(),
             max_one_time_prekeys: MAX_ONE_TIME_PREKEYS,
+            max_mailbox_bytes: MAX_MAILBOX_BYTES,
         };
         store.migrate()?;
         Ok(store)
@@ -706,6 +714,15 @@ impl SqliteServerStore {
     /// refused as a whole ([`StoreError::Invalid`]).
     pub fn set_max_one_time_prekeys(&mut self, max: u32) {
         self.max_one_time_prekeys = max;
+    }
+
+    /// Sets how many bytes of ciphertext may wait for one recipient
+    /// (default [`MAX_MAILBOX_BYTES`]); past it `enqueue` answers
+    /// [`StoreError::MailboxFull`], as past its count of envelopes. Without
+    /// it, the envelope count alone let senders fill a mailbox with
+    /// `max_mailbox` frames of the largest size.
+    pub fn set_max_mailbox_bytes(&mut self, max: u64) {
+        self.max_mailbox_bytes = max;
     }
 
     /// Schema version of the open database.
@@ -1000,7 +1017,9 @@ impl ServerStore for SqliteServerStore {
             }
             self.accounts.insert(to.clone());
         }
-        if self.mail.len_of(to) >= max_mailbox as usize {
+        if self.mail.len_of(to) >= max_mailbox as usize
+            || self.mail.bytes_of(to).saturating_add(payload.len() as u64) > self.max_mailbox_bytes
+        {
             return Err(StoreError::MailboxFull);
         }
         let id = self.mail.put(to, from, max_views, payload)?;
@@ -1681,6 +1700,23 @@ mod tests {
         assert_eq!(s.directory_entry(&u("carol")).unwrap(), entry(b"ik", b"signed-2"));
         let (bundle, counts) = s.take_prekey_bundle(&u("carol")).unwrap().unwrap();
         assert!(bundle.one_time.is_some() && counts.one_time == 0);
+    }
+
+    #[test]
+    fn a_mailbox_is_full_by_bytes_as_well_as_by_count() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.set_max_mailbox_bytes(10);
+        s.create_account(&u("bob"), b"ik").unwrap();
+        let a = s.enqueue(&u("bob"), &u("alice"), None, b"123456", 100).unwrap();
+        assert!(matches!(s.enqueue(&u("bob"), &u("alice"), None, b"123456", 100), Err(StoreError::MailboxFull)));
+        // Someone else's mailbox is not affected; bob's fills to the byte.
+        s.create_account(&u("carol"), b"ik").unwrap();
+        s.enqueue(&u("carol"), &u("alice"), None, b"1234567890", 100).unwrap();
+        s.enqueue(&u("bob"), &u("alice"), None, b"1234", 100).unwrap();
+        assert!(matches!(s.enqueue(&u("bob"), &u("alice"), None, b"1", 100), Err(StoreError::MailboxFull)));
+        // Acknowledged envelopes free their bytes.
+        assert_eq!(s.ack(&u("bob"), &[a]).unwrap(), 1);
+        s.enqueue(&u("bob"), &u("alice"), None, b"123456", 100).unwrap();
     }
 
     #[test]
