@@ -67,6 +67,10 @@ pub struct Limits {
     /// hour: that many at once, then one more every `3600 / n` seconds.
     /// 0: no limit.
     pub registrations_per_hour: u32,
+    /// Bytes of attachments (as stored, encrypted) one sender may have on
+    /// the relay at once, unfinished or waiting for their recipients; one
+    /// more is refused (`TooLarge`) until some are downloaded.
+    pub max_attachment_bytes_per_sender: u64,
     /// Unfinished uploads kept per sender: beginning one more deletes the
     /// sender's oldest (bounds the disk abandoned uploads can hold).
     pub max_unfinished_uploads: u32,
@@ -112,6 +116,7 @@ impl Default for Limits {
             max_auth_attempts: 5,
             registrations_per_hour: 20,
             max_unfinished_uploads: 16,
+            max_attachment_bytes_per_sender: 2 << 30,
             unfinished_upload_hours: 72,
             envelope_days: 30,
         }

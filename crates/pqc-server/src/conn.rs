@@ -644,7 +644,23 @@ async fn begin_attachment(shared: &Arc<Shared>, from: Username, to: Audience, to
     let meta = AttachmentMeta { id: random_attachment_id(), from, to, total_len, received: 0, complete: false };
     let (id, sh) = (meta.id, shared.clone());
     let keep = shared.limits.max_unfinished_uploads.max(1);
+    let quota = shared.limits.max_attachment_bytes_per_sender;
     let created = shared.db(move |st| {
+        // What one sender may keep waiting on the relay (files are deleted
+        // once their recipients took them, or after `envelope_days`).
+        let held = st.attachment_bytes_of(&meta.from)?;
+        if held.saturating_add(meta.total_len) > quota {
+            inc(&sh.metrics.refused_too_large);
+            return Ok(Response::error(
+                ErrorCode::TooLarge,
+                format!(
+                    "your files not yet downloaded by their recipients take {} MiB on the server, and at most {} MiB \
+                     may wait per sender; send this one once they have been downloaded",
+                    held.div_ceil(1 << 20),
+                    quota >> 20
+                ),
+            ));
+        }
         match &meta.to {
             Audience::User(to) if st.identity_key(to)?.is_none() => {
                 return Ok(Response::error(ErrorCode::UnknownUser, "no such recipient"));

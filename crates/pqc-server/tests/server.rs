@@ -728,6 +728,36 @@ async fn abandoned_uploads_are_bounded_per_sender_and_expire() {
     h.shutdown().await;
 }
 
+/// One sender's files waiting on the relay are capped in bytes, finished
+/// or not; once the recipient took one (and acknowledged it), the room it
+/// held is free again.
+#[tokio::test]
+async fn a_senders_waiting_files_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.max_attachment_bytes_per_sender = 3 << 20).await;
+    let alice = User::new("alice");
+    let bob = User::new("bob");
+    let ca = alice.register(&h).await;
+    let cb = bob.register(&h).await;
+    let first = created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap());
+    let r = ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap();
+    let Response::Error { code: ErrorCode::TooLarge, message } = r else { panic!("{r:?}") };
+    assert!(message.contains("take 2 MiB") && message.contains("at most 3 MiB"), "{message}");
+    // Another sender is not affected.
+    let carol = User::new("carol");
+    let cc = carol.register(&h).await;
+    created(cc.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap());
+    // alice's first file, uploaded, then taken by bob: gone, and she may send again.
+    let chunk = vec![1u8; 512 << 10];
+    for i in 0..4u64 {
+        let r = ca.request(Request::AttachmentChunk { id: first, offset: i * (512 << 10), data: chunk.clone() }).await;
+        assert!(matches!(r.unwrap(), Response::AttachmentStatus { .. }));
+    }
+    assert_eq!(cb.request(Request::AttachmentAck { id: first }).await.unwrap(), Response::Deleted { count: 1 });
+    created(ca.request(Request::AttachmentBegin { to: u("bob"), total_len: 2 << 20 }).await.unwrap());
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_data_folder_in_use_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -127,6 +127,9 @@ pub trait ServerStore: Send {
     /// Deletes `sender`'s unfinished uploads but the newest `keep`; returns
     /// how many went. Bounds what abandoned uploads can hold on disk.
     fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError>;
+    /// Bytes of the attachments `sender` began that are still here
+    /// (unfinished, or waiting for their recipients), as announced.
+    fn attachment_bytes_of(&mut self, sender: &Username) -> Result<u64, StoreError>;
     /// Deletes the unfinished uploads begun before `before` (Unix seconds);
     /// returns how many went.
     fn attachments_expire_unfinished(&mut self, before: i64) -> Result<u32, StoreError>;
@@ -1293,6 +1296,15 @@ impl ServerStore for SqliteServerStore {
         self.doomed.push(id);
         self.after_delete()?;
         Ok(deleted)
+    }
+
+    fn attachment_bytes_of(&mut self, sender: &Username) -> Result<u64, StoreError> {
+        let total: i64 = self.conn.row(
+            "SELECT COALESCE(SUM(total_len), 0) FROM attachments WHERE sender = ?1",
+            params![sender.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(total).unwrap_or(0))
     }
 
     fn attachments_keep_unfinished(&mut self, sender: &Username, keep: u32) -> Result<u32, StoreError> {
