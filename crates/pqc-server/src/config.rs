@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_mailbox: u32,
     /// Ciphertext bytes queued per recipient.
     pub max_mailbox_bytes: u64,
+    /// Ciphertext bytes of a room's log; an entry past it pushes out the
+    /// oldest ones, and members that had not read them join the room again.
+    pub max_room_log_bytes: u64,
     /// Largest attachment as stored, i.e. encrypted (bytes). The default lets
     /// a 100 MiB file through: clients add a 16-byte tag per chunk (512 KiB
     /// with the default `max_frame`).
@@ -106,6 +109,7 @@ impl Default for Limits {
             max_frame: 1 << 20,
             max_mailbox: 10_000,
             max_mailbox_bytes: pqc_store::server::MAX_MAILBOX_BYTES,
+            max_room_log_bytes: pqc_store::server::MAX_ROOM_LOG_BYTES,
             max_attachment: (100 << 20) + 64 * 1024,
             requests_per_second: 100,
             max_connections: 1000,

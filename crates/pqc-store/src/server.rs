@@ -345,8 +345,15 @@ ALTER TABLE room_members ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// The schema's steps, oldest first: version `n` is the first `n` of them.
-const MIGRATIONS: [&str; 7] =
-    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7];
+/// A room's log is bounded in bytes: each room keeps the size of its
+/// entries' ciphertext (counted from the log when upgrading).
+const MIGRATION_8: &str = "
+ALTER TABLE rooms ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE rooms SET log_bytes = (SELECT COALESCE(SUM(length(payload)), 0) FROM room_log l WHERE l.room_id = rooms.room_id);
+";
+
+const MIGRATIONS: [&str; 8] =
+    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8];
 
 /// SQLite implementation of [`ServerStore`].
 ///
@@ -388,7 +395,12 @@ pub struct SqliteServerStore {
     max_one_time_prekeys: u32,
     /// Ciphertext bytes queued per recipient.
     max_mailbox_bytes: u64,
+    /// Ciphertext bytes of a room's log.
+    max_room_log_bytes: u64,
 }
+
+/// Default of [`SqliteServerStore::set_max_room_log_bytes`] (256 MiB).
+pub const MAX_ROOM_LOG_BYTES: u64 = 256 << 20;
 
 /// Default of [`SqliteServerStore::set_max_mailbox_bytes`] (100 MiB):
 /// files travel as attachments, so a mailbox holds messages and file
@@ -690,6 +702,7 @@ impl SqliteServerStore {
             accounts: HashSet::new(),
             max_one_time_prekeys: MAX_ONE_TIME_PREKEYS,
             max_mailbox_bytes: MAX_MAILBOX_BYTES,
+            max_room_log_bytes: MAX_ROOM_LOG_BYTES,
         };
         store.migrate()?;
         Ok(store)
@@ -726,6 +739,17 @@ impl SqliteServerStore {
     /// `max_mailbox` frames of the largest size.
     pub fn set_max_mailbox_bytes(&mut self, max: u64) {
         self.max_mailbox_bytes = max;
+    }
+
+    /// Sets how many bytes of ciphertext a room's log may hold (default
+    /// [`MAX_ROOM_LOG_BYTES`]). An entry that takes the log past it pushes
+    /// out the oldest entries, read or not, as `envelope_days` does: a
+    /// member that had not read them can no longer follow the group and is
+    /// told so at its next fetch ([`StoreError::HistoryExpired`]), and joins
+    /// the room again. Without it, a member left behind (or alone) let the
+    /// log grow without end.
+    pub fn set_max_room_log_bytes(&mut self, max: u64) {
+        self.max_room_log_bytes = max;
     }
 
     /// Schema version of the open database.
@@ -774,7 +798,9 @@ impl SqliteServerStore {
             .is_some())
     }
 
-    /// Appends one entry and bumps `next_seq` (and the epoch for a commit).
+    /// Appends one entry and bumps `next_seq` (and the epoch for a commit);
+    /// past `max_log` bytes, the oldest entries go ([`Self::cut_room_log`]).
+    #[allow(clippy::too_many_arguments)]
     fn room_push(
         conn: &Connection,
         room: &RoomId,
@@ -783,6 +809,7 @@ impl SqliteServerStore {
         kind: RoomMessageKind,
         payload: &[u8],
         group_info: Option<&[u8]>,
+        max_log: u64,
     ) -> Result<(), StoreError> {
         conn.exec(
             "INSERT INTO room_log (room_id, seq, sender, kind, payload, at) VALUES (?1, ?2, ?3, ?4, ?5, unixepoch())",
@@ -791,18 +818,72 @@ impl SqliteServerStore {
         // A commit starts a new epoch, in which earlier proposals are void.
         let sql = match kind {
             RoomMessageKind::Commit => {
-                "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + 1, proposals = 0 WHERE room_id = ?1"
+                "UPDATE rooms SET next_seq = next_seq + 1, epoch = epoch + 1, proposals = 0,
+                 log_bytes = log_bytes + ?2 WHERE room_id = ?1 RETURNING log_bytes"
             }
             RoomMessageKind::Proposal => {
-                "UPDATE rooms SET next_seq = next_seq + 1, proposals = proposals + 1 WHERE room_id = ?1"
+                "UPDATE rooms SET next_seq = next_seq + 1, proposals = proposals + 1,
+                 log_bytes = log_bytes + ?2 WHERE room_id = ?1 RETURNING log_bytes"
             }
-            RoomMessageKind::Application => "UPDATE rooms SET next_seq = next_seq + 1 WHERE room_id = ?1",
+            RoomMessageKind::Application => {
+                "UPDATE rooms SET next_seq = next_seq + 1, log_bytes = log_bytes + ?2 WHERE room_id = ?1
+                 RETURNING log_bytes"
+            }
         };
-        conn.exec(sql, params![&room.0[..]])?;
+        let log_bytes: i64 = conn.row(sql, params![&room.0[..], i64_of(payload.len() as u64)?], |r| r.get(0))?;
         if let Some(gi) = group_info {
             conn.exec("UPDATE room_group_info SET group_info = ?2 WHERE room_id = ?1", params![&room.0[..], gi])?;
         }
+        if u64::try_from(log_bytes).unwrap_or(0) > max_log {
+            Self::cut_room_log(conn, room, seq, u64::try_from(log_bytes).unwrap_or(0) - max_log)?;
+        }
         Ok(())
+    }
+
+    /// Deletes the room's oldest entries, `excess` bytes of them or a little
+    /// more, but never entry `newest` (the one just appended); members that
+    /// had not read them are `lost` (see [`Self::set_max_room_log_bytes`]).
+    fn cut_room_log(conn: &Connection, room: &RoomId, newest: u64, excess: u64) -> Result<(), StoreError> {
+        let mut last: Option<i64> = None;
+        {
+            let mut st = conn.prepare_cached(
+                "SELECT seq, length(payload) FROM room_log WHERE room_id = ?1 AND seq < ?2 ORDER BY seq",
+            )?;
+            let mut rows = st.query(params![&room.0[..], i64_of(newest)?])?;
+            let mut cut = 0u64;
+            while cut < excess {
+                let Some(r) = rows.next()? else { break };
+                last = Some(r.get(0)?);
+                cut += u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
+            }
+        }
+        if let Some(last) = last {
+            conn.exec(
+                "UPDATE room_members SET cursor = ?2, lost = 1 WHERE room_id = ?1 AND cursor < ?2",
+                params![&room.0[..], last],
+            )?;
+            Self::delete_room_log(conn, room, last)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the room's entries up to `seq` and takes their bytes off the
+    /// room's count; returns how many went.
+    fn delete_room_log(conn: &Connection, room: &RoomId, seq: i64) -> Result<usize, StoreError> {
+        let (n, bytes): (i64, i64) = conn.row(
+            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM room_log WHERE room_id = ?1 AND seq <= ?2",
+            params![&room.0[..], seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if n == 0 {
+            return Ok(0);
+        }
+        conn.exec("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room.0[..], seq])?;
+        conn.exec(
+            "UPDATE rooms SET log_bytes = MAX(0, log_bytes - ?2) WHERE room_id = ?1",
+            params![&room.0[..], bytes],
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Deletes a finished room attachment that has no reader left.
@@ -819,11 +900,8 @@ impl SqliteServerStore {
     fn room_prune(conn: &Connection, room: &RoomId) -> Result<u32, StoreError> {
         let min: Option<i64> =
             conn.row("SELECT MIN(cursor) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
-        let n = match min {
-            Some(m) => conn.exec("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room.0[..], m])?,
-            // Nobody left to read it.
-            None => conn.exec("DELETE FROM room_log WHERE room_id = ?1", params![&room.0[..]])?,
-        };
+        // Nobody left to read it: all of it.
+        let n = Self::delete_room_log(conn, room, min.unwrap_or(i64::MAX))?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -838,6 +916,7 @@ impl SqliteServerStore {
         epoch: u64,
         commit: &[u8],
         group_info: &[u8],
+        max_log: u64,
     ) -> Result<u64, StoreError> {
         let (max, current, seq) = Self::room_row(tx, room)?.ok_or(StoreError::NotFound)?;
         // A member joining again is a resync: its external commit removes
@@ -857,7 +936,7 @@ impl SqliteServerStore {
         if epoch != current {
             return Err(StoreError::EpochConflict { current, sent: epoch });
         }
-        Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info))?;
+        Self::room_push(tx, room, seq, sender, RoomMessageKind::Commit, commit, Some(group_info), max_log)?;
         let sql = if resync {
             "UPDATE room_members SET cursor = MAX(cursor, ?3), lost = 0 WHERE room_id = ?1 AND username = ?2"
         } else {
@@ -1066,7 +1145,7 @@ impl ServerStore for SqliteServerStore {
                 "UPDATE room_members SET cursor = ?2, lost = 1 WHERE room_id = ?1 AND cursor < ?2",
                 params![&room[..], last],
             )?;
-            n += tx.exec("DELETE FROM room_log WHERE room_id = ?1 AND seq <= ?2", params![&room[..], last])?;
+            n += Self::delete_room_log(&tx, &room_id_of(room)?, last)?;
         }
         tx.commit()?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -1363,8 +1442,9 @@ impl ServerStore for SqliteServerStore {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
+        let max_log = self.max_room_log_bytes;
         let tx = self.conn.savepoint()?;
-        let seq = Self::admit(&tx, room, user, user, epoch, commit, group_info)?;
+        let seq = Self::admit(&tx, room, user, user, epoch, commit, group_info, max_log)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -1378,6 +1458,7 @@ impl ServerStore for SqliteServerStore {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
+        let max_log = self.max_room_log_bytes;
         let tx = self.conn.savepoint()?;
         if Self::room_row(&tx, room)?.is_none() {
             return Err(StoreError::NotFound);
@@ -1388,7 +1469,7 @@ impl ServerStore for SqliteServerStore {
         if !Self::account_exists(&tx, member)? {
             return Err(StoreError::UnknownUser);
         }
-        let seq = Self::admit(&tx, room, sender, member, epoch, commit, group_info)?;
+        let seq = Self::admit(&tx, room, sender, member, epoch, commit, group_info, max_log)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -1449,6 +1530,7 @@ impl ServerStore for SqliteServerStore {
         payload: &[u8],
         group_info: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
+        let max_log = self.max_room_log_bytes;
         let tx = self.conn.savepoint()?;
         let (_, current, seq, proposals) = Self::room_state(&tx, room)?.ok_or(StoreError::NotAMember)?;
         if !Self::is_member(&tx, room, sender)? {
@@ -1465,7 +1547,7 @@ impl ServerStore for SqliteServerStore {
         }
         // Only a commit may replace the GroupInfo (it describes the new epoch).
         let gi = if kind == RoomMessageKind::Commit { group_info } else { None };
-        Self::room_push(&tx, room, seq, sender, kind, payload, gi)?;
+        Self::room_push(&tx, room, seq, sender, kind, payload, gi, max_log)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -2123,11 +2205,14 @@ mod tests {
         }
         let mut s = SqliteServerStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        // The log's bytes were counted when upgrading (version 8).
+        assert_eq!(log_bytes(&s, &r), 1);
         // An entry from before room entries had a time counts from the upgrade.
         assert_eq!(s.expire_room_entries(crate::mailbox::unix_now() - 60).unwrap(), 0);
         assert_eq!(s.room_fetch(&u("alice"), Some(&r), 1 << 20).unwrap().0.len(), 1);
         assert_eq!(s.room_info(&r).unwrap(), (b"\x00".to_vec(), 0));
         assert_eq!(s.room_append(&r, &u("alice"), 0, RoomMessageKind::Application, b"m", None).unwrap(), 2);
+        assert_eq!(log_bytes(&s, &r), 2);
     }
 
     #[test]
@@ -2207,6 +2292,62 @@ mod tests {
         let got: Vec<Vec<u8>> =
             s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.into_iter().map(|m| m.payload).collect();
         assert_eq!(got, [b"m2".to_vec(), b"resync".to_vec(), b"m3".to_vec()]);
+    }
+
+    /// The room's byte count, checked against its log.
+    fn log_bytes(s: &SqliteServerStore, r: &RoomId) -> i64 {
+        let (kept, counted): (i64, i64) = s
+            .conn
+            .row(
+                "SELECT (SELECT COALESCE(SUM(length(payload)), 0) FROM room_log WHERE room_id = ?1),
+                        (SELECT log_bytes FROM rooms WHERE room_id = ?1)",
+                params![&r.0[..]],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, counted, "the room's byte count follows its log");
+        kept
+    }
+
+    /// A room's log holds at most its byte limit: the entry that goes past it
+    /// pushes out the oldest ones, read or not, and a member that had not
+    /// read them is told at its next fetch (it joins again), while one that
+    /// had goes on. The byte count follows acknowledgements and expiry.
+    #[test]
+    fn a_room_log_over_its_byte_limit_loses_its_oldest_entries() {
+        use RoomMessageKind::Application;
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.set_max_room_log_bytes(100);
+        let r = RoomId([5; 16]);
+        for n in ["alice", "bob", "carol"] {
+            s.create_account(&u(n), b"k").unwrap();
+        }
+        s.room_create(&r, &u("alice"), 3, b"gi").unwrap();
+        assert_eq!(s.room_join(&r, &u("bob"), 0, b"join-bob", b"gi1").unwrap(), 1);
+        assert_eq!(s.room_join(&r, &u("carol"), 1, b"join-carol", b"gi2").unwrap(), 2);
+        assert_eq!(log_bytes(&s, &r), 18);
+        // alice and carol read along; bob does not.
+        for i in 0..4u8 {
+            let seq = s.room_append(&r, &u("alice"), 2, Application, &[i; 30], None).unwrap();
+            s.room_ack(&r, &u("alice"), seq).unwrap();
+            s.room_ack(&r, &u("carol"), seq).unwrap();
+            assert!(log_bytes(&s, &r) <= 100);
+        }
+        // 18 + 120 bytes: the two joins and the first message went.
+        assert_eq!(log_bytes(&s, &r), 90);
+        assert!(matches!(s.room_fetch(&u("bob"), Some(&r), 1 << 20), Err(StoreError::HistoryExpired)));
+        assert!(s.room_fetch(&u("carol"), Some(&r), 1 << 20).unwrap().0.is_empty());
+        // bob joins again; then everyone reads up: nothing is kept.
+        let seq = s.room_join(&r, &u("bob"), 2, b"resync", b"gi3").unwrap();
+        assert_eq!(s.room_fetch(&u("bob"), Some(&r), 1 << 20).unwrap().0.len(), 0);
+        s.room_ack(&r, &u("alice"), seq).unwrap();
+        s.room_ack(&r, &u("carol"), seq).unwrap();
+        assert_eq!(log_bytes(&s, &r), 0);
+        // Entries that expire take their bytes off too.
+        s.room_append(&r, &u("alice"), 3, Application, b"later", None).unwrap();
+        assert_eq!(log_bytes(&s, &r), 5);
+        assert_eq!(s.expire_room_entries(crate::mailbox::unix_now() + 1).unwrap(), 1);
+        assert_eq!(log_bytes(&s, &r), 0);
     }
 
     #[test]
