@@ -40,6 +40,10 @@ pub struct Limits {
     pub max_mailbox: u32,
     /// Ciphertext bytes queued per recipient.
     pub max_mailbox_bytes: u64,
+    /// Rooms a user may be a member of.
+    pub max_rooms_per_user: u32,
+    /// Largest participant limit a room may be created with.
+    pub max_room_participants: u32,
     /// Ciphertext bytes of a room's log; an entry past it pushes out the
     /// oldest ones, and members that had not read them join the room again.
     pub max_room_log_bytes: u64,
@@ -110,6 +114,8 @@ impl Default for Limits {
             max_mailbox: 10_000,
             max_mailbox_bytes: pqc_store::server::MAX_MAILBOX_BYTES,
             max_room_log_bytes: pqc_store::server::MAX_ROOM_LOG_BYTES,
+            max_rooms_per_user: pqc_store::server::MAX_ROOMS_PER_USER,
+            max_room_participants: 1000,
             max_attachment: (100 << 20) + 64 * 1024,
             requests_per_second: 100,
             max_connections: 1000,

@@ -505,6 +505,12 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
                 return Response::error(ErrorCode::Invalid, "a room needs its sealed GroupInfo");
             }
             let max = if max_participants == 0 { shared.default_max_participants.max(1) } else { max_participants };
+            if max > shared.limits.max_room_participants {
+                return Response::error(
+                    ErrorCode::Invalid,
+                    format!("rooms on this server have at most {} participants", shared.limits.max_room_participants),
+                );
+            }
             let sh = shared.clone();
             let created = shared.db(move |st| {
                 st.room_create(&room_id, &user, max, &group_info)?;

@@ -360,6 +360,7 @@ impl Server {
             .map_err(|e| ServerError::Config(format!("database open task failed: {e}")))??;
         store.set_max_mailbox_bytes(cfg.limits.max_mailbox_bytes);
         store.set_max_room_log_bytes(cfg.limits.max_room_log_bytes);
+        store.set_max_rooms_per_user(cfg.limits.max_rooms_per_user);
         let room_members = Arc::new(Mutex::new(RoomMembers::default()));
         let db_members = room_members.clone();
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();

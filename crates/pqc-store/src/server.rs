@@ -197,7 +197,8 @@ pub trait ServerStore: Send {
     ) -> Result<u64, StoreError>;
     /// The room's members.
     fn room_members(&mut self, room: &RoomId) -> Result<Vec<Username>, StoreError>;
-    /// Removes `user` from the room's routing; entries now read by all remaining members are deleted.
+    /// Removes `user` from the room's routing; entries now read by all
+    /// remaining members are deleted, and the room itself once nobody is left.
     fn room_leave(&mut self, room: &RoomId, user: &Username) -> Result<(), StoreError>;
     /// Entries after `user`'s cursor in each of its rooms (or only `room`),
     /// in room order, up to about `max_bytes` (at least one); and whether more remain.
@@ -397,7 +398,12 @@ pub struct SqliteServerStore {
     max_mailbox_bytes: u64,
     /// Ciphertext bytes of a room's log.
     max_room_log_bytes: u64,
+    /// Rooms a user may be a member of.
+    max_rooms_per_user: u32,
 }
+
+/// Default of [`SqliteServerStore::set_max_rooms_per_user`].
+pub const MAX_ROOMS_PER_USER: u32 = 500;
 
 /// Default of [`SqliteServerStore::set_max_room_log_bytes`] (256 MiB).
 pub const MAX_ROOM_LOG_BYTES: u64 = 256 << 20;
@@ -703,6 +709,7 @@ impl SqliteServerStore {
             max_one_time_prekeys: MAX_ONE_TIME_PREKEYS,
             max_mailbox_bytes: MAX_MAILBOX_BYTES,
             max_room_log_bytes: MAX_ROOM_LOG_BYTES,
+            max_rooms_per_user: MAX_ROOMS_PER_USER,
         };
         store.migrate()?;
         Ok(store)
@@ -750,6 +757,28 @@ impl SqliteServerStore {
     /// log grow without end.
     pub fn set_max_room_log_bytes(&mut self, max: u64) {
         self.max_room_log_bytes = max;
+    }
+
+    /// Sets how many rooms a user may be a member of (default
+    /// [`MAX_ROOMS_PER_USER`]): creating or joining one more, or being
+    /// added to one, is refused (`Invalid`, saying so). With rooms deleted
+    /// once their last member left, this bounds what one account keeps on
+    /// the relay in rooms (each holds a GroupInfo of up to `max_frame`).
+    pub fn set_max_rooms_per_user(&mut self, max: u32) {
+        self.max_rooms_per_user = max;
+    }
+
+    /// Refuses a new membership of `user` at the rooms-per-user limit;
+    /// `who` names the user in the error ("you" or the name).
+    fn check_room_count(conn: &Connection, user: &Username, max: u32, who: &str) -> Result<(), StoreError> {
+        let n: i64 =
+            conn.row("SELECT COUNT(*) FROM room_members WHERE username = ?1", params![user.as_str()], |r| r.get(0))?;
+        if n >= i64::from(max) {
+            return Err(StoreError::Invalid(format!(
+                "{who} in {n} rooms, the most this server allows; leave one first"
+            )));
+        }
+        Ok(())
     }
 
     /// Schema version of the open database.
@@ -916,7 +945,7 @@ impl SqliteServerStore {
         epoch: u64,
         commit: &[u8],
         group_info: &[u8],
-        max_log: u64,
+        (max_log, max_rooms): (u64, u32),
     ) -> Result<u64, StoreError> {
         let (max, current, seq) = Self::room_row(tx, room)?.ok_or(StoreError::NotFound)?;
         // A member joining again is a resync: its external commit removes
@@ -926,6 +955,8 @@ impl SqliteServerStore {
             return Err(StoreError::Invalid("already a member of this room".into()));
         }
         if !resync {
+            let who = if sender == member { "you are".to_string() } else { format!("{member} is") };
+            Self::check_room_count(tx, member, max_rooms, &who)?;
             let members: i64 =
                 tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
             let members = u32::try_from(members).unwrap_or(u32::MAX);
@@ -1403,10 +1434,12 @@ impl ServerStore for SqliteServerStore {
     }
 
     fn room_create(&mut self, room: &RoomId, owner: &Username, max: u32, group_info: &[u8]) -> Result<(), StoreError> {
+        let max_rooms = self.max_rooms_per_user;
         let tx = self.conn.savepoint()?;
         if Self::room_row(&tx, room)?.is_some() {
             return Err(StoreError::RoomExists);
         }
+        Self::check_room_count(&tx, owner, max_rooms, "you are")?;
         tx.exec(
             "INSERT INTO rooms (room_id, owner, max_participants) VALUES (?1, ?2, ?3)",
             params![&room.0[..], owner.as_str(), max],
@@ -1442,9 +1475,9 @@ impl ServerStore for SqliteServerStore {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
-        let max_log = self.max_room_log_bytes;
+        let limits = (self.max_room_log_bytes, self.max_rooms_per_user);
         let tx = self.conn.savepoint()?;
-        let seq = Self::admit(&tx, room, user, user, epoch, commit, group_info, max_log)?;
+        let seq = Self::admit(&tx, room, user, user, epoch, commit, group_info, limits)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -1458,7 +1491,7 @@ impl ServerStore for SqliteServerStore {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<u64, StoreError> {
-        let max_log = self.max_room_log_bytes;
+        let limits = (self.max_room_log_bytes, self.max_rooms_per_user);
         let tx = self.conn.savepoint()?;
         if Self::room_row(&tx, room)?.is_none() {
             return Err(StoreError::NotFound);
@@ -1469,7 +1502,7 @@ impl ServerStore for SqliteServerStore {
         if !Self::account_exists(&tx, member)? {
             return Err(StoreError::UnknownUser);
         }
-        let seq = Self::admit(&tx, room, sender, member, epoch, commit, group_info, max_log)?;
+        let seq = Self::admit(&tx, room, sender, member, epoch, commit, group_info, limits)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -1590,6 +1623,14 @@ impl ServerStore for SqliteServerStore {
              AND NOT EXISTS (SELECT 1 FROM attachment_readers r WHERE r.attachment_id = attachments.id)",
             params![&room.0[..]],
         )?;
+        // The last member gone, nobody can commit in the group again: the
+        // room goes (its log, members and GroupInfo with it), and its name
+        // may be used for a new one.
+        let left: i64 =
+            tx.row("SELECT COUNT(*) FROM room_members WHERE room_id = ?1", params![&room.0[..]], |r| r.get(0))?;
+        if left == 0 {
+            tx.exec("DELETE FROM rooms WHERE room_id = ?1", params![&room.0[..]])?;
+        }
         tx.commit()?;
         self.after_delete()
     }
@@ -2348,6 +2389,37 @@ mod tests {
         assert_eq!(log_bytes(&s, &r), 5);
         assert_eq!(s.expire_room_entries(crate::mailbox::unix_now() + 1).unwrap(), 1);
         assert_eq!(log_bytes(&s, &r), 0);
+    }
+
+    /// A user is in at most `max_rooms_per_user` rooms, counting those it
+    /// created, joined or was added to; a room goes with its last member,
+    /// which frees both the count and the room's name.
+    #[test]
+    fn rooms_per_user_are_capped_and_an_empty_room_is_deleted() {
+        let mut s = SqliteServerStore::open_in_memory().unwrap();
+        s.set_max_rooms_per_user(2);
+        for n in ["alice", "bob"] {
+            s.create_account(&u(n), b"k").unwrap();
+        }
+        let (r1, r2, r3) = (RoomId([1; 16]), RoomId([2; 16]), RoomId([3; 16]));
+        s.room_create(&r1, &u("alice"), 5, b"gi").unwrap();
+        s.room_create(&r2, &u("alice"), 5, b"gi").unwrap();
+        let e = s.room_create(&r3, &u("alice"), 5, b"gi").unwrap_err();
+        assert!(e.to_string().contains("you are in 2 rooms"), "{e}");
+        s.room_create(&r3, &u("bob"), 5, b"gi").unwrap();
+        s.room_join(&r1, &u("bob"), 0, b"join", b"gi1").unwrap();
+        let e = s.room_add(&r2, &u("alice"), &u("bob"), 0, b"add", b"gi1").unwrap_err();
+        assert!(e.to_string().contains("bob is in 2 rooms"), "{e}");
+        let e = s.room_join(&r3, &u("alice"), 0, b"join", b"gi1").unwrap_err();
+        assert!(e.to_string().contains("you are in 2 rooms"), "{e}");
+        // bob leaves the room he made alone: it is gone, and its name free.
+        s.room_leave(&r3, &u("bob")).unwrap();
+        assert!(matches!(s.room_info(&r3), Err(StoreError::NotFound)));
+        s.room_create(&r3, &u("bob"), 5, b"gi-new").unwrap();
+        // A room with members left stays.
+        s.room_leave(&r1, &u("alice")).unwrap();
+        assert_eq!(s.room_members(&r1).unwrap(), vec![u("bob")]);
+        s.room_create(&RoomId([4; 16]), &u("alice"), 5, b"gi").unwrap();
     }
 
     #[test]
