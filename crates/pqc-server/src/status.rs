@@ -10,14 +10,36 @@ use tokio::sync::watch;
 
 use crate::server::Shared;
 
+/// Requests answered at once; more wait to be accepted (monitoring polls
+/// now and then, so this only bounds a local client that opens many).
+const MAX_CONCURRENT: usize = 16;
+
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             r = listener.accept() => {
-                let Ok((stream, _)) = r else { continue };
+                let stream = match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, typically: wait instead of
+                        // spinning on the error.
+                        tracing::warn!("status endpoint: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, shared)).await;
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
@@ -39,10 +61,14 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<(
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let queued = shared.queued_now().await;
+    // Only a known route asks the database thread for the queue length.
     let (status, ctype, body) = match (method, path) {
-        ("GET", "/status") => ("200 OK", "application/json", format!("{}\n", shared.metrics.json(queued))),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", shared.metrics.prometheus(queued)),
+        ("GET", "/status") => {
+            ("200 OK", "application/json", format!("{}\n", shared.metrics.json(shared.queued_now().await)))
+        }
+        ("GET", "/metrics") => {
+            ("200 OK", "text/plain; version=0.0.4", shared.metrics.prometheus(shared.queued_now().await))
+        }
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
     let resp = format!(
