@@ -761,7 +761,7 @@ fn compact_path(path: &Path) -> PathBuf {
 }
 
 /// Makes a created or renamed file's directory entry durable.
-fn sync_dir(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()?;
     Ok(())

@@ -1255,7 +1255,14 @@ impl ServerStore for SqliteServerStore {
         // started in the database (no file) stays there.
         let file = match body {
             Some(path) => match std::fs::OpenOptions::new().create(received == 0).write(true).open(&path) {
-                Ok(f) => Some(f),
+                Ok(f) => {
+                    // The new file's name is made durable too: the database
+                    // will count bytes in it.
+                    if received == 0 {
+                        crate::mailbox::sync_dir(&path)?;
+                    }
+                    Some(f)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
             },
