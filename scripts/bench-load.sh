@@ -74,7 +74,8 @@ TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 BIN=$TARGET/release
 
 # Benchmark server config: the per-connection rate limit (default 100 req/s),
-# the connection cap (default 1000) and the registrations per address and hour
+# the connection cap (default 1000), the connections per address waiting to
+# log in (default 64) and the registrations per address and hour
 # (default 20; every simulated user registers from 127.0.0.1) are raised or
 # lifted so they do not cap the figures;
 # max_attachment is raised because a 100 MiB file is 100 MiB + 16 B per 512 KiB
@@ -84,6 +85,7 @@ log_level = "warn"
 [limits]
 requests_per_second = 1000000
 max_connections = 20000
+max_pending_logins_per_address = 0
 max_mailbox = 100000
 max_attachment = 209715200
 registrations_per_hour = 0

@@ -56,6 +56,9 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Connections from one address (an IPv6 address by its /64) that may
+    /// wait to log in at once; 0: no limit.
+    pub max_pending_logins_per_address: u32,
     /// Push `LowPrekeys` (`LowKeyPackages`) to the owner when fewer one-time
     /// prekeys (MLS key packages) remain.
     pub low_prekeys_threshold: u32,
@@ -119,6 +122,7 @@ impl Default for Limits {
             max_attachment: (100 << 20) + 64 * 1024,
             requests_per_second: 100,
             max_connections: 1000,
+            max_pending_logins_per_address: 64,
             low_prekeys_threshold: 10,
             max_key_packages: 100,
             login_timeout_secs: 10,

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::metrics::inc;
 use crate::push::{PushRx, PushTx, push_queue};
-use crate::quota::Bucket;
+use crate::quota::{Bucket, PendingLogin};
 use crate::server::{FanOut, Shared};
 
 /// QUIC application close codes.
@@ -94,6 +94,8 @@ struct Session {
     remote: std::net::IpAddr,
     challenge: [u8; CHALLENGE_LEN],
     push_tx: PushTx,
+    /// Counted against `max_pending_logins_per_address` until login.
+    pending_login: PendingLogin,
 }
 
 pub(crate) async fn handle(
@@ -102,6 +104,7 @@ pub(crate) async fn handle(
     tls: ServerTls,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    pending_login: PendingLogin,
 ) {
     let m = shared.metrics.clone();
     let login_timeout = Duration::from_secs(shared.limits.login_timeout_secs);
@@ -143,8 +146,15 @@ pub(crate) async fn handle(
 
     let backlog = push_backlog(shared.limits.max_frame);
     let (push_tx, mut push_rx) = push_queue(conn.clone(), backlog, shared.metrics.clone());
-    let mut session =
-        Session { conn_id, user: None, auth_failures: 0, remote: remote.ip(), challenge: [0; CHALLENGE_LEN], push_tx };
+    let mut session = Session {
+        conn_id,
+        user: None,
+        auth_failures: 0,
+        remote: remote.ip(),
+        challenge: [0; CHALLENGE_LEN],
+        push_tx,
+        pending_login,
+    };
     SystemRng.fill_bytes(&mut session.challenge);
     run(&conn, &shared, &mut session, &mut push_rx, &mut shutdown, login_deadline).await;
     if let Some(u) = &session.user {
@@ -732,6 +742,7 @@ async fn store_room_entry(
 }
 
 fn login(shared: &Shared, s: &mut Session, user: Username) {
+    s.pending_login.logged_in();
     shared.set_online(&user, s.conn_id, s.push_tx.clone());
     s.user = Some(user);
 }

@@ -41,8 +41,12 @@ pub struct Metrics {
     /// Connections closed for leaving more pushes unread than their limit.
     pub refused_push_backlog: AtomicU64,
     /// New connections asked to prove their address (QUIC Retry) because
-    /// most connection slots were taken.
+    /// most connection slots were taken, or their address had as many
+    /// connections waiting to log in as allowed.
     pub address_validations: AtomicU64,
+    /// Connections refused because their (proven) address had
+    /// `max_pending_logins_per_address` connections waiting to log in.
+    pub refused_pending_logins: AtomicU64,
     /// Failed Register/Login requests (bad signature, name taken, unknown user).
     pub auth_failed: AtomicU64,
     /// Accounts created.
@@ -87,6 +91,7 @@ impl Metrics {
             ("pqc_refused_registration_quota_total", "counter", l(&self.refused_registration_quota)),
             ("pqc_refused_push_backlog_total", "counter", l(&self.refused_push_backlog)),
             ("pqc_address_validations_total", "counter", l(&self.address_validations)),
+            ("pqc_refused_pending_logins_total", "counter", l(&self.refused_pending_logins)),
             ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
             ("pqc_registrations_total", "counter", l(&self.registrations)),
             ("pqc_store_commits_total", "counter", l(&self.store_commits)),

@@ -117,9 +117,85 @@ impl RegistrationQuota {
     }
 }
 
+/// Connections that have not logged in yet, per source address (counted
+/// like registrations: an IPv6 address by its /64). A connection holds a
+/// slot of `max_connections` from its first packet until it logs in or
+/// the login timeout ends it; without this, one machine could hold them all
+/// by opening connections and never logging in.
+#[derive(Debug)]
+pub(crate) struct PendingLogins {
+    max: u32,
+    counts: Mutex<HashMap<Source, u32>>,
+}
+
+/// One connection counted in [`PendingLogins`] until it logs in or ends.
+#[derive(Debug)]
+pub(crate) struct PendingLogin {
+    table: std::sync::Arc<PendingLogins>,
+    source: Source,
+    counted: bool,
+}
+
+impl PendingLogins {
+    /// At most `max` connections not logged in per address; 0: no limit.
+    pub(crate) fn new(max: u32) -> Self {
+        Self { max, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a new connection from `ip`, or refuses it (`None`) at the limit.
+    pub(crate) fn admit(table: &std::sync::Arc<Self>, ip: IpAddr) -> Option<PendingLogin> {
+        let source = Source::from(ip);
+        let mut counts = table.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(source).or_insert(0);
+        if table.max != 0 && *n >= table.max {
+            return None;
+        }
+        *n += 1;
+        Some(PendingLogin { table: table.clone(), source, counted: true })
+    }
+}
+
+impl PendingLogin {
+    /// The connection logged in: it no longer counts.
+    pub(crate) fn logged_in(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            let mut counts = self.table.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = counts.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        self.logged_in();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_logins_are_counted_per_address_until_login_or_end() {
+        let t = std::sync::Arc::new(PendingLogins::new(2));
+        let a = PendingLogins::admit(&t, ip("192.0.2.1")).unwrap();
+        let mut b = PendingLogins::admit(&t, ip("192.0.2.1")).unwrap();
+        assert!(PendingLogins::admit(&t, ip("192.0.2.1")).is_none());
+        assert!(PendingLogins::admit(&t, ip("192.0.2.2")).is_some(), "another address");
+        b.logged_in();
+        b.logged_in();
+        let c = PendingLogins::admit(&t, ip("192.0.2.1")).unwrap();
+        drop((a, b, c));
+        assert!(t.counts.lock().unwrap().is_empty(), "nothing left counted");
+        let none = std::sync::Arc::new(PendingLogins::new(0));
+        let held: Vec<_> = (0..100).map(|_| PendingLogins::admit(&none, ip("192.0.2.1")).unwrap()).collect();
+        drop(held);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     pub(crate) default_max_participants: u32,
     /// New accounts per source address and hour.
     pub(crate) registrations: crate::quota::RegistrationQuota,
+    /// Connections not logged in yet, per source address.
+    pub(crate) pending_logins: Arc<crate::quota::PendingLogins>,
 }
 
 impl Shared {
@@ -380,6 +382,7 @@ impl Server {
             limits: cfg.limits.clone(),
             default_max_participants: cfg.default_max_participants,
             registrations: crate::quota::RegistrationQuota::new(cfg.limits.registrations_per_hour),
+            pending_logins: Arc::new(crate::quota::PendingLogins::new(cfg.limits.max_pending_logins_per_address)),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let status_task = status_listener.map(|l| tokio::spawn(status::serve(l, shared.clone(), shutdown_rx.clone())));
@@ -484,11 +487,31 @@ async fn accept_loop(
                     incoming.refuse();
                     continue;
                 };
+                let ip = incoming.remote_address().ip();
+                let Some(pending) = crate::quota::PendingLogins::admit(&shared.pending_logins, ip) else {
+                    // Its source may be forged (to lock a victim out): only
+                    // an address that proved itself with a Retry is refused.
+                    if !incoming.remote_address_validated() && incoming.may_retry() {
+                        inc(&shared.metrics.address_validations);
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().ignore();
+                        }
+                        continue;
+                    }
+                    inc(&shared.metrics.refused_pending_logins);
+                    tracing::warn!(
+                        remote = %ip,
+                        "refused: {} connections from this address are waiting to log in; refusing another",
+                        shared.limits.max_pending_logins_per_address
+                    );
+                    incoming.refuse();
+                    continue;
+                };
                 next_id += 1;
                 let (shared, tls, shutdown) = (shared.clone(), tls.clone(), shutdown.clone());
                 let id = next_id;
                 tasks.spawn(async move {
-                    conn::handle(id, incoming, tls, shared, shutdown).await;
+                    conn::handle(id, incoming, tls, shared, shutdown, pending).await;
                     drop(permit);
                 });
             }

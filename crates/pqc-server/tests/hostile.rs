@@ -577,3 +577,31 @@ async fn near_the_connection_cap_new_peers_prove_their_address() {
     assert_eq!(srv.metric("pqc_refused_connection_cap_total"), 0);
     drop(held);
 }
+
+/// One address may have only so many connections waiting to log in
+/// (`max_pending_logins_per_address`): the next is asked to prove its
+/// address (a forged one could lock its owner out), then refused and
+/// counted; once one of them logs in, a new connection is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_to_log_in_are_capped_per_address() {
+    let mut srv = ServerProc::start("max_pending_logins_per_address = 3");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let idle = [srv.raw_quinn(&endpoint).await, srv.raw_quinn(&endpoint).await];
+    let (_conn, mut send, mut recv, challenge) = srv.raw_hello(&endpoint).await;
+    assert!(srv.connect().await.is_err(), "a fourth connection waiting to log in is refused");
+    srv.wait_log("refused: 3 connections from this address are waiting to log in");
+    assert_eq!(srv.metric("pqc_refused_pending_logins_total"), 1);
+    assert_eq!(srv.metric("pqc_address_validations_total"), 1);
+    // The third logs in (registers): it no longer counts.
+    let bob = User::new("bob");
+    send.write_all(&ClientFrame { id: RequestId(1), request: bob.register_req_for(&challenge) }.encode())
+        .await
+        .unwrap();
+    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    assert!(matches!(ServerFrame::decode(&answer).unwrap(), ServerFrame::Response { response: Response::Ok, .. }));
+    let alice = User::new("alice");
+    let ca = alice.register(&srv).await;
+    assert_eq!(ca.request(Request::Ping).await.unwrap(), Response::Pong);
+    srv.assert_alive();
+    drop(idle);
+}
