@@ -59,6 +59,10 @@ pub struct Limits {
     /// Connections from one address (an IPv6 address by its /64) that may
     /// wait to log in at once; 0: no limit.
     pub max_pending_logins_per_address: u32,
+    /// Connections one account may be logged in on at once (its devices
+    /// and commands); a login past it is refused (`Forbidden`). 0: no
+    /// limit.
+    pub max_connections_per_user: u32,
     /// Push `LowPrekeys` (`LowKeyPackages`) to the owner when fewer one-time
     /// prekeys (MLS key packages) remain.
     pub low_prekeys_threshold: u32,
@@ -123,6 +127,7 @@ impl Default for Limits {
             requests_per_second: 100,
             max_connections: 1000,
             max_pending_logins_per_address: 64,
+            max_connections_per_user: 16,
             low_prekeys_threshold: 10,
             max_key_packages: 100,
             login_timeout_secs: 10,

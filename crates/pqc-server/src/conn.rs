@@ -392,7 +392,9 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             }
             inc(&shared.metrics.registrations);
             tracing::info!(conn_id = s.conn_id, "account registered");
-            login(shared, s, username.clone());
+            // A new account has no other connection.
+            shared.try_online(&username, s.conn_id, &s.push_tx, u32::MAX);
+            logged_in(s, username.clone());
             return Response::Ok;
         }
         (Request::Login { username, signature }, None) => {
@@ -406,7 +408,22 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if let Err(r) = verify(&key, signature, &t, LOGIN_CONTEXT) {
                 return r;
             }
-            login(shared, s, username.clone());
+            if !shared.try_online(&username, s.conn_id, &s.push_tx, shared.limits.max_connections_per_user) {
+                inc(&shared.metrics.refused_connections_per_user);
+                tracing::warn!(
+                    conn_id = s.conn_id,
+                    "refused: a login past max_connections_per_user ({})",
+                    shared.limits.max_connections_per_user
+                );
+                return Response::error(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "this account is logged in on {} connections, the most this server allows; close one",
+                        shared.limits.max_connections_per_user
+                    ),
+                );
+            }
+            logged_in(s, username.clone());
             return Response::Ok;
         }
         (_, None) => return Response::error(ErrorCode::NotLoggedIn, "register or log in first"),
@@ -741,9 +758,9 @@ async fn store_room_entry(
     Ok(stored.await?.0)
 }
 
-fn login(shared: &Shared, s: &mut Session, user: Username) {
+/// The connection is `user`'s (already in the table of who is online).
+fn logged_in(s: &mut Session, user: Username) {
     s.pending_login.logged_in();
-    shared.set_online(&user, s.conn_id, s.push_tx.clone());
     s.user = Some(user);
 }
 

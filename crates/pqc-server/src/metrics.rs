@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Connections refused because their (proven) address had
     /// `max_pending_logins_per_address` connections waiting to log in.
     pub refused_pending_logins: AtomicU64,
+    /// Logins refused because the account had `max_connections_per_user`
+    /// connections already.
+    pub refused_connections_per_user: AtomicU64,
     /// Failed Register/Login requests (bad signature, name taken, unknown user).
     pub auth_failed: AtomicU64,
     /// Accounts created.
@@ -92,6 +95,7 @@ impl Metrics {
             ("pqc_refused_push_backlog_total", "counter", l(&self.refused_push_backlog)),
             ("pqc_address_validations_total", "counter", l(&self.address_validations)),
             ("pqc_refused_pending_logins_total", "counter", l(&self.refused_pending_logins)),
+            ("pqc_refused_connections_per_user_total", "counter", l(&self.refused_connections_per_user)),
             ("pqc_auth_failed_total", "counter", l(&self.auth_failed)),
             ("pqc_registrations_total", "counter", l(&self.registrations)),
             ("pqc_store_commits_total", "counter", l(&self.store_commits)),

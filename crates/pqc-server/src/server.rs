@@ -189,8 +189,19 @@ impl Shared {
         self.db(|s| s.queued_total()).await.unwrap_or(0)
     }
 
-    pub(crate) fn set_online(&self, user: &Username, conn_id: u64, tx: PushTx) {
-        self.online.lock().unwrap_or_else(PoisonError::into_inner).entry(user.clone()).or_default().push((conn_id, tx));
+    /// Records connection `conn_id` as `user`'s (pushes reach it), unless
+    /// the user has `max` connections already; whether it was recorded.
+    pub(crate) fn try_online(&self, user: &Username, conn_id: u64, tx: &PushTx, max: u32) -> bool {
+        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        let conns = online.entry(user.clone()).or_default();
+        if max != 0 && conns.len() >= max as usize {
+            if conns.is_empty() {
+                online.remove(user);
+            }
+            return false;
+        }
+        conns.push((conn_id, tx.clone()));
+        true
     }
 
     pub(crate) fn set_offline(&self, user: &Username, conn_id: u64) {

@@ -758,6 +758,35 @@ async fn a_senders_waiting_files_are_capped() {
     h.shutdown().await;
 }
 
+/// An account is logged in on at most `max_connections_per_user`
+/// connections: one more login is refused with a clear error, and works
+/// again once one of them closed. Pushes reach every connection it has.
+#[tokio::test]
+async fn an_account_has_at_most_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.max_connections_per_user = 2).await;
+    let alice = User::new("alice");
+    let c1 = alice.register(&h).await;
+    let c2 = alice.login(&h).await;
+    let c3 = connect(&h).await;
+    let r = c3.request(alice.login_req(&c3)).await.unwrap();
+    let Response::Error { code: ErrorCode::Forbidden, message } = r else { panic!("{r:?}") };
+    assert!(message.contains("logged in on 2 connections"), "{message}");
+    c1.close().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        let c = connect(&h).await;
+        if c.request(alice.login_req(&c)).await.unwrap() == Response::Ok {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a login after one connection closed");
+    drop((c2, c3));
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_data_folder_in_use_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
