@@ -393,7 +393,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             inc(&shared.metrics.registrations);
             tracing::info!(conn_id = s.conn_id, "account registered");
             // A new account has no other connection.
-            shared.try_online(&username, s.conn_id, &s.push_tx, u32::MAX);
+            shared.try_online(username, s.conn_id, &s.push_tx, u32::MAX);
             logged_in(s, username.clone());
             return Response::Ok;
         }
@@ -408,7 +408,7 @@ async fn dispatch(shared: &Arc<Shared>, s: &mut Session, req: Request) -> Respon
             if let Err(r) = verify(&key, signature, &t, LOGIN_CONTEXT) {
                 return r;
             }
-            if !shared.try_online(&username, s.conn_id, &s.push_tx, shared.limits.max_connections_per_user) {
+            if !shared.try_online(username, s.conn_id, &s.push_tx, shared.limits.max_connections_per_user) {
                 inc(&shared.metrics.refused_connections_per_user);
                 tracing::warn!(
                     conn_id = s.conn_id,
