@@ -11,7 +11,8 @@
 #   5. a room of ROOM members: server CPU per join and per message to all, relay latency;
 #      then ("sparse") one sender, ROOM_SPARSE messages ROOM_PAUSE_MS apart;
 #   6. ("floor") both loads through a relay that only forwards, over the same QUIC/TLS set-up
-#      (examples/quic_floor.rs): what the transport alone costs here, to compare 1b with 2 and 5.
+#      (examples/quic_floor.rs): what the transport alone costs here, to compare 1b with 2 and 5;
+#      with "pairs" too, every round of 2b also runs it, beside ours and mosquitto.
 # Release build. Every process started here is stopped on exit (trap); every
 # step runs under `timeout`. Knobs (env): STEPS ROUNDS CLIENTS MESSAGES PAYLOAD WINDOW IDLE FILE_MIB FILE_ROUNDS
 # ROOM ROOM_SENDERS ROOM_MESSAGES ROOM_PAYLOAD ROOM_COMMIT ROOM_GROUP_INFO (sizes in bytes of
@@ -174,14 +175,31 @@ fi
 # ROUNDS times. On a shared machine whose speed changes from one minute to
 # the next, the ratio within a round (seconds apart) says more than two
 # single runs; the summary gives each round and the medians.
+start_floor() {
+"$BIN/examples/quic_floor" serve > "$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+for _ in $(seq 100); do grep -q LISTEN "$WORK/floor.log" 2>/dev/null && break; sleep 0.1; done
+FLOOR_PORT=$(sed -n 's/^LISTEN .*:\([0-9]*\)$/\1/p' "$WORK/floor.log")
+}
+run_floor_relay() { # $1 = output name
+    timeout 300 "$BIN/examples/quic_floor" relay --port "$FLOOR_PORT" --server-pid "$FLOOR_PID" --clients "$CLIENTS" \
+        --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" | tee "$WORK/$1.out"
+}
+
+# With "floor" also in STEPS, each round runs the bare QUIC relay too, so
+# every round also says how the transport alone compares with mosquitto.
 if step pairs; then
 echo "== 2b. pqc-server and mosquitto alternately, $ROUNDS rounds, window $WINDOW"
 start_mosquitto
+if step floor; then start_floor; fi
 for r in $(seq "$ROUNDS"); do
     run_relay "pair$r-ours"
     run_mqtt "pair$r-mqtt"
+    if step floor; then run_floor_relay "pair$r-floor"; fi
 done
 kill -TERM "$MQ_PID" 2>/dev/null || true
+if step floor; then kill -TERM "$FLOOR_PID" 2>/dev/null || true; fi
 fi
 
 if step idle; then
@@ -270,13 +288,8 @@ fi
 
 if step floor; then
 echo "== 6. bare QUIC relay (forwards only): $CLIENTS clients x $MESSAGES messages; room of $ROOM"
-"$BIN/examples/quic_floor" serve > "$WORK/floor.log" 2>&1 &
-FLOOR_PID=$!
-PIDS+=("$FLOOR_PID")
-for _ in $(seq 100); do grep -q LISTEN "$WORK/floor.log" 2>/dev/null && break; sleep 0.1; done
-FLOOR_PORT=$(sed -n 's/^LISTEN .*:\([0-9]*\)$/\1/p' "$WORK/floor.log")
-timeout 300 "$BIN/examples/quic_floor" relay --port "$FLOOR_PORT" --server-pid "$FLOOR_PID" --clients "$CLIENTS" \
-    --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" | tee "$WORK/floor-relay.out"
+start_floor
+run_floor_relay floor-relay
 timeout 300 "$BIN/examples/quic_floor" fanout --port "$FLOOR_PORT" --server-pid "$FLOOR_PID" --clients "$ROOM" \
     --senders "$ROOM_SENDERS" --messages "$ROOM_MESSAGES" --payload "$ROOM_PAYLOAD" | tee "$WORK/floor-fanout.out"
 kill -TERM "$FLOOR_PID" 2>/dev/null || true
@@ -324,6 +337,19 @@ done
 printf '%-58s %s / %s msgs/s\n' "pairs: median throughput, ours / mosquitto" "$(median "${OURS[@]}")" "$(median "${MQTT[@]}")"
 printf '%-58s %s %%\n' "pairs: median of the rounds' ratios" "$(median "${RATIO[@]}")"
 printf '%-58s %s / %s ms\n' "pairs: median p99, ours / mosquitto" "$(median "${OP99[@]}")" "$(median "${MP99[@]}")"
+if step floor; then
+printf '%-58s %s\n' "same rounds, bare QUIC relay: msgs/s (ratio to mosquitto); p99" ""
+FRATIO=(); FP99=()
+for r in $(seq "$ROUNDS"); do
+    f=$(result "$WORK/pair$r-floor.out" msgs_per_s); m=$(result "$WORK/pair$r-mqtt.out" msgs_per_s)
+    fp=$(result "$WORK/pair$r-floor.out" p99_ms)
+    ratio=$(python3 -c "print(100*$f/$m)")
+    printf '%-58s %s (%.0f %%); %s ms\n' "  round $r" "$f" "$ratio" "$fp"
+    FRATIO+=("$ratio"); FP99+=("$fp")
+done
+printf '%-58s %s %%\n' "bare QUIC relay: median of the rounds' ratios to mosquitto" "$(median "${FRATIO[@]}")"
+printf '%-58s %s ms\n' "bare QUIC relay: median p99" "$(median "${FP99[@]}")"
+fi
 fi
 if step idle; then
 printf '%-58s %s KiB -> %s KiB\n' "server RSS, $IDLE idle logged-in connections" "$(result "$WORK/idle.out" rss_before_kib)" "$(result "$WORK/idle.out" rss_after_kib)"
