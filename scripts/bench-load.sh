@@ -20,6 +20,9 @@
 # WINDOW: messages a client may have unacknowledged (1, the default: each send waits for the
 # previous one's Ack, so a commit's fdatasync is in every message's round trip; MQTT usually allows
 # more, mosquitto's max_inflight_messages is 20 by default). mqtt_bench keeps the same window.
+# SERVER_WRAP: a command the server runs under (it must exec the server, keeping its pid). A
+# diagnostic only: SERVER_WRAP=eatmydata (Debian package eatmydata) makes every fsync a no-op, which
+# says what the flush before each acknowledgement costs; such figures are not the relay's.
 # Needs: mosquitto (installed with apt-get when missing), openssl, python3 (free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,7 @@ ROOM_GROUP_INFO=${ROOM_GROUP_INFO:-146345}
 ROOM_SPARSE=${ROOM_SPARSE:-30}
 ROOM_PAUSE_MS=${ROOM_PAUSE_MS:-300}
 ROUNDS=${ROUNDS:-5}
+SERVER_WRAP=${SERVER_WRAP:-}
 STEPS=${STEPS:-chat relay floor mqtt idle file room sparse}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -95,7 +99,7 @@ TOML
 SERVER_PID=
 start_server() { # $1 = data dir
     PORT=$(free_port); SPORT=$(free_port)
-    "$BIN/pqc-server" --config "$WORK/server.toml" --data "$1" --listen "127.0.0.1:$PORT" \
+    $SERVER_WRAP "$BIN/pqc-server" --config "$WORK/server.toml" --data "$1" --listen "127.0.0.1:$PORT" \
         --status "127.0.0.1:$SPORT" > "$1.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -298,6 +302,7 @@ fi
 echo
 echo "== summary ($(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
 printf '%-58s %s\n' "figure" "value"
+[ -z "$SERVER_WRAP" ] || printf '%-58s %s\n' "pqc-server ran under (diagnostic, not its own figures)" "$SERVER_WRAP"
 if step chat; then
 printf '%-58s %s\n' "pqc-server msgs relayed/s ($CLIENTS clients, ${PAYLOAD} B)" "$(result "$WORK/chat.out" msgs_per_s)"
 printf '%-58s %s / %s ms\n' "pqc-server delivery latency p50 / p99" "$(result "$WORK/chat.out" p50_ms)" "$(result "$WORK/chat.out" p99_ms)"
