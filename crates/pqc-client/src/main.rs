@@ -231,8 +231,9 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
                 text
             };
             let mut client = Client::login(profile, &opts, &mut notice).await?;
-            client.send_text(&name, &text, max_views).await?;
+            let sent = client.send_text(&name, &text, max_views).await;
             client.close().await;
+            sent?;
         }
         Command::SendFile { name, path } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
@@ -240,10 +241,11 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             let tty = std::io::stderr().is_terminal();
             let mut bar = Progress::new(tty);
             let started = std::time::Instant::now();
-            client.send_file(&name, &path, &mut |done, total| bar.update(done, total)).await?;
+            let sent = client.send_file(&name, &path, &mut |done, total| bar.update(done, total)).await;
             bar.finish();
-            print_line(&format!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed())));
             client.close().await;
+            sent?;
+            print_line(&format!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed())));
         }
         Command::Recv { wait, out } => {
             let out = out.or(config.download_dir.clone()).unwrap_or_else(|| PathBuf::from("."));
@@ -251,7 +253,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             client.set_notices(transfer_notice);
             // Room messages and events follow the mailbox, and with --wait they
             // are shown live: `[NAME] SENDER: TEXT`, `[NAME] * SENDER joined`.
-            client
+            let received = client
                 .receive_with_rooms(
                     &out,
                     wait.map(Duration::from_secs),
@@ -271,8 +273,9 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
                     },
                     Some(&mut |line| print_line(&line)),
                 )
-                .await?;
+                .await;
             client.close().await;
+            received?;
         }
         Command::Rooms { command } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
@@ -282,17 +285,19 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         }
         Command::Verify { name } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
-            let number = client.safety_number(&name).await?;
+            let number = client.safety_number(&name).await;
+            client.close().await;
+            let number = number?;
             println!("Safety number with {name}:");
             println!("{number}");
             println!("Compare it with {name} in person or on a call; if it differs, someone is intercepting.");
-            client.close().await;
         }
         Command::Trust { name } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
-            client.trust_new_key(&name).await?;
-            println!("now trusting {name}'s current identity key; verify it with `pqc-client verify {name}`");
+            let trusted = client.trust_new_key(&name).await;
             client.close().await;
+            trusted?;
+            println!("now trusting {name}'s current identity key; verify it with `pqc-client verify {name}`");
         }
         Command::Chat { out } => {
             let out = out.or(config.download_dir.clone()).unwrap_or_else(|| PathBuf::from("."));
@@ -301,13 +306,15 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         }
         Command::History { name, limit } => {
             let client = Client::login(profile, &opts, &mut notice).await?;
-            for line in client.history(&name, limit)? {
+            let lines = client.history(&name, limit).and_then(|h| Ok((h, client.view_limited(&name)?)));
+            client.close().await;
+            let (history, limited) = lines?;
+            for line in history {
                 println!("{line}");
             }
-            for (line, v, n) in client.view_limited(&name)? {
+            for (line, v, n) in limited {
                 println!("{line} [view {v}/{n}]");
             }
-            client.close().await;
         }
     }
     Ok(())

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{TestServer, User, tree_contains};
 
 #[test]
@@ -136,6 +138,26 @@ fn changed_server_certificate_is_refused() {
     let _other = TestServer::start_on(&tmp.path().join("other-data"), port, common::free_tcp_port());
     let err = alice.fails(&["recv"]);
     assert!(err.to_lowercase().contains("fingerprint") || err.contains("certificate"), "{err}");
+}
+
+/// A command that fails on a refusal (here: an unknown recipient) still
+/// closes its connection, so the server frees it at once instead of after
+/// the idle timeout.
+#[test]
+fn a_refused_command_closes_its_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("data"));
+    let alice = User::new(tmp.path(), "alice", &server.addr());
+    alice.ok(&["register", "alice"]);
+    let err = alice.fails(&["send", "nobody", "hello?"]);
+    assert!(err.contains("no such user"), "{err}");
+    let err = alice.fails(&["verify", "nobody"]);
+    assert!(err.contains("no such user"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.connections_open() > 0 {
+        assert!(Instant::now() < deadline, "connections still open 3 s after the commands: {}", server.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

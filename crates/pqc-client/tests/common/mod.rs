@@ -110,6 +110,24 @@ impl TestServer {
     }
 
     /// `127.0.0.1:PORT`.
+    /// `GET /status` of the running server: its JSON body.
+    pub fn status(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.status_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    }
+
+    /// The server's count of open QUIC connections (`connections_current`).
+    pub fn connections_open(&self) -> u64 {
+        let status = self.status();
+        let at = status.find("\"connections_current\":").expect("connections_current in /status") + 22;
+        status[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
