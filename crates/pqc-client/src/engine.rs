@@ -285,7 +285,11 @@ async fn log_in(
     let conn = connect(profile, opts, notice).await?;
     let transcript = pqc_wire::auth::login_transcript(&conn.challenge(), me);
     let signature = identity.sign(&transcript, pqc_wire::auth::LOGIN_CONTEXT, &mut SystemRng)?;
-    call(&conn, Request::Login { username: me.clone(), signature }).await?;
+    if let Err(e) = call(&conn, Request::Login { username: me.clone(), signature }).await {
+        // Closed, not dropped: the server frees the connection at once.
+        conn.close().await;
+        return Err(e);
+    }
     Ok(conn)
 }
 
@@ -337,13 +341,23 @@ impl Client {
         let ik = identity.identity_key().to_bytes();
         let transcript = pqc_wire::auth::register_transcript(&conn.challenge(), &me, &ik);
         let signature = identity.sign(&transcript, pqc_wire::auth::REGISTER_CONTEXT, &mut SystemRng)?;
-        call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await?;
+        if let Err(e) = call(&conn, Request::Register { username: me.clone(), identity_key: ik, signature }).await {
+            // Closed, not dropped: the server frees the connection at once.
+            conn.close().await;
+            return Err(e);
+        }
         profile.set_meta("username", me.as_str())?;
         profile.set_meta("server", &opts.server)?;
         let mut client = Self::new(profile, conn, opts, me, identity);
         client.pushes = client.conn.take_pushes();
-        client.ensure_prekeys(None).await?;
-        client.publish_key_packages().await?;
+        let set_up = match client.ensure_prekeys(None).await {
+            Ok(()) => client.publish_key_packages().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = set_up {
+            client.close().await;
+            return Err(e);
+        }
         Ok(client)
     }
 
@@ -354,11 +368,9 @@ impl Client {
         let identity = profile.identity()?;
         let conn = log_in(&profile, opts, &me, &identity, notice).await?;
         let mut client = Self::new(profile, conn, opts, me, identity);
-        if client.profile.meta("signed_prekeys_blob")?.is_none() {
-            client.ensure_prekeys(None).await?;
-        }
-        if client.profile.meta("key_packages_published")?.is_none() {
-            client.publish_key_packages().await?;
+        if let Err(e) = client.top_up_once().await {
+            client.close().await;
+            return Err(e);
         }
         if client.outbox_len()? > 0 {
             match client.flush_outbox().await {
@@ -367,6 +379,18 @@ impl Client {
             }
         }
         Ok(client)
+    }
+
+    /// At login: the prekeys and key packages a profile has never uploaded
+    /// (a registration interrupted before it finished).
+    async fn top_up_once(&mut self) -> Result<()> {
+        if self.profile.meta("signed_prekeys_blob")?.is_none() {
+            self.ensure_prekeys(None).await?;
+        }
+        if self.profile.meta("key_packages_published")?.is_none() {
+            self.publish_key_packages().await?;
+        }
+        Ok(())
     }
 
     fn new(

@@ -140,8 +140,8 @@ fn changed_server_certificate_is_refused() {
     assert!(err.to_lowercase().contains("fingerprint") || err.contains("certificate"), "{err}");
 }
 
-/// A command that fails on a refusal (here: an unknown recipient) still
-/// closes its connection, so the server frees it at once instead of after
+/// A command that fails on a refusal (an unknown recipient, a name already
+/// taken) still closes its connection, so the server frees it at once instead of after
 /// the idle timeout.
 #[test]
 fn a_refused_command_closes_its_connection() {
@@ -153,6 +153,9 @@ fn a_refused_command_closes_its_connection() {
     assert!(err.contains("no such user"), "{err}");
     let err = alice.fails(&["verify", "nobody"]);
     assert!(err.contains("no such user"), "{err}");
+    let other = User::new(tmp.path(), "other", &server.addr());
+    let err = other.fails(&["register", "alice"]);
+    assert!(err.contains("already taken"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(3);
     while server.connections_open() > 0 {
         assert!(Instant::now() < deadline, "connections still open 3 s after the commands: {}", server.status());
