@@ -60,21 +60,35 @@ impl RequestLimit {
     fn take(&mut self, cost: f64) -> bool {
         self.bucket.take(Instant::now(), self.rate, self.rate * 2.0, cost)
     }
+
+    /// A discounted file request that was refused (an attachment that does
+    /// not exist or is someone else's, a chunk refused) costs a whole
+    /// request after all: the rest is charged, down to an empty bucket.
+    fn charge_refused(&mut self, discounted: bool, response: &Response) {
+        if discounted && matches!(response, Response::Error { .. }) {
+            self.bucket.charge(Instant::now(), self.rate, self.rate * 2.0, 1.0 - BULK_COST);
+        }
+    }
 }
 
 /// What a request costs against the rate limit: one token, but a file chunk
-/// of at least [`BULK_CHUNK`] bytes (uploaded, or asked for) only 1/16 of
-/// one, so a file of `max_attachment` goes through at the default rate (100
-/// MiB is 200 chunks of 512 KiB, or 400 of 256 KiB) while small requests of
-/// any kind stay limited as before.
+/// of at least [`BULK_CHUNK`] bytes (uploaded, or asked for) only
+/// [`BULK_COST`] of one, so a file of `max_attachment` goes through at the
+/// default rate (100 MiB is 200 chunks of 512 KiB, or 400 of 256 KiB) while
+/// small requests of any kind stay limited as before. A discounted request
+/// that is refused is charged the rest ([`RequestLimit::charge_refused`]):
+/// asking for files that are not there is not cheaper than any other request.
 fn request_cost(request: &Request) -> f64 {
     let bulk = match request {
         Request::AttachmentChunk { data, .. } => data.len() >= BULK_CHUNK,
         Request::AttachmentGet { max_len, .. } => usize::try_from(*max_len).is_ok_and(|n| n >= BULK_CHUNK),
         _ => false,
     };
-    if bulk { 1.0 / 16.0 } else { 1.0 }
+    if bulk { BULK_COST } else { 1.0 }
 }
+
+/// What a file request of at least [`BULK_CHUNK`] bytes costs.
+const BULK_COST: f64 = 1.0 / 16.0;
 
 /// File chunks at least this large count as 1/16 of a request.
 const BULK_CHUNK: usize = 64 * 1024;
@@ -192,7 +206,8 @@ async fn run(
     let mut reader = FrameReader::new(max_frame, Some(frame_timeout));
     let mut bucket = RequestLimit::new(shared.limits.requests_per_second);
     // Requests whose store operations are queued (envelopes, file chunks), oldest first.
-    let mut queued: VecDeque<(RequestId, Queued)> = VecDeque::new();
+    // With each: whether it was charged at the file chunks' discount.
+    let mut queued: VecDeque<(RequestId, Queued, bool)> = VecDeque::new();
     // Made once, not at every turn of the loop: each `changed()` future
     // registers with the shutdown channel, which every connection shares
     // (a lock taken and released twice per turn, under load).
@@ -200,7 +215,8 @@ async fn run(
     tokio::pin!(stopping);
     'conn: loop {
         tokio::select! {
-            Some((id, response)) = next_answer(&mut queued), if !queued.is_empty() => {
+            Some((id, response, discounted)) = next_answer(&mut queued), if !queued.is_empty() => {
+                bucket.charge_refused(discounted, &response);
                 if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
                     break;
                 }
@@ -211,11 +227,13 @@ async fn run(
             {
                 Some(Ok(frame)) => {
                     let is_auth = matches!(frame.request, Request::Register { .. } | Request::Login { .. });
-                    let allowed = bucket.take(request_cost(&frame.request));
+                    let cost = request_cost(&frame.request);
+                    let discounted = cost < 1.0;
+                    let allowed = bucket.take(cost);
                     let request = match (&s.user, allowed) {
                         (Some(user), true) => match queue(shared, user.clone(), frame.request) {
                             Ok(response) => {
-                                queued.push_back((frame.id, response));
+                                queued.push_back((frame.id, response, discounted));
                                 continue;
                             }
                             Err(request) => request,
@@ -224,13 +242,16 @@ async fn run(
                     };
                     // Any other request is answered after the queued ones, so
                     // a connection's responses keep the order of its requests.
-                    while let Some((id, response)) = next_answer(&mut queued).await {
+                    while let Some((id, response, earlier_discounted)) = next_answer(&mut queued).await {
+                        bucket.charge_refused(earlier_discounted, &response);
                         if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
                             break 'conn;
                         }
                     }
                     let response = if allowed {
-                        dispatch(shared, s, request).await
+                        let response = dispatch(shared, s, request).await;
+                        bucket.charge_refused(discounted, &response);
+                        response
                     } else {
                         inc(&m.refused_rate_limited);
                         tracing::debug!(conn_id = s.conn_id, "refused: request over the rate limit");
@@ -894,11 +915,11 @@ fn download_chunk(
 }
 
 /// Waits for the oldest queued request's response and takes it off the queue.
-async fn next_answer(queued: &mut VecDeque<(RequestId, Queued)>) -> Option<(RequestId, Response)> {
-    let (_, response) = queued.front_mut()?;
+async fn next_answer(queued: &mut VecDeque<(RequestId, Queued, bool)>) -> Option<(RequestId, Response, bool)> {
+    let (_, response, _) = queued.front_mut()?;
     let response = response.await;
-    let (id, _) = queued.pop_front()?;
-    Some((id, response))
+    let (id, _, discounted) = queued.pop_front()?;
+    Some((id, response, discounted))
 }
 
 /// Checks that `user` may act on attachment `id` as `role`; inside a store

@@ -67,6 +67,13 @@ impl Bucket {
         (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(full)
     }
 
+    /// Refills the bucket to `now`, then takes `cost` tokens, or all there
+    /// are if fewer.
+    pub(crate) fn charge(&mut self, now: Instant, rate: f64, full: f64, cost: f64) {
+        self.tokens = (self.level(now, rate, full) - cost).max(0.0);
+        self.at = now;
+    }
+
     /// Refills the bucket to `now`, then takes `cost` tokens if there are
     /// that many.
     pub(crate) fn take(&mut self, now: Instant, rate: f64, full: f64, cost: f64) -> bool {
@@ -179,6 +186,18 @@ impl Drop for PendingLogin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_charge_empties_the_bucket_but_never_below_zero() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(2.0, t0);
+        b.charge(t0, 1.0, 2.0, 1.5);
+        assert!(b.take(t0, 1.0, 2.0, 0.5));
+        assert!(!b.take(t0, 1.0, 2.0, 0.1));
+        b.charge(t0, 1.0, 2.0, 5.0);
+        // Empty, not in debt: one second refills one token.
+        assert!(b.take(t0 + Duration::from_secs(1), 1.0, 2.0, 1.0));
+    }
 
     #[test]
     fn pending_logins_are_counted_per_address_until_login_or_end() {

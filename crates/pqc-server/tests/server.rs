@@ -561,6 +561,34 @@ async fn bad_frames_close_only_that_connection() {
     h.shutdown().await;
 }
 
+/// A file request for 64 KiB or more costs 1/16 of a request against the
+/// rate limit, but only when served: asking for attachments that do not
+/// exist costs a whole request each, so it cannot be used to make the
+/// relay look up ids sixteen times faster than any other request allows.
+#[tokio::test]
+async fn refused_file_requests_cost_a_whole_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path(), |c| c.limits.requests_per_second = 5).await;
+    let c = User::new("alice").register(&h).await;
+    // A full bucket holds 10 requests (two seconds' worth) and refills 5 a
+    // second; 100 at 1/16 would be 6.25.
+    let (mut not_found, mut limited) = (0, 0);
+    let started = std::time::Instant::now();
+    for i in 0..100u64 {
+        let get = Request::AttachmentGet { id: AttachmentId(0x5eed_0000 + i), offset: 0, max_len: 512 * 1024 };
+        match code(c.request(get).await.unwrap()) {
+            ErrorCode::NotFound => not_found += 1,
+            ErrorCode::RateLimited => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(limited > 0, "100 refused file requests in a row were all served ({not_found})");
+    // Served: the bucket plus what refilled meanwhile, at a whole request each.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(not_found <= 10 + refilled + 1, "served {not_found}, refused {limited}, refilled {refilled}");
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn rate_limit_and_connection_cap() {
     let dir = tempfile::tempdir().unwrap();
