@@ -215,8 +215,7 @@ async fn run(
     tokio::pin!(stopping);
     'conn: loop {
         tokio::select! {
-            Some((id, response, discounted)) = next_answer(&mut queued), if !queued.is_empty() => {
-                bucket.charge_refused(discounted, &response);
+            Some((id, response)) = next_answer(&mut queued, &mut bucket), if !queued.is_empty() => {
                 if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
                     break;
                 }
@@ -242,8 +241,7 @@ async fn run(
                     };
                     // Any other request is answered after the queued ones, so
                     // a connection's responses keep the order of its requests.
-                    while let Some((id, response, earlier_discounted)) = next_answer(&mut queued).await {
-                        bucket.charge_refused(earlier_discounted, &response);
+                    while let Some((id, response)) = next_answer(&mut queued, &mut bucket).await {
                         if write_encoded(&mut send, ServerFrame::Response { id, response }.encode()).await.is_err() {
                             break 'conn;
                         }
@@ -914,12 +912,17 @@ fn download_chunk(
     })
 }
 
-/// Waits for the oldest queued request's response and takes it off the queue.
-async fn next_answer(queued: &mut VecDeque<(RequestId, Queued, bool)>) -> Option<(RequestId, Response, bool)> {
+/// Waits for the oldest queued request's response and takes it off the
+/// queue; a refused file request is charged in full ([`RequestLimit::charge_refused`]).
+async fn next_answer(
+    queued: &mut VecDeque<(RequestId, Queued, bool)>,
+    bucket: &mut RequestLimit,
+) -> Option<(RequestId, Response)> {
     let (_, response, _) = queued.front_mut()?;
     let response = response.await;
     let (id, _, discounted) = queued.pop_front()?;
-    Some((id, response, discounted))
+    bucket.charge_refused(discounted, &response);
+    Some((id, response))
 }
 
 /// Checks that `user` may act on attachment `id` as `role`; inside a store
