@@ -464,6 +464,19 @@ async fn expire_abandoned(shared: std::sync::Weak<Shared>, limits: Limits, mut s
     }
 }
 
+/// Asks a peer that has not proven its address yet to do so (a QUIC Retry,
+/// counted); the connection back when it has, or may not be asked again.
+fn retry_unproven(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::Incoming> {
+    if incoming.remote_address_validated() || !incoming.may_retry() {
+        return Some(incoming);
+    }
+    inc(&shared.metrics.address_validations);
+    if let Err(e) = incoming.retry() {
+        e.into_incoming().ignore();
+    }
+    None
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     tls: ServerTls,
@@ -482,16 +495,12 @@ async fn accept_loop(
                 // slots are taken, a new peer first proves it receives at
                 // its address (a QUIC Retry, one more round trip), so forged
                 // packets cannot hold the remaining slots.
-                if cap.available_permits() <= shared.limits.max_connections / 4
-                    && !incoming.remote_address_validated()
-                    && incoming.may_retry()
-                {
-                    inc(&shared.metrics.address_validations);
-                    if let Err(e) = incoming.retry() {
-                        e.into_incoming().ignore();
-                    }
-                    continue;
-                }
+                let incoming = if cap.available_permits() <= shared.limits.max_connections / 4 {
+                    let Some(incoming) = retry_unproven(incoming, &shared) else { continue };
+                    incoming
+                } else {
+                    incoming
+                };
                 let Ok(permit) = cap.clone().try_acquire_owned() else {
                     inc(&shared.metrics.refused_connection_cap);
                     tracing::warn!("connection cap reached; refusing a connection");
@@ -502,13 +511,7 @@ async fn accept_loop(
                 let Some(pending) = crate::quota::PendingLogins::admit(&shared.pending_logins, ip) else {
                     // Its source may be forged (to lock a victim out): only
                     // an address that proved itself with a Retry is refused.
-                    if !incoming.remote_address_validated() && incoming.may_retry() {
-                        inc(&shared.metrics.address_validations);
-                        if let Err(e) = incoming.retry() {
-                            e.into_incoming().ignore();
-                        }
-                        continue;
-                    }
+                    let Some(incoming) = retry_unproven(incoming, &shared) else { continue };
                     inc(&shared.metrics.refused_pending_logins);
                     tracing::warn!(
                         remote = %ip,
