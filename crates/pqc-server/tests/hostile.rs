@@ -183,6 +183,22 @@ impl User {
         Request::Register { username: self.name.clone(), identity_key: ik, signature: sig }
     }
 
+    /// Registers on a raw stream from [`ServerProc::raw_hello`] (request id 1).
+    async fn register_raw(
+        &self,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        challenge: &[u8; CHALLENGE_LEN],
+    ) {
+        let frame = ClientFrame { id: RequestId(1), request: self.register_req_for(challenge) };
+        send.write_all(&frame.encode()).await.unwrap();
+        let answer = pqc_net::read_frame(recv, 1 << 20).await.unwrap().unwrap();
+        let ServerFrame::Response { response, .. } = ServerFrame::decode(&answer).unwrap() else {
+            panic!("no response")
+        };
+        assert_eq!(response, Response::Ok);
+    }
+
     async fn register(&self, srv: &ServerProc) -> Connection {
         let c = srv.connect().await.unwrap();
         assert_eq!(c.request(self.register_req(&c)).await.unwrap(), Response::Ok);
@@ -458,11 +474,7 @@ async fn a_frame_arriving_in_pieces_between_pushes_is_read_whole() {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let (conn, mut send, mut recv, challenge) = srv.raw_hello(&endpoint).await;
     let bob = User::new("bob");
-    let register = bob.register_req_for(&challenge);
-    send.write_all(&ClientFrame { id: RequestId(1), request: register }.encode()).await.unwrap();
-    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
-    let ServerFrame::Response { response, .. } = ServerFrame::decode(&answer).unwrap() else { panic!("no response") };
-    assert_eq!(response, Response::Ok);
+    bob.register_raw(&mut send, &mut recv, &challenge).await;
 
     // A Send of 3 000 bytes to alice, written in three pieces: part of the
     // length prefix, part of the body, the rest.
@@ -510,11 +522,7 @@ async fn a_client_that_stops_reading_is_closed_and_loses_nothing() {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let (conn, mut send, mut recv, challenge) = srv.raw_hello(&endpoint).await;
     let bob = User::new("bob");
-    send.write_all(&ClientFrame { id: RequestId(1), request: bob.register_req_for(&challenge) }.encode())
-        .await
-        .unwrap();
-    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
-    assert!(matches!(ServerFrame::decode(&answer).unwrap(), ServerFrame::Response { response: Response::Ok, .. }));
+    bob.register_raw(&mut send, &mut recv, &challenge).await;
     // bob reads nothing from here on.
 
     let alice = User::new("alice");
@@ -594,11 +602,7 @@ async fn connections_waiting_to_log_in_are_capped_per_address() {
     assert_eq!(srv.metric("pqc_address_validations_total"), 1);
     // The third logs in (registers): it no longer counts.
     let bob = User::new("bob");
-    send.write_all(&ClientFrame { id: RequestId(1), request: bob.register_req_for(&challenge) }.encode())
-        .await
-        .unwrap();
-    let answer = pqc_net::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
-    assert!(matches!(ServerFrame::decode(&answer).unwrap(), ServerFrame::Response { response: Response::Ok, .. }));
+    bob.register_raw(&mut send, &mut recv, &challenge).await;
     let alice = User::new("alice");
     let ca = alice.register(&srv).await;
     assert_eq!(ca.request(Request::Ping).await.unwrap(), Response::Pong);
