@@ -788,7 +788,7 @@ async fn a_senders_waiting_files_are_capped() {
 
 /// An account is logged in on at most `max_connections_per_user`
 /// connections: one more login is refused with a clear error, and works
-/// again once one of them closed. Pushes reach every connection it has.
+/// again once one of them closed.
 #[tokio::test]
 async fn an_account_has_at_most_its_connections() {
     let dir = tempfile::tempdir().unwrap();
