@@ -175,10 +175,7 @@ run_mqtt mqtt
 kill -TERM "$MQ_PID" 2>/dev/null || true
 fi
 
-# "pairs": pqc-server (opaque payloads) and mosquitto one after the other,
-# ROUNDS times. On a shared machine whose speed changes from one minute to
-# the next, the ratio within a round (seconds apart) says more than two
-# single runs; the summary gives each round and the medians.
+# The bare QUIC relay (step "floor", and each round of "pairs" with it).
 start_floor() {
 "$BIN/examples/quic_floor" serve > "$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
@@ -191,8 +188,12 @@ run_floor_relay() { # $1 = output name
         --messages "$MESSAGES" --payload "$PAYLOAD" --window "$WINDOW" | tee "$WORK/$1.out"
 }
 
-# With "floor" also in STEPS, each round runs the bare QUIC relay too, so
-# every round also says how the transport alone compares with mosquitto.
+# "pairs": pqc-server (opaque payloads) and mosquitto one after the other,
+# ROUNDS times. On a shared machine whose speed changes from one minute to
+# the next, the ratio within a round (seconds apart) says more than two
+# single runs; the summary gives each round and the medians. With "floor"
+# also in STEPS, each round runs the bare QUIC relay too, so every round
+# also says how the transport alone compares with mosquitto.
 if step pairs; then
 echo "== 2b. pqc-server and mosquitto alternately, $ROUNDS rounds, window $WINDOW"
 start_mosquitto
