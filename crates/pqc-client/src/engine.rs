@@ -1463,6 +1463,14 @@ impl Client {
         Ok(out)
     }
 
+    /// Closes the connection, then hands back `result`: a command closes
+    /// its connection whether it succeeded or was refused, so the server
+    /// frees it at once.
+    pub async fn close_with<T>(self, result: Result<T>) -> Result<T> {
+        self.close().await;
+        result
+    }
+
     /// Closes the connection cleanly.
     pub async fn close(mut self) {
         // Whatever is not acknowledged comes again next time (and is skipped).

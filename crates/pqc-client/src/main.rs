@@ -232,8 +232,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             };
             let mut client = Client::login(profile, &opts, &mut notice).await?;
             let sent = client.send_text(&name, &text, max_views).await;
-            client.close().await;
-            sent?;
+            client.close_with(sent).await?;
         }
         Command::SendFile { name, path } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
@@ -243,8 +242,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
             let started = std::time::Instant::now();
             let sent = client.send_file(&name, &path, &mut |done, total| bar.update(done, total)).await;
             bar.finish();
-            client.close().await;
-            sent?;
+            client.close_with(sent).await?;
             print_line(&format!("sent {} to {name}: {}", path.display(), bar.summary(started.elapsed())));
         }
         Command::Recv { wait, out } => {
@@ -274,20 +272,17 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
                     Some(&mut |line| print_line(&line)),
                 )
                 .await;
-            client.close().await;
-            received?;
+            client.close_with(received).await?;
         }
         Command::Rooms { command } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
             let result = cli_rooms::run(&mut client, command).await;
-            client.close().await;
-            result?;
+            client.close_with(result).await?;
         }
         Command::Verify { name } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
             let number = client.safety_number(&name).await;
-            client.close().await;
-            let number = number?;
+            let number = client.close_with(number).await?;
             println!("Safety number with {name}:");
             println!("{number}");
             println!("Compare it with {name} in person or on a call; if it differs, someone is intercepting.");
@@ -295,8 +290,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         Command::Trust { name } => {
             let mut client = Client::login(profile, &opts, &mut notice).await?;
             let trusted = client.trust_new_key(&name).await;
-            client.close().await;
-            trusted?;
+            client.close_with(trusted).await?;
             println!("now trusting {name}'s current identity key; verify it with `pqc-client verify {name}`");
         }
         Command::Chat { out } => {
@@ -307,8 +301,7 @@ async fn run(cli: Cli, config: ClientConfig) -> Result<()> {
         Command::History { name, limit } => {
             let client = Client::login(profile, &opts, &mut notice).await?;
             let lines = client.history(&name, limit).and_then(|h| Ok((h, client.view_limited(&name)?)));
-            client.close().await;
-            let (history, limited) = lines?;
+            let (history, limited) = client.close_with(lines).await?;
             for line in history {
                 println!("{line}");
             }
